@@ -1,0 +1,3 @@
+"""seamless: decoupled RL post-training for LLMs and LLM agents."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,116 @@
+"""The `seamless` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from seamless.errors import SeamlessError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except SeamlessError as exc:
+        print(f"seamless: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seamless: interrupted", file=sys.stderr)
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seamless",
+        description="Decoupled RL post-training for LLMs and LLM agents.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a recipe (YAML) end to end",
+                              description="Run a recipe. Overrides are KEY=VALUE with dotted keys, "
+                                          "e.g. rollout.batch_size=16 trainer.lr=1e-5.")
+    run.add_argument("recipe", help="recipe YAML, e.g. recipes/grpo_tiny_cpu.yaml")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides")
+    run.add_argument("--run-dir", help="run folder (default: <run.root_dir>/<run.name>-<timestamp>)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    run.set_defaults(handler=_cmd_run)
+
+    config = commands.add_parser("config", help="validate a recipe and print it fully resolved")
+    config.add_argument("recipe", help="recipe YAML")
+    config.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides")
+    config.set_defaults(handler=_cmd_config)
+
+    model = commands.add_parser("model", help="build models")
+    model_commands = model.add_subparsers(title="model commands", metavar="COMMAND")
+    tiny = model_commands.add_parser(
+        "tiny", help="build a tiny Llama model folder locally (tokenizer, chat template, weights)")
+    tiny.add_argument("out_dir", help="folder to write (created)")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--hidden-size", type=int, default=128)
+    tiny.add_argument("--layers", type=int, default=2)
+    tiny.add_argument("--heads", type=int, default=4)
+    tiny.add_argument("--kv-heads", type=int, default=2)
+    tiny.add_argument("--intermediate-size", type=int, default=256)
+    tiny.add_argument("--vocab-size", type=int, default=512,
+                      help="BPE vocabulary before special tokens")
+    tiny.set_defaults(handler=_cmd_model_tiny)
+    model.set_defaults(handler=lambda args: model.print_help() or 2)
+
+    proxy = commands.add_parser("proxy", help="run the trajectory manager (OpenAI-compatible proxy) alone")
+    proxy.set_defaults(handler=_not_yet("proxy", "the trajectory manager"))
+    sim = commands.add_parser("sim", help="simulate scheduling policies at cluster scale")
+    sim.set_defaults(handler=_not_yet("sim", "the tag scheduler's simulator"))
+    return parser
+
+
+def _not_yet(command: str, part: str):
+    def handler(args: argparse.Namespace) -> int:
+        print(f"seamless {command}: {part} is not built yet in this version.", file=sys.stderr)
+        return 2
+    return handler
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from seamless.config import load_recipe
+
+    print(load_recipe(args.recipe, args.overrides).to_yaml(), end="")
+    return 0
+
+
+def _cmd_model_tiny(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from seamless.config import TinyModelConfig
+    from seamless.errors import ConfigError
+    from seamless.models.tiny import build_tiny_model
+
+    try:
+        spec = TinyModelConfig(seed=args.seed, hidden_size=args.hidden_size, num_layers=args.layers,
+                               num_heads=args.heads, num_kv_heads=args.kv_heads,
+                               intermediate_size=args.intermediate_size, vocab_size=args.vocab_size)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']) or 'size'}: {e['msg']}"
+                             for e in exc.errors())
+        raise ConfigError(f"invalid model size: {problems}") from None
+    out = build_tiny_model(Path(args.out_dir), spec)
+    print(f"wrote tiny Llama model to {out}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from seamless.config import load_recipe
+    from seamless.demo import run_smoke
+    from seamless.runs import create_run_dir
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = create_run_dir(recipe, args.resume or args.run_dir)
+    return run_smoke(recipe, run_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

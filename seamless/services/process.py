@@ -1,0 +1,123 @@
+"""A child process seamless owns: started in its own process group, logged to a file, stopped whole.
+
+Services (Redis, vLLM, the proxy) are started through `ManagedProcess` so that:
+- a crash while starting is reported with the tail of the service's log, never a hang;
+- stopping ends the service and every process it spawned (the whole process group), by PID;
+- a service still running when the Python process exits is stopped by an atexit hook.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from seamless.errors import ServiceError
+
+LOG_TAIL_LINES = 40
+
+_running: set[ManagedProcess] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of a log file, or a note that it is empty/missing."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    tail = text.splitlines()[-lines:]
+    return "\n".join(tail) if tail else f"(log {path} is empty)"
+
+
+class ManagedProcess:
+    """One service process, its log file and its lifecycle."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.cwd = cwd
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._popen is not None, f"{self.name} was never started"
+        return self._popen.pid
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            # a new session makes the service the leader of its own process group, so stop() can
+            # signal it and all its children at once, and a Ctrl-C in our terminal reaches us first
+            self._popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
+                                           start_new_session=True)
+        _running.add(self)
+
+    def exit_code(self) -> int | None:
+        """None while running; the exit code once it ended."""
+        return None if self._popen is None else self._popen.poll()
+
+    def crash_report(self, what: str) -> ServiceError:
+        return ServiceError(f"{self.name} {what}. Last lines of its log {self.log_path}:\n"
+                            f"{log_tail(self.log_path)}")
+
+    def wait_until(self, ready: Callable[[], bool], timeout_s: float, poll_s: float = 0.1) -> None:
+        """Block until `ready()` is true; raise with the log tail if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            code = self.exit_code()
+            if code is not None:
+                raise self.crash_report(f"exited with code {code} while starting")
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise self.crash_report(f"was not ready after {timeout_s:.0f} s and was stopped")
+            time.sleep(poll_s)
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left after `grace_s`."""
+        if self._popen is None:
+            return
+        _running.discard(self)
+        pgid = self._popen.pid  # leader of its own session, so its pgid is its pid
+        if self._popen.poll() is None:
+            _signal_group(pgid, signal.SIGTERM)
+            try:
+                self._popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        # children may outlive a leader that exited; they are still in its group
+        _signal_group(pgid, signal.SIGKILL)
+        try:
+            self._popen.wait(timeout=5)
+        except subprocess.TimeoutExpired as exc:
+            raise ServiceError(f"{self.name} (pid {pgid}) did not stop after SIGKILL") from exc
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@atexit.register
+def _stop_all() -> None:
+    for proc in list(_running):
+        proc.stop(grace_s=5.0)

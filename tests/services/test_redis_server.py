@@ -1,0 +1,41 @@
+import os
+
+import psutil
+import redis
+
+from seamless.services.redis_server import RedisServer
+
+
+def test_write_and_read_through_the_session_server(redis_client):
+    redis_client.set("test:foundation:key", b"\x00\x01binary")
+    redis_client.xadd("test:foundation:stream", {"episode": "e1"})
+    assert redis_client.get("test:foundation:key") == b"\x00\x01binary"
+    assert redis_client.xlen("test:foundation:stream") == 1
+
+
+def test_private_server_listens_only_locally(redis_server):
+    listening = [c for c in psutil.Process(redis_server.pid).net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert all(c.laddr.ip in ("127.0.0.1", "::1") for c in listening), listening
+    if redis_server.url.startswith("unix://"):
+        assert listening == []  # unix socket only: no TCP port at all
+
+
+def test_data_survives_a_restart_in_the_same_folder(tmp_path):
+    with RedisServer(tmp_path / "redis") as server:
+        with redis.Redis.from_url(server.url) as client:
+            client.xadd("episodes", {"id": "42"})
+    with RedisServer(tmp_path / "redis") as server:
+        with redis.Redis.from_url(server.url) as client:
+            assert client.xrange("episodes")[0][1] == {b"id": b"42"}
+
+
+def test_long_run_folders_fall_back_to_loopback_tcp(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    with RedisServer(deep) as server:
+        assert server.url.startswith("redis://127.0.0.1:")
+        with redis.Redis.from_url(server.url) as client:
+            assert client.ping()
+        pid = server.pid
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not os.path.exists(deep / "redis.sock")

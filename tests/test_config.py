@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+
+from seamless.config import Recipe, apply_override, load_recipe
+from seamless.errors import ConfigError
+
+RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
+
+
+def test_defaults_validate():
+    recipe = load_recipe(None)
+    assert recipe.rollout.batch_size == 8
+    assert recipe.cluster.num_gpus == 1
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_shipped_recipe_validates(path):
+    assert isinstance(load_recipe(path), Recipe)
+
+
+def test_overrides_parse_values_as_yaml():
+    recipe = load_recipe(None, ["rollout.batch_size=16", "trainer.lr=3e-6", "data.operations=[+, '*']",
+                                "store.url=null", "algorithm.dynamic_sampling=true"])
+    assert recipe.rollout.batch_size == 16
+    assert recipe.trainer.lr == pytest.approx(3e-6)
+    assert recipe.data.operations == ["+", "*"]
+    assert recipe.algorithm.dynamic_sampling is True
+
+
+def test_invalid_value_names_the_dotted_key_and_the_fix():
+    with pytest.raises(ConfigError) as err:
+        load_recipe("recipes/grpo_tiny_cpu.yaml", ["rollout.batch_size=-1"])
+    message = str(err.value)
+    assert "rollout.batch_size: Input should be greater than or equal to 1 (got -1)" in message
+    assert "rollout.batch_size=VALUE" in message
+
+
+def test_unknown_key_suggests_the_closest_one():
+    with pytest.raises(ConfigError) as err:
+        load_recipe(None, ["rollout.batchsize=4"])
+    assert "rollout.batchsize: unknown key; did you mean rollout.batch_size?" in str(err.value)
+
+
+def test_unknown_section_and_wrong_type_are_both_reported():
+    with pytest.raises(ConfigError) as err:
+        load_recipe(None, ["rollouts.batch_size=4", "trainer.total_steps=many"])
+    message = str(err.value)
+    assert "2 problem(s)" in message
+    assert "rollouts: unknown key; did you mean rollout?" in message
+    assert "trainer.total_steps: Input should be a valid integer" in message
+
+
+def test_errors_inside_lists_of_sections_name_the_index():
+    with pytest.raises(ConfigError) as err:
+        load_recipe(None, ["cluster.resources=[{count: 2, tags: [train, infer]}]"])
+    assert "cluster.resources.0.tags.1:" in str(err.value)
+
+
+def test_cluster_without_a_rollout_resource_is_rejected():
+    with pytest.raises(ConfigError, match="no resource tagged 'rollout'"):
+        load_recipe(None, ["cluster.resources=[{count: 2, tags: [train]}]"])
+
+
+def test_malformed_overrides_and_files_say_what_to_write(tmp_path):
+    with pytest.raises(ConfigError, match="is not KEY=VALUE"):
+        load_recipe(None, ["rollout.batch_size"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_override({"rollout": {"batch_size": 3}}, "rollout.batch_size.x=1")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rollout: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="not a Redis URL"):
+        load_recipe(None, ["store.url=http://127.0.0.1:6379"])
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    recipe = load_recipe("recipes/grpo_tiny_cpu.yaml", ["trainer.total_steps=3"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(recipe.to_yaml())
+    assert load_recipe(path) == recipe
