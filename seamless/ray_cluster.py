@@ -1,0 +1,48 @@
+"""Starting or joining Ray so that a local cluster is reachable only from this machine.
+
+Measured here (Ray 2.60): by default a local Ray binds its GCS, raylets and workers on every
+interface; with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 and node IP 127.0.0.1 every listening socket
+is on loopback. On a machine without GPUs, `num_gpus` gives logical GPUs: actors that ask for one
+see CUDA_VISIBLE_DEVICES set as on a real node, which is how the tag scheduler is tested on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Ray puts unix sockets under its temp dir; sun_path is limited to 107 bytes
+_MAX_RAY_TEMP_DIR = 60
+
+
+def start_ray(num_gpus: int, num_cpus: int | None = None, temp_dir: str | Path | None = None,
+              address: str | None = None) -> None:
+    """Join the cluster at `address`, or start a local one on 127.0.0.1 with logical GPUs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is not None:
+        ray.init(address=address, log_to_driver=True)
+        return
+    # local-only cluster: bind loopback. Ray reads the variable when it is imported (its Python
+    # side) and when its processes start (the GCS and raylets), so set both.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    if temp_dir is None or len(str(temp_dir)) > _MAX_RAY_TEMP_DIR:
+        temp_dir = tempfile.mkdtemp(prefix="seamless-ray-")
+    Path(temp_dir).mkdir(parents=True, exist_ok=True)
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+             _node_ip_address="127.0.0.1", _temp_dir=str(temp_dir), log_to_driver=True,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}})
+
+
+def stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
