@@ -61,8 +61,14 @@ def _build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(handler=_cmd_model_tiny)
     model.set_defaults(handler=lambda args: model.print_help() or 2)
 
-    proxy = commands.add_parser("proxy", help="run the trajectory manager (OpenAI-compatible proxy) alone")
-    proxy.set_defaults(handler=_not_yet("proxy", "the trajectory manager"))
+    proxy = commands.add_parser(
+        "proxy", help="run the trajectory manager (OpenAI-compatible proxy) alone",
+        description="Serve the OpenAI-compatible trajectory manager in front of vLLM servers; agents "
+                    "get per-session URLs from POST /sessions.")
+    from seamless.proxy.server import add_arguments
+
+    add_arguments(proxy)
+    proxy.set_defaults(handler=_cmd_proxy)
     sim = commands.add_parser("sim", help="simulate scheduling policies at cluster scale")
     sim.set_defaults(handler=_not_yet("sim", "the tag scheduler's simulator"))
     return parser
@@ -73,6 +79,12 @@ def _not_yet(command: str, part: str):
         print(f"seamless {command}: {part} is not built yet in this version.", file=sys.stderr)
         return 2
     return handler
+
+
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    from seamless.proxy.server import run_from_args
+
+    return run_from_args(args)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:

@@ -79,3 +79,13 @@ def ray_cluster():
     start_ray(num_gpus=4, num_cpus=2)
     yield
     stop_ray()
+
+
+@pytest.fixture(scope="session")
+def proxy(redis_server, vllm_server, session_dir: Path):
+    """The trajectory manager as its own process, in front of the session's vLLM server."""
+    from seamless.proxy.server import ProxyProcess
+
+    with ProxyProcess(redis_server.url, session_dir / "proxy", upstreams=[vllm_server.url],
+                      prefix="test", extra_args=["--health-interval", "0.5"]) as process:
+        yield process

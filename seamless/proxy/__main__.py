@@ -1,0 +1,5 @@
+import sys
+
+from seamless.cli import main
+
+sys.exit(main(["proxy", *sys.argv[1:]]))

@@ -1,0 +1,203 @@
+"""Environment/trainer-facing routes: sessions, rewards, trajectories, pause/resume, upstreams."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from seamless.proxy.auth import require_admin
+from seamless.proxy.errors import ApiError, translate
+from seamless.proxy.state import ProxyState, new_key
+from seamless.trajectory import merge_turns
+
+router = APIRouter()
+
+
+def _state(request: Request) -> ProxyState:
+    return request.app.state.proxy
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, (str, int)):
+        raise ApiError(400, f"'{name}' must be a string", param=name)
+    return None if value is None else str(value)
+
+
+def _admin(handler):
+    """Run an admin handler with the admin-key check and OpenAI-shaped errors."""
+    @functools.wraps(handler)  # FastAPI reads the handler's signature through __wrapped__
+    async def wrapped(request: Request, **kwargs: Any) -> Response:
+        try:
+            require_admin(_state(request), request)
+            return await handler(request, **kwargs)
+        except Exception as exc:
+            return translate(exc).response()
+    return wrapped
+
+
+@router.post("/sessions")
+@_admin
+async def create_session(request: Request) -> Response:
+    state = _state(request)
+    body = await _json_object(request)
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ApiError(400, "'metadata' must be an object", param="metadata")
+    sid, key = new_key()[:16], new_key()
+    await state.store.create_session(sid, key, _optional_str(body, "group_id"), _optional_str(body, "task_id"),
+                                     metadata)
+    state.session_of_key[key] = sid
+    state.metrics.sessions_created += 1
+    base = str(request.base_url).rstrip("/")
+    return JSONResponse({"session_id": sid, "api_key": key, "base_url": f"{base}/sessions/{sid}/v1"},
+                        status_code=201)
+
+
+@router.post("/sessions/{session_id}/reward")
+@_admin
+async def set_reward(request: Request, session_id: str) -> Response:
+    state = _state(request)
+    body = await _json_object(request)
+    reward, turn_rewards = body.get("reward"), body.get("turn_rewards")
+    if reward is None and turn_rewards is None:
+        raise ApiError(400, "give 'reward' (a number for the episode) or 'turn_rewards' (one per turn)")
+    if reward is not None and not _finite_number(reward):
+        raise ApiError(400, "'reward' must be a finite number", param="reward")
+    if turn_rewards is not None and not (isinstance(turn_rewards, list) and all(map(_finite_number, turn_rewards))):
+        raise ApiError(400, "'turn_rewards' must be a list of finite numbers", param="turn_rewards")
+    await state.store.session(session_id)  # 404 for an unknown session
+    await state.store.set_reward(session_id, reward, turn_rewards)
+    return JSONResponse({"session_id": session_id, "reward": reward, "turn_rewards": turn_rewards})
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@router.post("/sessions/{session_id}/finish")
+@_admin
+async def finish_session(request: Request, session_id: str) -> Response:
+    state = _state(request)
+    record = await state.store.session(session_id)
+    published = await state.store.finish(session_id)
+    state.session_of_key.pop(record.api_key, None)
+    state.pool.unpin(session_id)
+    if published:
+        state.metrics.sessions_finished += 1
+    return JSONResponse({"session_id": session_id, "status": "finished", "already_finished": not published})
+
+
+@router.get("/sessions/{session_id}/trajectory")
+@_admin
+async def trajectory(request: Request, session_id: str) -> Response:
+    state = _state(request)
+    record = await state.store.session(session_id)
+    recorded = await state.store.turns_with_requests(session_id)
+    turns = [turn for turn, _ in recorded]
+    sequences, branches = merge_turns(turns, reward=record.reward or 0.0, group_id=record.group_id,
+                                      task_id=record.task_id)
+    return JSONResponse({
+        "session_id": session_id, "status": record.status, "reward": record.reward,
+        "turn_rewards": record.turn_rewards, "group_id": record.group_id, "task_id": record.task_id,
+        "metadata": record.metadata, "num_branches": branches,
+        "turns": [{"index": t.index, "prompt_token_ids": t.prompt_token_ids,
+                   "completion_token_ids": t.completion_token_ids, "logprobs": t.completion_logprobs,
+                   "weight_versions": t.weight_versions, "finish_reason": t.finish_reason,
+                   "upstream": t.upstream, "started_at": t.started_at, "ended_at": t.ended_at,
+                   "request": request_body} for t, request_body in recorded],
+        "sequences": [{"token_ids": s.token_ids, "loss_mask": s.loss_mask, "logprobs": s.rollout_logprobs,
+                       "weight_versions": s.weight_versions, "reward": s.reward} for s in sequences],
+    })
+
+
+@router.post("/admin/pause")
+@_admin
+async def pause(request: Request) -> Response:
+    state = _state(request)
+    body = await _json_object(request)
+    mode = body.get("mode", "keep")
+    if mode not in ("keep", "abort"):
+        raise ApiError(400, "'mode' must be 'keep' (freeze in-flight calls) or 'abort'", param="mode")
+    await state.pool.pause(mode)
+    return JSONResponse({"paused": True, "mode": mode, "weight_version": state.pool.version})
+
+
+@router.post("/admin/resume")
+@_admin
+async def resume(request: Request) -> Response:
+    state = _state(request)
+    body = await _json_object(request)
+    version = body.get("weight_version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 0):
+        raise ApiError(400, "'weight_version' must be a non-negative integer", param="weight_version")
+    await state.pool.resume(version)
+    return JSONResponse({"paused": False, "weight_version": state.pool.version})
+
+
+@router.get("/admin/upstreams")
+@_admin
+async def list_upstreams(request: Request) -> Response:
+    state = _state(request)
+    return JSONResponse({"upstreams": [u.as_dict() for u in state.pool.upstreams.values()],
+                         "paused": state.pool.paused, "weight_version": state.pool.version,
+                         "failovers": [vars(e) for e in state.pool.failovers[-100:]]})
+
+
+@router.post("/admin/upstreams")
+@_admin
+async def add_upstream(request: Request) -> Response:
+    body = await _json_object(request)
+    url = body.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ApiError(400, "'url' must be the http(s) base URL of a vLLM server, e.g. http://127.0.0.1:8000",
+                       param="url")
+    upstream = await _state(request).pool.add(url)
+    return JSONResponse(upstream.as_dict(), status_code=201)
+
+
+@router.delete("/admin/upstreams")
+@_admin
+async def remove_upstream(request: Request) -> Response:
+    body = await _json_object(request)
+    url = body.get("url") or request.query_params.get("url")
+    if not isinstance(url, str):
+        raise ApiError(400, "give the server's 'url' (JSON body or ?url=)", param="url")
+    if not _state(request).pool.remove(url):
+        raise ApiError(404, f"no upstream {url} is registered", "not_found_error")
+    return JSONResponse({"removed": url})
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    state = _state(request)
+    healthy = sum(u.healthy for u in state.pool.upstreams.values())
+    ok = await state.store.ping()
+    return JSONResponse({"status": "ok" if ok and healthy else "degraded", "store": ok,
+                         "healthy_upstreams": healthy, "upstreams": len(state.pool.upstreams),
+                         "paused": state.pool.paused, "weight_version": state.pool.version})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    state = _state(request)
+    return PlainTextResponse(state.metrics.render([u.as_dict() for u in state.pool.upstreams.values()]),
+                             media_type="text/plain; version=0.0.4")

@@ -1,0 +1,54 @@
+"""OpenAI-shaped error responses, and the one place exceptions become HTTP statuses."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from seamless.errors import SeamlessError, UnknownSession, UpstreamUnavailable
+from seamless.store import CorruptRecord
+
+log = logging.getLogger("seamless.proxy")
+
+
+class ApiError(Exception):
+    """An error to send to the client as {"error": {...}} with `status`."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code if self.code is not None else self.status}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def translate(exc: Exception) -> ApiError:
+    """Map an exception raised while serving a request to the error the client gets."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, UnknownSession):
+        return ApiError(404, str(exc), "not_found_error")
+    if isinstance(exc, UpstreamUnavailable):
+        return ApiError(503, str(exc), "service_unavailable")
+    if isinstance(exc, redis.RedisError):
+        return ApiError(503, f"the trace store (Redis) failed: {exc!r}; check the store's log", "store_unavailable")
+    if isinstance(exc, CorruptRecord):
+        return ApiError(500, f"stored data is corrupt: {exc}", "internal_error")
+    if isinstance(exc, SeamlessError):
+        return ApiError(400, str(exc))
+    # our bug, not the client's: never dress it up as a bad request
+    log.exception("internal error", exc_info=exc)
+    return ApiError(500, f"internal error in the seamless proxy: {exc!r}", "internal_error")
+
+
+async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
+    return translate(exc).response()

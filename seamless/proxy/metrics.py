@@ -1,0 +1,58 @@
+"""Prometheus text metrics of the proxy: requests, latency, tokens, errors, sessions."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class Metrics:
+    requests: Counter = field(default_factory=Counter)  # (route, status) -> count
+    errors: Counter = field(default_factory=Counter)  # kind -> count
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    sessions_created: int = 0
+    sessions_finished: int = 0
+    failovers: int = 0
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(_LATENCY_BUCKETS_S) + 1))
+    latency_sum_s: float = 0.0
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests[(route, status)] += 1
+        self.latency_counts[bisect.bisect_left(_LATENCY_BUCKETS_S, seconds)] += 1
+        self.latency_sum_s += seconds
+
+    @property
+    def sessions_open(self) -> int:
+        return self.sessions_created - self.sessions_finished
+
+    def render(self, upstreams: list[dict]) -> str:
+        lines = ["# TYPE seamless_proxy_requests_total counter"]
+        lines += [f'seamless_proxy_requests_total{{route="{r}",status="{s}"}} {n}'
+                  for (r, s), n in sorted(self.requests.items())]
+        lines.append("# TYPE seamless_proxy_errors_total counter")
+        lines += [f'seamless_proxy_errors_total{{kind="{k}"}} {n}' for k, n in sorted(self.errors.items())]
+        lines.append("# TYPE seamless_proxy_request_seconds histogram")
+        cumulative = 0
+        for bound, count in zip((*_LATENCY_BUCKETS_S, float("inf")), self.latency_counts):
+            cumulative += count
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            lines.append(f'seamless_proxy_request_seconds_bucket{{le="{le}"}} {cumulative}')
+        lines += [f"seamless_proxy_request_seconds_sum {self.latency_sum_s}",
+                  f"seamless_proxy_request_seconds_count {cumulative}",
+                  "# TYPE seamless_proxy_tokens_total counter",
+                  f'seamless_proxy_tokens_total{{kind="prompt"}} {self.prompt_tokens}',
+                  f'seamless_proxy_tokens_total{{kind="completion"}} {self.completion_tokens}',
+                  "# TYPE seamless_proxy_sessions_open gauge",
+                  f"seamless_proxy_sessions_open {self.sessions_open}",
+                  "# TYPE seamless_proxy_failovers_total counter",
+                  f"seamless_proxy_failovers_total {self.failovers}",
+                  "# TYPE seamless_proxy_upstream_healthy gauge"]
+        lines += [f'seamless_proxy_upstream_healthy{{url="{u["url"]}"}} {int(u["healthy"])}' for u in upstreams]
+        lines.append("# TYPE seamless_proxy_upstream_inflight gauge")
+        lines += [f'seamless_proxy_upstream_inflight{{url="{u["url"]}"}} {u["inflight"]}' for u in upstreams]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,250 @@
+"""The agent-facing OpenAI API: chat/completions, completions, models.
+
+Each call is forwarded to the session's rollout server as a stream with token ids and logprobs,
+recorded as turns once it completes (before the agent sees the end of the response, so a turn
+the agent got is always in the store), and answered in the shape the agent asked for. A call
+the agent abandons (disconnect) records nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from seamless.errors import UpstreamUnavailable
+from seamless.proxy.auth import agent_session
+from seamless.proxy.errors import ApiError, translate
+from seamless.proxy.recording import AgentWants, Api, CallRecorder, upstream_body
+from seamless.proxy.state import ProxyState
+from seamless.proxy.upstreams import Upstream
+
+router = APIRouter()
+
+
+class _UpstreamFailed(Exception):
+    """The server broke the call off (connection lost, or it died mid-stream)."""
+
+
+def _state(request: Request) -> ProxyState:
+    return request.app.state.proxy
+
+
+@router.post("/v1/chat/completions")
+@router.post("/sessions/{session_id}/v1/chat/completions")
+async def chat_completions(request: Request, session_id: str | None = None) -> Response:
+    return await _call(request, "chat", session_id)
+
+
+@router.post("/v1/completions")
+@router.post("/sessions/{session_id}/v1/completions")
+async def completions(request: Request, session_id: str | None = None) -> Response:
+    return await _call(request, "completion", session_id)
+
+
+@router.get("/v1/models")
+@router.get("/sessions/{session_id}/v1/models")
+async def models(request: Request, session_id: str | None = None) -> Response:
+    state = _state(request)
+    await agent_session(state, request, session_id)
+    names = sorted({u.model for u in state.pool.upstreams.values()})
+    return JSONResponse({"object": "list", "data": [
+        {"id": name, "object": "model", "created": 0, "owned_by": "seamless"} for name in names]})
+
+
+async def _call(request: Request, api: Api, path_session: str | None) -> Response:
+    state = _state(request)
+    started = time.perf_counter()
+    route = "chat" if api == "chat" else "completions"
+    try:
+        session_id = await agent_session(state, request, path_session)
+        body = await _read_body(request, state.settings.max_body_bytes)
+        _validate(api, body)
+        wants = AgentWants.of(body)
+        await state.pool.wait_running()
+        if wants.stream:
+            upstream, response = await _open(state, api, body, session_id)
+            return StreamingResponse(_stream_to_agent(state, api, body, wants, session_id, upstream, response),
+                                     media_type="text/event-stream")
+        recorder = await _complete(state, api, body, session_id)
+        state.metrics.observe(route, 200, time.perf_counter() - started)
+        return JSONResponse(recorder.response(wants))
+    except Exception as exc:  # every failure becomes an OpenAI-shaped error
+        error = translate(exc)
+        state.metrics.observe(route, error.status, time.perf_counter() - started)
+        state.metrics.errors[error.type] += 1
+        return error.response()
+
+
+async def _read_body(request: Request, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body is {declared} bytes; the limit is {limit} "
+                            "(proxy.max_body_bytes)")
+    raw = bytearray()
+    async for part in request.stream():
+        raw += part
+        if len(raw) > limit:
+            raise ApiError(413, f"request body exceeds {limit} bytes (proxy.max_body_bytes)")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+def _validate(api: Api, body: dict[str, Any]) -> None:
+    """The checks the proxy itself relies on; everything else is the server's to judge."""
+    if api == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects",
+                           param="messages")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise ApiError(400, f"messages[{i}] must be an object with a string 'role'",
+                               param=f"messages[{i}]")
+    else:
+        prompt = body.get("prompt")
+        if not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt)):
+            raise ApiError(400, "'prompt' must be a string, a list of strings or a list of token ids",
+                           param="prompt")
+    for name, kinds in (("n", int), ("max_tokens", int), ("max_completion_tokens", int),
+                        ("temperature", (int, float)), ("top_p", (int, float)), ("stream", bool)):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and kinds is not bool):
+            raise ApiError(400, f"'{name}' has the wrong type ({type(value).__name__})", param=name)
+    if isinstance(body.get("n"), int) and body["n"] < 1:
+        raise ApiError(400, "'n' must be at least 1", param="n")
+
+
+async def _open(state: ProxyState, api: Api, body: dict[str, Any],
+                session_id: str) -> tuple[Upstream, httpx.Response]:
+    """Start the upstream stream on the session's server, failing over while none has answered."""
+    path = "/v1/chat/completions" if api == "chat" else "/v1/completions"
+    tried: set[str] = set()
+    while True:
+        try:
+            upstream = state.pool.pick(session_id, exclude=tried)
+        except UpstreamUnavailable:
+            if not tried:
+                # every server is down: wait a little for one to come back (a restart) before 503
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await state.pool.wait_for_healthy(state.settings.failover_wait_s)
+                    continue
+            raise
+        request = state.client.build_request(
+            "POST", upstream.url + path, json=upstream_body(api, body, upstream.model),
+            timeout=httpx.Timeout(state.settings.upstream_timeout_s, connect=5.0))
+        try:
+            response = await state.client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            state.pool.mark_failed(upstream, f"{exc!r}")
+            state.metrics.failovers += 1
+            tried.add(upstream.url)
+            state.pool.unpin(session_id)
+            continue
+        if response.status_code != 200:
+            detail = await response.aread()
+            await response.aclose()
+            raise _upstream_error(response.status_code, detail)
+        upstream.inflight += 1
+        upstream.calls += 1
+        return upstream, response
+
+
+def _upstream_error(status: int, detail: bytes) -> ApiError:
+    """The server refused the request (prompt too long, bad token ids, ...): pass its reason on."""
+    try:
+        error = json.loads(detail).get("error") or {}
+        message = error.get("message") if isinstance(error, dict) else str(error)
+    except (json.JSONDecodeError, AttributeError):
+        message = detail.decode(errors="replace")[:2000]
+    if status >= 500:
+        return ApiError(502, f"the rollout server failed: {message}", "upstream_error")
+    return ApiError(status, message or f"rejected by the rollout server ({status})")
+
+
+async def _chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """Parsed SSE chunks of an upstream stream, until [DONE]."""
+    try:
+        async for line in response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data == "[DONE]":
+                return
+            chunk = json.loads(data)
+            if "error" in chunk and "choices" not in chunk:
+                error = chunk["error"]
+                raise ApiError(int(error.get("code") or 500) if isinstance(error, dict) else 500,
+                               error.get("message", str(error)) if isinstance(error, dict) else str(error),
+                               "upstream_error")
+            yield chunk
+    except httpx.TransportError as exc:
+        raise _UpstreamFailed(repr(exc)) from exc
+    raise _UpstreamFailed("the stream ended without [DONE]")
+
+
+async def _complete(state: ProxyState, api: Api, body: dict[str, Any], session_id: str) -> CallRecorder:
+    """A whole call for a non-streaming agent; retried on another server if one dies mid-call."""
+    while True:
+        upstream, response = await _open(state, api, body, session_id)
+        recorder = CallRecorder(api, session_id, upstream.url)
+        try:
+            async for chunk in _chunks(response):
+                recorder.add_chunk(chunk, state.pool.version)
+        except _UpstreamFailed as exc:
+            state.pool.mark_failed(upstream, str(exc))
+            state.pool.unpin(session_id)
+            state.metrics.failovers += 1
+            continue
+        finally:
+            upstream.inflight -= 1
+            await response.aclose()
+        await _record(state, recorder, body)
+        return recorder
+
+
+async def _stream_to_agent(state: ProxyState, api: Api, body: dict[str, Any], wants: AgentWants,
+                           session_id: str, upstream: Upstream, response: httpx.Response) -> AsyncIterator[bytes]:
+    recorder = CallRecorder(api, session_id, upstream.url)
+    try:
+        async for chunk in _chunks(response):
+            recorder.add_chunk(chunk, state.pool.version)
+            shown = recorder.agent_chunk(chunk, wants)
+            if shown is not None:
+                yield b"data: " + json.dumps(shown, separators=(",", ":")).encode() + b"\n\n"
+        await _record(state, recorder, body)
+        yield b"data: [DONE]\n\n"
+    except (_UpstreamFailed, ApiError) as exc:
+        # tokens were already sent, so the call cannot move to another server: end it visibly
+        if isinstance(exc, _UpstreamFailed):
+            state.pool.mark_failed(upstream, str(exc))
+            state.pool.unpin(session_id)
+        error = exc if isinstance(exc, ApiError) else ApiError(502, f"the rollout server failed mid-stream: {exc}",
+                                                               "upstream_error")
+        state.metrics.errors[error.type] += 1
+        yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
+    finally:
+        upstream.inflight -= 1
+        await response.aclose()  # on a client disconnect this also aborts the server's request
+
+
+async def _record(state: ProxyState, recorder: CallRecorder, body: dict[str, Any]) -> None:
+    problem = recorder.check_complete()
+    if problem is not None:
+        raise ApiError(502, f"cannot record this call token-exactly: {problem}", "upstream_error")
+    turns = recorder.turns(first_index=0)  # the store assigns the real index (list position)
+    await state.store.append_turns(recorder.session_id, [(turn, body) for turn in turns])
+    state.metrics.prompt_tokens += recorder.prompt_tokens
+    state.metrics.completion_tokens += sum(len(t.completion_token_ids) for t in turns)

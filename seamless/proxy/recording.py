@@ -1,0 +1,222 @@
+"""Turning vLLM's streamed chunks into token-exact turns and into the response the agent asked for.
+
+The proxy always asks the server for a stream with `return_token_ids` and logprobs, whatever the
+agent asked: streaming is what lets it stamp every token with the weight version current when
+the token arrived (a call that spans pause → weight update → resume gets two versions), and it
+is also where the partial tokens of an interrupted call live. The agent then gets either the
+same stream, less the fields it did not ask for, or one assembled non-streaming response.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from seamless.types import Turn
+
+Api = Literal["chat", "completion"]
+
+# fields the proxy adds to upstream requests; removed from what the agent sees unless it asked
+_ADDED_TOP = ("prompt_token_ids",)
+_ADDED_CHOICE = ("token_ids", "prompt_token_ids")  # completions put prompt ids on each choice
+
+
+@dataclass
+class ChoiceTrace:
+    """What one choice produced so far."""
+
+    prompt_token_ids: list[int] | None = None
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: Any = None
+    text: str = ""
+    reasoning: str = ""
+    role: str = "assistant"
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    logprob_entries: list[Any] = field(default_factory=list)  # as the API returned them (chat)
+    completion_logprobs: dict[str, list] = field(default_factory=dict)  # completions API shape
+
+
+class CallRecorder:
+    """Accumulates the chunks of one upstream call (all its choices)."""
+
+    def __init__(self, api: Api, session_id: str, upstream: str):
+        self.api = api
+        self.session_id = session_id
+        self.upstream = upstream
+        self.started_at = time.time()
+        self.prompt_token_ids: list[int] | None = None
+        self.choices: dict[int, ChoiceTrace] = {}
+        self.usage: dict[str, Any] | None = None
+        self.first_chunk: dict[str, Any] | None = None
+
+    def add_chunk(self, chunk: dict[str, Any], version: int) -> None:
+        """Fold one parsed SSE chunk in; its new tokens are stamped with `version`."""
+        if self.first_chunk is None:
+            self.first_chunk = chunk
+        if chunk.get("prompt_token_ids") is not None and self.prompt_token_ids is None:
+            self.prompt_token_ids = chunk["prompt_token_ids"]
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            trace = self.choices.setdefault(choice.get("index", 0), ChoiceTrace())
+            if choice.get("prompt_token_ids") is not None and trace.prompt_token_ids is None:
+                trace.prompt_token_ids = choice["prompt_token_ids"]
+            ids = choice.get("token_ids") or []
+            trace.token_ids += ids
+            trace.versions += [version] * len(ids)
+            if self.api == "chat":
+                self._add_chat_delta(trace, choice)
+            else:
+                self._add_completion_delta(trace, choice)
+            if choice.get("finish_reason") is not None:
+                trace.finish_reason = choice["finish_reason"]
+                trace.stop_reason = choice.get("stop_reason")
+
+    @staticmethod
+    def _add_chat_delta(trace: ChoiceTrace, choice: dict[str, Any]) -> None:
+        delta = choice.get("delta") or {}
+        trace.role = delta.get("role") or trace.role
+        trace.text += delta.get("content") or ""
+        trace.reasoning += delta.get("reasoning_content") or delta.get("reasoning") or ""
+        for call in delta.get("tool_calls") or []:
+            slot = trace.tool_calls.setdefault(call.get("index", 0), {
+                "id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+            slot["id"] = call.get("id") or slot["id"]
+            slot["type"] = call.get("type") or slot["type"]
+            function = call.get("function") or {}
+            slot["function"]["name"] += function.get("name") or ""
+            slot["function"]["arguments"] += function.get("arguments") or ""
+        entries = (choice.get("logprobs") or {}).get("content") or []
+        trace.logprob_entries += entries
+        trace.logprobs += [entry["logprob"] for entry in entries]
+
+    @staticmethod
+    def _add_completion_delta(trace: ChoiceTrace, choice: dict[str, Any]) -> None:
+        trace.text += choice.get("text") or ""
+        logprobs = choice.get("logprobs") or {}
+        for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+            trace.completion_logprobs.setdefault(key, []).extend(logprobs.get(key) or [])
+        trace.logprobs += [lp if lp is not None else 0.0 for lp in logprobs.get("token_logprobs") or []]
+
+    def check_complete(self) -> str | None:
+        """Why the recording is not token-exact, or None when it is."""
+        for index, trace in self.choices.items():
+            if self._prompt_of(trace) is None:
+                return "the server returned no prompt_token_ids (is it vLLM with return_token_ids support?)"
+            if len(trace.logprobs) != len(trace.token_ids):
+                return (f"choice {index}: {len(trace.token_ids)} token ids but {len(trace.logprobs)} "
+                        "logprobs")
+        return None
+
+    def turns(self, first_index: int) -> list[Turn]:
+        """One Turn per choice, indexed from `first_index` in choice order."""
+        ended = time.time()
+        return [Turn(session_id=self.session_id, index=first_index + i,
+                     prompt_token_ids=list(self._prompt_of(trace) or []),
+                     completion_token_ids=trace.token_ids, completion_logprobs=trace.logprobs,
+                     weight_versions=trace.versions, finish_reason=trace.finish_reason,
+                     upstream=self.upstream, started_at=self.started_at, ended_at=ended)
+                for i, (_, trace) in enumerate(sorted(self.choices.items()))]
+
+    def _prompt_of(self, trace: ChoiceTrace) -> list[int] | None:
+        return trace.prompt_token_ids if trace.prompt_token_ids is not None else self.prompt_token_ids
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(self._prompt_of(t) or []) for t in self.choices.values())
+
+    # what the agent sees ------------------------------------------------------------------------
+
+    def response(self, wants: AgentWants) -> dict[str, Any]:
+        """The non-streaming response assembled from the chunks."""
+        first = self.first_chunk or {}
+        body: dict[str, Any] = {"id": first.get("id", ""), "created": first.get("created", int(time.time())),
+                                "model": wants.model or first.get("model", ""),
+                                "object": "chat.completion" if self.api == "chat" else "text_completion",
+                                "choices": [self._choice_response(i, t, wants)
+                                            for i, t in sorted(self.choices.items())]}
+        if self.usage is not None:
+            body["usage"] = self.usage
+        if wants.token_ids:
+            body["prompt_token_ids"] = self.prompt_token_ids
+        return body
+
+    def _choice_response(self, index: int, trace: ChoiceTrace, wants: AgentWants) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index, "finish_reason": trace.finish_reason,
+                                  "stop_reason": trace.stop_reason}
+        if self.api == "chat":
+            message: dict[str, Any] = {"role": trace.role, "content": trace.text or None}
+            if trace.reasoning:
+                message["reasoning_content"] = trace.reasoning
+            if trace.tool_calls:
+                message["tool_calls"] = [trace.tool_calls[k] for k in sorted(trace.tool_calls)]
+                if not trace.text:
+                    message["content"] = None
+            choice["message"] = message
+            choice["logprobs"] = {"content": trace.logprob_entries} if wants.logprobs else None
+        else:
+            choice["text"] = trace.text
+            choice["logprobs"] = trace.completion_logprobs if wants.logprobs else None
+        if wants.token_ids:
+            choice["token_ids"] = trace.token_ids
+            if trace.prompt_token_ids is not None:
+                choice["prompt_token_ids"] = trace.prompt_token_ids
+        return choice
+
+    def agent_chunk(self, chunk: dict[str, Any], wants: AgentWants) -> dict[str, Any] | None:
+        """The chunk as the agent should see it, or None to drop it (usage it did not ask for)."""
+        if not chunk.get("choices") and chunk.get("usage") is not None and not wants.usage:
+            return None
+        if wants.model:
+            chunk["model"] = wants.model
+        if not wants.token_ids:
+            for key in _ADDED_TOP:
+                chunk.pop(key, None)
+        for choice in chunk.get("choices") or []:
+            if not wants.token_ids:
+                for key in _ADDED_CHOICE:
+                    choice.pop(key, None)
+            if not wants.logprobs:
+                choice["logprobs"] = None
+        if not wants.usage and chunk.get("usage") is not None:
+            chunk["usage"] = None
+        return chunk
+
+
+@dataclass(frozen=True)
+class AgentWants:
+    """What the agent asked for, so the proxy can hide what it added for itself."""
+
+    model: str | None
+    stream: bool
+    logprobs: bool
+    token_ids: bool
+    usage: bool
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> AgentWants:
+        stream_options = body.get("stream_options") or {}
+        logprobs = body.get("logprobs")
+        return cls(model=body.get("model"), stream=bool(body.get("stream")),
+                   # chat: true/false; completions: a count where 0 still means "the sampled one"
+                   logprobs=logprobs is not None and logprobs is not False,
+                   token_ids=bool(body.get("return_token_ids")),
+                   usage=bool(stream_options.get("include_usage")) if body.get("stream") else True)
+
+
+def upstream_body(api: Api, body: dict[str, Any], model: str) -> dict[str, Any]:
+    """The agent's request as the proxy sends it: streamed, with token ids and logprobs."""
+    sent = dict(body)
+    sent["model"] = model
+    sent["stream"] = True
+    sent["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    sent["return_token_ids"] = True
+    if api == "chat":
+        sent["logprobs"] = True
+    elif not isinstance(body.get("logprobs"), int) or isinstance(body.get("logprobs"), bool):
+        sent["logprobs"] = 0  # completions API: number of top logprobs; 0 still gives the sampled one
+    return sent

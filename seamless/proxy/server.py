@@ -1,0 +1,122 @@
+"""Running the proxy: `seamless proxy` in the foreground, or `ProxyProcess` as a managed service.
+
+`seamless run` and the tests start the proxy as its own process, so it is the same service a
+user runs alone, and the rest of seamless talks to it only over HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from seamless.errors import ConfigError
+from seamless.proxy.state import ProxySettings, new_key
+from seamless.services.process import ManagedProcess, free_port
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--upstream", action="append", default=[], metavar="URL",
+                        help="vLLM server base URL (repeatable); more can be added at run time with "
+                             "POST /admin/upstreams")
+    parser.add_argument("--redis", metavar="URL", help="redis:// or unix:// URL; default: start a "
+                                                       "private Redis in the run folder")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8100, help="port (0 picks a free one)")
+    parser.add_argument("--admin-key", default=os.environ.get("SEAMLESS_ADMIN_KEY"),
+                        help="key for admin routes (default: $SEAMLESS_ADMIN_KEY, else generated)")
+    parser.add_argument("--prefix", default="seamless", help="Redis key prefix of this run")
+    parser.add_argument("--run-dir", help="folder for the private Redis (default runs/proxy-<time>)")
+    parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
+    parser.add_argument("--health-interval", type=float, default=2.0, help="seconds between health checks")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Serve in the foreground until interrupted."""
+    import uvicorn
+
+    from seamless.proxy.app import create_app
+    from seamless.services.redis_server import RedisServer
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"seamless proxy: warning: binding {args.host} exposes the proxy beyond this machine",
+              file=sys.stderr)
+    port = args.port or free_port(args.host)
+    redis_server = None
+    store_url = args.redis
+    if store_url is None:
+        run_dir = Path(args.run_dir or f"runs/proxy-{time.strftime('%Y%m%d-%H%M%S')}")
+        redis_server = RedisServer(run_dir / "redis").start()
+        store_url = redis_server.url
+    elif not store_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"--redis {store_url!r} is not a Redis URL; use redis://HOST:PORT/DB or unix:///path")
+    admin_key = args.admin_key or new_key()
+    if not args.admin_key:
+        print(f"seamless proxy: admin key (generated): {admin_key}", flush=True)
+    settings = ProxySettings(store_url=store_url, key_prefix=args.prefix, admin_key=admin_key,
+                             upstreams=tuple(args.upstream), max_body_bytes=args.max_body_bytes,
+                             health_interval_s=args.health_interval)
+    print(f"seamless proxy: serving on http://{args.host}:{port} (store {store_url})", flush=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=port, log_level="warning",
+                    access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
+    finally:
+        if redis_server is not None:
+            redis_server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="seamless proxy", description="Run the trajectory manager.")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+class ProxyProcess:
+    """The proxy as a child process on 127.0.0.1; `start()` returns once /health answers."""
+
+    def __init__(self, store_url: str, work_dir: str | Path, upstreams: list[str] = (),
+                 prefix: str = "seamless", admin_key: str | None = None, port: int | None = None,
+                 extra_args: list[str] = ()):
+        self.admin_key = admin_key or new_key()
+        self.port = port or free_port()
+        self.work_dir = Path(work_dir)
+        argv = [sys.executable, "-m", "seamless.proxy", "--port", str(self.port), "--redis", store_url,
+                "--prefix", prefix, "--admin-key", self.admin_key, *extra_args]
+        for url in upstreams:
+            argv += ["--upstream", url]
+        self._process = ManagedProcess(f"seamless proxy ({self.url})", argv, self.work_dir / "proxy.log")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def start(self, timeout_s: float = 60.0) -> ProxyProcess:
+        self._process.start()
+        self._process.wait_until(self._answers, timeout_s, poll_s=0.05)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        self._process.stop()
+
+    def __enter__(self) -> ProxyProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

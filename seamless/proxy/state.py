@@ -1,0 +1,43 @@
+"""Settings and the shared state of one running proxy (made in the app's lifespan)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+import httpx
+
+from seamless.proxy.metrics import Metrics
+from seamless.proxy.upstreams import UpstreamPool
+from seamless.store import TraceStore
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    store_url: str
+    key_prefix: str
+    admin_key: str
+    upstreams: tuple[str, ...] = ()
+    max_body_bytes: int = 8 * 1024 * 1024
+    upstream_timeout_s: float = 600.0
+    health_interval_s: float = 2.0
+    failover_wait_s: float = 30.0
+    """How long a call waits for some server to become healthy before answering 503."""
+
+
+def new_key() -> str:
+    """An unguessable key (192 bits)."""
+    return secrets.token_urlsafe(24)
+
+
+@dataclass
+class ProxyState:
+    settings: ProxySettings
+    store: TraceStore
+    client: httpx.AsyncClient
+    pool: UpstreamPool
+    metrics: Metrics = field(default_factory=Metrics)
+    session_of_key: dict[str, str] = field(default_factory=dict)
+    """Cache of agent key -> session id (the store is the source of truth)."""
+    turn_counts: dict[str, int] = field(default_factory=dict)
+    """Next turn index per open session."""

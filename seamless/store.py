@@ -1,0 +1,282 @@
+"""The Redis schema of a run, in one module. Imports no torch/ray/vllm.
+
+Keys (all under the run's prefix `P`):
+
+    P:session:{sid}     hash   api_key, status (open|finished), created_at, finished_at, group_id,
+                               task_id, metadata (JSON), reward, turn_rewards (JSON), num_turns
+    P:apikey:{key}      string session id of an agent key (Bearer auth lookup)
+    P:turns:{sid}       list   one binary-encoded Turn per element, in call order
+    P:episodes          stream one entry per finished session: {session_id}; the trainer reads it
+                               with the consumer group `trainer` and acknowledges after use
+
+Token arrays are stored as packed little-endian int32/float32 (4 bytes a token, not JSON
+lists). Every multi-key change is one MULTI/EXEC transaction, so a crash never leaves half a
+turn or a finished session without its stream entry.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from seamless.errors import SeamlessError, UnknownSession
+from seamless.types import Turn
+
+CONSUMER_GROUP = "trainer"
+_HEADER = struct.Struct("<I")  # length of the JSON header of an encoded turn
+
+
+class CorruptRecord(SeamlessError):
+    """Data in Redis that does not decode as seamless wrote it (another program's keys, or a bug)."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def session(self, sid: str) -> str:
+        return f"{self.prefix}:session:{sid}"
+
+    def apikey(self, key: str) -> str:
+        return f"{self.prefix}:apikey:{key}"
+
+    def turns(self, sid: str) -> str:
+        return f"{self.prefix}:turns:{sid}"
+
+    @property
+    def episodes(self) -> str:
+        return f"{self.prefix}:episodes"
+
+
+def _packed(values: list[int] | list[float], typecode: str) -> bytes:
+    arr = array(typecode, values)
+    if arr.itemsize != 4:  # 'i' is 4 bytes on every platform seamless runs on; say so if not
+        raise SeamlessError(f"array typecode {typecode!r} is {arr.itemsize} bytes here, expected 4")
+    return arr.tobytes()
+
+
+def encode_turn(turn: Turn, request: dict[str, Any] | None = None) -> bytes:
+    """Turn → bytes: a JSON header (scalars, the request as sent) followed by packed arrays."""
+    # no index in the record: a turn's index is its position in the session's list (RPUSH is
+    # atomic, so concurrent calls of one session can never collide on an index)
+    header = {"session_id": turn.session_id, "finish_reason": turn.finish_reason,
+              "upstream": turn.upstream, "started_at": turn.started_at, "ended_at": turn.ended_at,
+              "n_prompt": len(turn.prompt_token_ids), "n_completion": len(turn.completion_token_ids),
+              "request": request}
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join([_HEADER.pack(len(head)), head, _packed(turn.prompt_token_ids, "i"),
+                     _packed(turn.completion_token_ids, "i"), _packed(turn.completion_logprobs, "f"),
+                     _packed(turn.weight_versions, "i")])
+
+
+def decode_turn(blob: bytes, index: int) -> tuple[Turn, dict[str, Any] | None]:
+    """Inverse of encode_turn (index: position in the list); raises CorruptRecord on anything else."""
+    try:
+        (head_len,) = _HEADER.unpack_from(blob)
+        header = json.loads(blob[_HEADER.size:_HEADER.size + head_len])
+        n_p, n_c = header["n_prompt"], header["n_completion"]
+        offset = _HEADER.size + head_len
+        expected = offset + 4 * (n_p + 3 * n_c)
+        if len(blob) != expected:
+            raise CorruptRecord(f"turn record is {len(blob)} bytes, expected {expected}")
+
+        def take(typecode: str, count: int) -> list:
+            nonlocal offset
+            arr = array(typecode)
+            arr.frombytes(blob[offset:offset + 4 * count])
+            offset += 4 * count
+            return arr.tolist()
+
+        prompt, completion = take("i", n_p), take("i", n_c)
+        logprobs, versions = take("f", n_c), take("i", n_c)
+        turn = Turn(session_id=header["session_id"], index=index, prompt_token_ids=prompt,
+                    completion_token_ids=completion, completion_logprobs=logprobs,
+                    weight_versions=versions, finish_reason=header["finish_reason"],
+                    upstream=header["upstream"], started_at=header["started_at"],
+                    ended_at=header["ended_at"])
+        return turn, header.get("request")
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise CorruptRecord(f"turn record does not decode ({exc}); was it written by seamless?") from exc
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """What the store knows about a session."""
+
+    session_id: str
+    api_key: str
+    status: str
+    created_at: float
+    group_id: str | None
+    task_id: str | None
+    metadata: dict[str, Any]
+    reward: float | None
+    turn_rewards: list[float] | None
+    num_turns: int
+
+    @classmethod
+    def from_hash(cls, sid: str, fields: dict[bytes, bytes]) -> SessionRecord:
+        get = lambda name: fields.get(name.encode(), b"").decode() or None  # noqa: E731
+        try:
+            return cls(session_id=sid, api_key=get("api_key") or "", status=get("status") or "open",
+                       created_at=float(get("created_at") or 0.0), group_id=get("group_id"),
+                       task_id=get("task_id"), metadata=json.loads(get("metadata") or "{}"),
+                       reward=float(r) if (r := get("reward")) is not None else None,
+                       turn_rewards=json.loads(t) if (t := get("turn_rewards")) else None,
+                       num_turns=int(get("num_turns") or 0))
+        except (ValueError, TypeError) as exc:
+            raise CorruptRecord(f"session {sid} hash does not decode ({exc})") from exc
+
+
+class TraceStore:
+    """Async access to one run's traces, for the proxy (redis.asyncio inside the event loop)."""
+
+    def __init__(self, url: str, prefix: str):
+        self.keys = Keys(prefix)
+        # bounded, and callers wait for a free connection instead of failing under a burst
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=256, timeout=30)
+        self.redis = aioredis.Redis(connection_pool=pool)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def create_session(self, sid: str, api_key: str, group_id: str | None, task_id: str | None,
+                             metadata: dict[str, Any]) -> None:
+        fields = {"api_key": api_key, "status": "open", "created_at": time.time(), "num_turns": 0,
+                  "metadata": json.dumps(metadata)}
+        if group_id is not None:
+            fields["group_id"] = group_id
+        if task_id is not None:
+            fields["task_id"] = task_id
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.session(sid), mapping=fields)
+            pipe.set(self.keys.apikey(api_key), sid)
+            await pipe.execute()
+
+    async def session(self, sid: str) -> SessionRecord:
+        fields = await self.redis.hgetall(self.keys.session(sid))
+        if not fields:
+            raise UnknownSession(f"no session {sid!r} in this run; create one with POST /sessions")
+        return SessionRecord.from_hash(sid, fields)
+
+    async def session_of_key(self, api_key: str) -> str | None:
+        sid = await self.redis.get(self.keys.apikey(api_key))
+        return sid.decode() if sid else None
+
+    async def append_turns(self, sid: str, turns: list[tuple[Turn, dict[str, Any] | None]]) -> None:
+        """Record the turns of one call (one per choice) atomically."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(self.keys.turns(sid), *[encode_turn(t, r) for t, r in turns])
+            pipe.hincrby(self.keys.session(sid), "num_turns", len(turns))
+            await pipe.execute()
+
+    async def turns(self, sid: str) -> list[Turn]:
+        blobs = await self.redis.lrange(self.keys.turns(sid), 0, -1)
+        return [decode_turn(blob, i)[0] for i, blob in enumerate(blobs)]
+
+    async def turns_with_requests(self, sid: str) -> list[tuple[Turn, dict[str, Any] | None]]:
+        blobs = await self.redis.lrange(self.keys.turns(sid), 0, -1)
+        return [decode_turn(blob, i) for i, blob in enumerate(blobs)]
+
+    async def set_reward(self, sid: str, reward: float | None, turn_rewards: list[float] | None) -> None:
+        fields: dict[str, Any] = {}
+        if reward is not None:
+            fields["reward"] = repr(float(reward))
+        if turn_rewards is not None:
+            fields["turn_rewards"] = json.dumps([float(r) for r in turn_rewards])
+        if fields:
+            await self.redis.hset(self.keys.session(sid), mapping=fields)
+
+    async def finish(self, sid: str) -> bool:
+        """Mark finished and publish to the episode stream, once. False if it was already finished."""
+        key = self.keys.session(sid)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    status, api_key = await pipe.hmget(key, ["status", "api_key"])
+                    if status is None:
+                        await pipe.unwatch()
+                        raise UnknownSession(f"no session {sid!r} in this run")
+                    if status == b"finished":
+                        await pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.hset(key, mapping={"status": "finished", "finished_at": time.time()})
+                    pipe.delete(self.keys.apikey(api_key.decode()))  # the agent's key stops working
+                    pipe.xadd(self.keys.episodes, {"session_id": sid})
+                    await pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+
+@dataclass(frozen=True)
+class EpisodeEntry:
+    """One finished session delivered by the episode stream; ack its `entry_id` after training."""
+
+    entry_id: str
+    session_id: str
+
+
+class EpisodeQueue:
+    """Synchronous consumer side of the episode stream, for the trainer's main loop.
+
+    Entries delivered but not acknowledged (the trainer crashed mid-step) are delivered again
+    to the same consumer name on restart, before any new entry.
+    """
+
+    def __init__(self, url: str, prefix: str, consumer: str = "trainer-0"):
+        self.keys = Keys(prefix)
+        self.redis = redis.Redis.from_url(url)
+        self.consumer = consumer
+        try:
+            self.redis.xgroup_create(self.keys.episodes, CONSUMER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._replay_pending = True
+
+    def take(self, count: int, block_ms: int = 1000) -> list[EpisodeEntry]:
+        """Up to `count` entries: unacknowledged ones from a previous life first, then new ones."""
+        if self._replay_pending:
+            pending = self._read("0", count, block_ms=None)
+            if pending:
+                return pending
+            self._replay_pending = False
+        return self._read(">", count, block_ms)
+
+    def _read(self, start: str, count: int, block_ms: int | None) -> list[EpisodeEntry]:
+        reply = self.redis.xreadgroup(CONSUMER_GROUP, self.consumer, {self.keys.episodes: start},
+                                      count=count, block=block_ms)
+        entries = []
+        for _stream, items in reply or []:
+            for entry_id, fields in items:
+                entries.append(EpisodeEntry(entry_id.decode(), fields[b"session_id"].decode()))
+        return entries
+
+    def ack(self, entries: list[EpisodeEntry], retention_s: int) -> None:
+        """Acknowledge trained entries; their session data expires after `retention_s`."""
+        if not entries:
+            return
+        ids = [e.entry_id for e in entries]
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.keys.episodes, CONSUMER_GROUP, *ids)
+            pipe.xdel(self.keys.episodes, *ids)
+            for entry in entries:
+                pipe.expire(self.keys.session(entry.session_id), retention_s)
+                pipe.expire(self.keys.turns(entry.session_id), retention_s)
+            pipe.execute()
+
+    def close(self) -> None:
+        self.redis.close()
