@@ -1,5 +1,6 @@
 """What `seamless run` does until the training loop lands: bring up the services, send one chat
-completion through them, record it in Redis, and shut everything down.
+completion through the trajectory manager with the official `openai` client, read back the
+recorded trajectory, and shut everything down.
 
 It exercises the same pieces the main loop will use: run folder, model folder, private Redis,
 vLLM server, token-exact recording (`return_token_ids` + logprobs).
@@ -8,15 +9,14 @@ vLLM server, token-exact recording (`return_token_ids` + logprobs).
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 
 import httpx
-import redis
 
 from seamless.config import Recipe
-from seamless.errors import ConfigError, ServiceError
+from seamless.errors import ConfigError
+from seamless.proxy.server import ProxyProcess
 from seamless.services.redis_server import RedisServer
 from seamless.services.vllm_server import VLLMServer, VLLMServerOptions
 
@@ -41,7 +41,7 @@ def resolve_model_dir(recipe: Recipe, run_dir: Path) -> Path:
 def run_smoke(recipe: Recipe, run_dir: Path) -> int:
     print(f"seamless run: run folder {run_dir}")
     print("seamless run: the RL training loop is not part of this version yet; this run starts the "
-          "services, sends one chat completion through them and records it in Redis.")
+          "services, sends one chat completion through the trajectory manager and reads back its trace.")
     model_dir = resolve_model_dir(recipe, run_dir)
     with contextlib.ExitStack() as stack:
         store_url = recipe.store.url
@@ -60,30 +60,31 @@ def run_smoke(recipe: Recipe, run_dir: Path) -> int:
             server = stack.enter_context(VLLMServer(model_dir, run_dir / "vllm-0", options))
             server_url, model_name = server.url, server.model_name
             print(f"started vLLM at {server_url} in {time.monotonic() - t0:.1f} s (log: {server.log_path})")
-        record = _one_completion(server_url, model_name, recipe)
-        with redis.Redis.from_url(store_url) as client:
-            key = f"{recipe.store.key_prefix or recipe.run.name}:smoke:turn"
-            client.set(key, json.dumps(record))
-            stored = json.loads(client.get(key))
-        print(f"recorded one turn in Redis under {key!r}: {len(stored['prompt_token_ids'])} prompt "
-              f"tokens, {len(stored['completion_token_ids'])} completion tokens")
-        print(f"completion text: {stored['text']!r}")
+        proxy = stack.enter_context(ProxyProcess(store_url, run_dir / "proxy", upstreams=[server_url],
+                                                 prefix=recipe.store.key_prefix or recipe.run.name,
+                                                 admin_key=recipe.proxy.admin_key))
+        print(f"started the trajectory manager at {proxy.url}")
+        trajectory = _one_episode(proxy, recipe)
+        turn = trajectory["turns"][0]
+        print(f"recorded one turn in Redis: {len(turn['prompt_token_ids'])} prompt tokens, "
+              f"{len(turn['completion_token_ids'])} completion tokens, weight version "
+              f"{sorted(set(turn['weight_versions']))}, served by {turn['upstream']}")
+        print(f"merged training sequence: {sum(trajectory['sequences'][0]['loss_mask'])} of "
+              f"{len(trajectory['sequences'][0]['token_ids'])} tokens in the loss mask")
     print("services stopped.")
     return 0
 
 
-def _one_completion(server_url: str, model_name: str | None, recipe: Recipe) -> dict:
-    if model_name is None:
-        models = httpx.get(f"{server_url}/v1/models", timeout=30).json()
-        model_name = models["data"][0]["id"]
-    body = {"model": model_name, "messages": [{"role": "user", "content": "What is 2 + 3?"}],
-            "max_tokens": recipe.rollout.max_tokens, "temperature": 0.0, "logprobs": True,
-            "return_token_ids": True}
-    response = httpx.post(f"{server_url}/v1/chat/completions", json=body, timeout=120)
-    if response.status_code != 200:
-        raise ServiceError(f"vLLM at {server_url} answered {response.status_code}: {response.text[:500]}")
-    data = response.json()
-    choice = data["choices"][0]
-    return {"prompt_token_ids": data["prompt_token_ids"], "completion_token_ids": choice["token_ids"],
-            "logprobs": [entry["logprob"] for entry in choice["logprobs"]["content"]],
-            "text": choice["message"]["content"], "finish_reason": choice["finish_reason"]}
+def _one_episode(proxy: ProxyProcess, recipe: Recipe) -> dict:
+    """What an agent does, with the official client: one chat completion in its own session."""
+    import openai
+
+    admin = {"Authorization": f"Bearer {proxy.admin_key}"}
+    session = httpx.post(f"{proxy.url}/sessions", headers=admin, json={"task_id": "smoke"}, timeout=30).json()
+    client = openai.OpenAI(base_url=session["base_url"], api_key=session["api_key"])
+    reply = client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "What is 2 + 3?"}],
+                                           max_tokens=recipe.rollout.max_tokens, temperature=0.0)
+    print(f"completion text: {reply.choices[0].message.content!r}")
+    httpx.post(f"{proxy.url}/sessions/{session['session_id']}/reward", headers=admin, json={"reward": 0.0})
+    httpx.post(f"{proxy.url}/sessions/{session['session_id']}/finish", headers=admin)
+    return httpx.get(f"{proxy.url}/sessions/{session['session_id']}/trajectory", headers=admin, timeout=30).json()

@@ -57,5 +57,6 @@ def test_run_sends_one_completion_through_the_services(tmp_path, vllm_server, ca
     assert code == 0
     out = capsys.readouterr().out
     assert "started private Redis" in out and "recorded one turn in Redis" in out
+    assert "weight version [0]" in out and "tokens in the loss mask" in out
     assert (tmp_path / "run" / "recipe.resolved.yaml").is_file()
     assert (tmp_path / "run" / "redis" / "redis.log").is_file()
