@@ -176,13 +176,17 @@ def _upstream_error(status: int, detail: bytes) -> ApiError:
 
 async def _chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     """Parsed SSE chunks of an upstream stream, until [DONE]."""
+    done = False
     try:
+        # read to the very end, past [DONE]: a response left unread closes its connection
+        # instead of returning it to the keep-alive pool (a new TCP connect per call)
         async for line in response.aiter_lines():
-            if not line.startswith("data: "):
+            if done or not line.startswith("data: "):
                 continue
             data = line[6:]
             if data == "[DONE]":
-                return
+                done = True
+                continue
             chunk = json.loads(data)
             if "error" in chunk and "choices" not in chunk:
                 error = chunk["error"]
@@ -192,7 +196,8 @@ async def _chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
             yield chunk
     except httpx.TransportError as exc:
         raise _UpstreamFailed(repr(exc)) from exc
-    raise _UpstreamFailed("the stream ended without [DONE]")
+    if not done:
+        raise _UpstreamFailed("the stream ended without [DONE]")
 
 
 async def _complete(state: ProxyState, api: Api, body: dict[str, Any], session_id: str) -> CallRecorder:
