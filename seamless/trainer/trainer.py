@@ -309,6 +309,12 @@ class Trainer:
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
         return out
 
+    def memory_stats(self) -> list[dict[str, float]]:
+        """Per rank: peak accelerator memory and RSS, in GiB."""
+        import ray
+
+        return ray.get([w.memory_stats.remote() for w in self._workers])
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     def shutdown(self) -> None:

@@ -115,8 +115,11 @@ class TrainWorker:
             engine.backward(loss * self.world_size, scale_wrt_gas=False)
             for key, value in metrics.items():
                 sums[key] += float(value)
+        # ZeRO optimizers record the pre-clip norm; at stage 0 the engine does not, so measure it
+        # here, where the gradients are already averaged over ranks and not yet stepped
+        own_norm = _grad_norm(engine.module) if self._e.stage == 0 else None
         engine.step()
-        norm = engine.get_global_grad_norm()
+        norm = own_norm if own_norm is not None else engine.get_global_grad_norm()
         sums["grad_norm"] = float(norm) if norm is not None else float("nan")
         return dict(sums)
 
@@ -191,6 +194,13 @@ class TrainWorker:
                 return None
             return [(n, p.detach().to("cpu", copy=True)) for n, p in zip(names, chosen)]
 
+    def memory_stats(self) -> dict[str, float]:
+        """Peak accelerator memory of this rank and peak RSS of its process, in GiB (GPU: 0 on CPU)."""
+        import resource
+
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+        return {"peak_gpu_gib": peak, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
     def shutdown(self) -> None:
         """Leave the process group; without this about 1 in 13 gloo runs aborted at exit."""
         import torch.distributed as dist
@@ -198,6 +208,11 @@ class TrainWorker:
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+
+
+def _grad_norm(module: torch.nn.Module) -> float:
+    grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
 
 
 def _to_device(mb: MicroBatch, device: torch.device) -> MicroBatch:
