@@ -113,8 +113,6 @@ class Trainer:
 
     def train_step(self, sequences: list[TrainingSequence]) -> StepMetrics | None:
         """One RL step on finished sequences. None when filters left nothing to train on."""
-        import ray
-
         start = time.perf_counter()
         kept = self._filter(sequences)
         if not kept.sequences:
