@@ -175,7 +175,7 @@ class AlgorithmConfig(Section):
     """Advantage estimator: GRPO group-relative, PPO with a critic and GAE, RLOO, REINFORCE++."""
     norm_adv_by_std: bool = True
     """GRPO: divide by the group's reward std (False gives Dr.GRPO)."""
-    clip_low: float = Field(0.2, ge=0.0)
+    clip_low: float = Field(0.2, ge=0.0, lt=1.0)
     """PPO ratio clip below 1 (1 - clip_low)."""
     clip_high: float = Field(0.28, ge=0.0)
     """PPO ratio clip above 1 (1 + clip_high); larger than clip_low is DAPO's clip-higher."""
@@ -183,7 +183,9 @@ class AlgorithmConfig(Section):
     """Dual-clip bound for negative advantages (e.g. 3.0); unset disables it."""
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_sum_norm"] = "token_mean"
     """How token losses become one number: over all tokens, per sequence then mean, or summed per
-    sequence and divided by a constant (Dr.GRPO)."""
+    sequence and divided by `seq_sum_norm_const` (Dr.GRPO)."""
+    seq_sum_norm_const: float = Field(1024.0, gt=0.0)
+    """The constant of `seq_sum_norm`; Dr.GRPO uses the longest allowed generation (in tokens)."""
     kl_coef: float = Field(0.0, ge=0.0)
     """Weight of the KL to the reference model; 0 skips the reference model."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
@@ -193,17 +195,35 @@ class AlgorithmConfig(Section):
     entropy_coef: float = Field(0.0, ge=0.0)
     """Entropy bonus weight."""
     gamma: float = Field(1.0, ge=0.0, le=1.0)
-    """PPO discount."""
+    """Discount over tokens (PPO's GAE and REINFORCE++ returns)."""
     lam: float = Field(0.95, ge=0.0, le=1.0)
     """PPO GAE lambda."""
-    value_clip: float = Field(0.2, ge=0.0)
-    """PPO value-loss clip range."""
+    value_clip: float | None = Field(0.2, ge=0.0)
+    """PPO value-loss clip range; unset uses the plain squared error."""
+    value_loss_coef: float = Field(0.5, ge=0.0)
+    """PPO: weight of the value loss in the critic's objective."""
     tis_cap: float | None = Field(2.0, gt=0.0)
     """Truncated importance sampling cap between trainer and rollout logprobs; unset disables it."""
     max_staleness: int = Field(1, ge=0)
     """Episodes whose oldest token is more than this many weight versions old are dropped."""
     dynamic_sampling: bool = False
     """Drop groups whose rewards are all equal (DAPO)."""
+    overlong_max_tokens: int | None = Field(None, ge=1)
+    """Overlong shaping (DAPO): sequences with more generated tokens than this get -overlong_penalty;
+    unset disables it."""
+    overlong_buffer_tokens: int = Field(0, ge=0)
+    """Overlong shaping: the penalty ramps linearly from 0 to -overlong_penalty over this many tokens
+    before overlong_max_tokens."""
+    overlong_penalty: float = Field(1.0, ge=0.0)
+    """Overlong shaping: the largest penalty added to the reward."""
+
+    @model_validator(mode="after")
+    def _overlong_buffer_fits(self) -> AlgorithmConfig:
+        if self.overlong_max_tokens is not None and self.overlong_buffer_tokens > self.overlong_max_tokens:
+            raise ValueError(
+                f"overlong_buffer_tokens ({self.overlong_buffer_tokens}) exceeds overlong_max_tokens "
+                f"({self.overlong_max_tokens}); make the buffer smaller")
+        return self
 
 
 class SftWarmupConfig(Section):
@@ -224,26 +244,34 @@ class TrainerConfig(Section):
     """RL steps to run."""
     lr: float = Field(1e-5, gt=0.0)
     """Peak learning rate."""
+    critic_lr: float = Field(1e-5, gt=0.0)
+    """Peak learning rate of the PPO critic."""
     warmup_steps: int = Field(0, ge=0)
-    """Linear warm-up steps of the learning rate."""
+    """Linear warm-up of the learning rate, in optimizer steps."""
     weight_decay: float = Field(0.0, ge=0.0)
     """AdamW weight decay."""
     grad_clip: float = Field(1.0, gt=0.0)
     """Gradient norm clip."""
     ppo_epochs: int = Field(1, ge=1)
     """Passes over each batch."""
+    mini_batches: int = Field(1, ge=1)
+    """Optimizer steps per pass: the batch is split into this many mini-batches."""
     micro_batch_tokens: int = Field(4096, ge=16)
-    """Token budget of one micro-batch (sequences are packed up to it)."""
+    """Token budget of one micro-batch, padding included (sequences are packed up to it); must be
+    at least the longest sequence."""
     checkpoint_every: int = Field(10, ge=1)
     """Save a checkpoint every N steps."""
     keep_checkpoints: int = Field(2, ge=1)
     """Checkpoints kept on disk."""
     eval_every: int = Field(10, ge=1)
     """Score the held-out prompts every N steps."""
+    export_bucket_mb: int = Field(256, ge=1)
+    """Size of the weight buckets handed to the weight sync, in MiB."""
     sft_warmup: SftWarmupConfig = SftWarmupConfig()
     """Supervised warm-start before RL."""
     deepspeed: dict[str, Any] = {"zero_optimization": {"stage": 2}}
-    """Passed through to DeepSpeed (ZeRO stage, offload, ...); batch sizes are set by seamless."""
+    """Passed through to DeepSpeed (ZeRO stage, offload, ...); batch sizes, gradient clipping and
+    precision are set by seamless from the other keys."""
 
 
 ResourceTag = Literal["train", "rollout"]

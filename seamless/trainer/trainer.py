@@ -1,0 +1,365 @@
+"""The driver-side trainer: what the main loop calls. It owns one Ray actor per rank.
+
+    trainer = Trainer.from_recipe(recipe, model_dir, num_ranks=2)
+    metrics = trainer.train_step(sequences)        # list[TrainingSequence] -> StepMetrics
+    for bucket in trainer.export_weights(): ...    # named full tensors for the rollout servers
+    trainer.save_checkpoint(run_dir / "checkpoints", extra_state={"data_position": 123})
+    trainer.shutdown()
+
+A step: filter (staleness, dynamic sampling) -> one no-grad pass on the ranks for the logprobs
+the batch is trained from (and reference logprobs, critic values) -> advantages on the driver
+-> for each epoch, for each mini-batch: every rank runs its micro-batches and one optimizer step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seamless.algorithms import (
+    dynamic_sampling_keep,
+    group_ids_to_index,
+    logprob_mismatch,
+    overlong_penalty,
+    staleness_keep,
+    truncated_is_weights,
+)
+from seamless.config import AlgorithmConfig, Recipe, TrainerConfig
+from seamless.errors import SeamlessError
+from seamless.trainer.advantage import estimate
+from seamless.trainer.batch import (
+    MicroBatch,
+    TrainBatch,
+    deal_to_ranks,
+    pack_by_tokens,
+    scatter_rows,
+    slice_micro_batch,
+    with_denominators,
+)
+from seamless.trainer.engines import deepspeed_config, zero_stage
+from seamless.trainer.metrics import SftMetrics, StepMetrics
+from seamless.trainer.worker import TrainWorker, WorkerSpec
+from seamless.types import TrainingSequence
+
+_STATE_FILE = "trainer_state.json"
+# variables each rank's process needs before torch/deepspeed import (DESIGN section 4)
+_RANK_ENV = ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
+
+
+@dataclass(frozen=True)
+class _Filtered:
+    sequences: list[TrainingSequence]
+    dropped_stale: int
+    dropped_uniform: int
+
+
+class Trainer:
+    """A DeepSpeed policy (plus reference and critic when the algorithm needs them) on N ranks."""
+
+    def __init__(self, model_dir: str | Path, algorithm: AlgorithmConfig, config: TrainerConfig, num_ranks: int,
+                 dtype: str = "float32", seed: int = 0, placement_group: Any = None, first_bundle: int = 0):
+        import ray
+
+        from transformers import AutoConfig
+
+        self.model_dir = Path(model_dir).resolve()
+        self.algorithm, self.config, self.num_ranks, self.seed = algorithm, config, num_ranks, seed
+        self.pad_id = AutoConfig.from_pretrained(self.model_dir).pad_token_id or 0
+        ds_config = deepspeed_config(config.deepspeed, num_ranks, config.grad_clip, dtype)
+        self.zero_stage = zero_stage(ds_config)
+        spec = WorkerSpec(model_dir=str(self.model_dir), ds_config=ds_config, dtype=dtype, lr=config.lr,
+                          critic_lr=config.critic_lr, weight_decay=config.weight_decay,
+                          need_reference=algorithm.kl_coef > 0, need_critic=algorithm.name == "ppo",
+                          algorithm=algorithm, seed=seed)
+        self.step = 0  # RL steps done
+        self.version = 0  # weight version; one per train_step
+        self.optimizer_steps = 0  # drives the LR schedule
+        self.sft_steps = 0
+        env = {k: os.environ[k] for k in _RANK_ENV if k in os.environ}
+        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+        # ranks must import the same seamless as the driver (a checkout may shadow an installed copy)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        # num_cpus=0: a rank is bound by its (logical) GPU, and on a 2-CPU cluster each rank
+        # asking for a CPU would leave nothing for the rest
+        actor = ray.remote(num_cpus=0, num_gpus=1)(TrainWorker)
+        self._workers = []
+        for rank in range(num_ranks):
+            options: dict[str, Any] = {"runtime_env": {"env_vars": env}, "name": None}
+            if placement_group is not None:
+                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group, placement_group_bundle_index=first_bundle + rank)
+            self._workers.append(actor.options(**options).remote(rank, num_ranks, spec))
+        addr, port = ray.get(self._workers[0].endpoint.remote())
+        ray.get([w.setup.remote(addr, port) for w in self._workers])
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, model_dir: str | Path, num_ranks: int, **kwargs: Any) -> Trainer:
+        return cls(model_dir, recipe.algorithm, recipe.trainer, num_ranks, dtype=recipe.model.dtype,
+                   seed=recipe.run.seed, **kwargs)
+
+    # --- the step ----------------------------------------------------------------------------
+
+    def train_step(self, sequences: list[TrainingSequence]) -> StepMetrics | None:
+        """One RL step on finished sequences. None when filters left nothing to train on."""
+        start = time.perf_counter()
+        kept = self._filter(sequences)
+        if not kept.sequences:
+            return None
+        algo = self.algorithm
+        batch = TrainBatch.from_sequences(kept.sequences, self.pad_id)
+        rewards = batch.rewards.clone()
+        if algo.overlong_max_tokens is not None:
+            generated = batch.loss_mask.sum(-1).long()
+            rewards += overlong_penalty(generated, algo.overlong_max_tokens, algo.overlong_buffer_tokens,
+                                        algo.overlong_penalty)
+        groups = group_ids_to_index([s.group_id for s in kept.sequences])
+        passes = self._forward(batch, want_reference=algo.kl_coef > 0, want_values=algo.name == "ppo")
+        old = passes["logprobs"]
+        adv = estimate(algo, rewards, groups, batch.loss_mask, old, passes.get("ref_logprobs"), passes.get("values"))
+        mask = batch.loss_mask
+        is_weights = (truncated_is_weights(old, batch.rollout_logprobs, mask, algo.tis_cap)
+                      if algo.tis_cap is not None else None)
+        per_token = {"old_logprobs": old, "ref_logprobs": passes.get("ref_logprobs"), "advantages": adv.advantages,
+                     "is_weights": is_weights, "old_values": passes.get("values"), "returns": adv.returns}
+        sums, epoch_losses, first_loss, lr = self._optimize(batch, per_token)
+        self.step += 1
+        self.version += 1
+        elapsed = time.perf_counter() - start
+        mismatch = logprob_mismatch(old, batch.rollout_logprobs, mask)
+        n_tok, n_trained = int(batch.attention_mask.sum()), int(mask.sum())
+        n_updates = max(sums.pop("_updates"), 1)
+        mean = lambda key: sums.get(key, 0.0) / n_updates  # noqa: E731
+        return StepMetrics(
+            step=self.step, weight_version=self.version, num_sequences=batch.size,
+            num_dropped_stale=kept.dropped_stale, num_dropped_uniform=kept.dropped_uniform,
+            num_tokens=n_tok, num_trained_tokens=n_trained, loss=first_loss, policy_loss=mean("policy_loss"),
+            kl_loss=mean("kl_loss"), entropy=mean("entropy"), clip_frac=mean("clip_frac"),
+            dual_clip_frac=mean("dual_clip_frac"), approx_kl=mean("approx_kl"), grad_norm=mean("grad_norm"), lr=lr,
+            reward_mean=float(rewards.mean()), advantage_mean=float((adv.advantages * mask).sum() / max(n_trained, 1)),
+            mismatch_mean_abs=mismatch.mean_abs_diff, mismatch_max_abs=mismatch.max_abs_diff,
+            mismatch_kl=mismatch.kl_k3,
+            is_weight_mean=float((is_weights * mask).sum() / max(n_trained, 1)) if is_weights is not None else 1.0,
+            kl_penalty=float(adv.kl_penalty.sum() / max(n_trained, 1)) if adv.kl_penalty is not None else 0.0,
+            value_loss=mean("value_loss"), value_clip_frac=mean("value_clip_frac"),
+            critic_grad_norm=mean("critic_grad_norm"), epoch_losses=epoch_losses, step_time_s=elapsed,
+            tokens_per_s=n_tok * (1 + self.config.ppo_epochs) / elapsed)
+
+    def _filter(self, sequences: list[TrainingSequence]) -> _Filtered:
+        """Drop sequences too stale to correct, then groups dynamic sampling rejects."""
+        algo = self.algorithm
+        versions = torch.tensor([s.oldest_version for s in sequences], dtype=torch.long)
+        fresh = staleness_keep(versions, self.version, algo.max_staleness) if sequences else torch.ones(0, dtype=torch.bool)
+        kept = [s for s, ok in zip(sequences, fresh.tolist()) if ok]
+        dropped_stale = len(sequences) - len(kept)
+        if algo.dynamic_sampling and kept:
+            rewards = torch.tensor([s.reward for s in kept], dtype=torch.float64)
+            ok = dynamic_sampling_keep(rewards, group_ids_to_index([s.group_id for s in kept]))
+            after = [s for s, k in zip(kept, ok.tolist()) if k]
+            return _Filtered(after, dropped_stale, len(kept) - len(after))
+        return _Filtered(kept, dropped_stale, 0)
+
+    def _optimize(self, batch: TrainBatch, per_token: dict[str, torch.Tensor | None]) -> tuple[dict[str, float], list[float], float, float]:
+        """ppo_epochs passes, each split into mini-batches with one optimizer step each."""
+        import ray
+
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)  # same order after a resume
+        n_mini = min(self.config.mini_batches, batch.size)
+        sums: dict[str, float] = {"_updates": 0}
+        epoch_losses: list[float] = []
+        first_loss, lr = math.nan, self._lr()
+        for _ in range(self.config.ppo_epochs):
+            order = torch.randperm(batch.size, generator=gen).tolist() if n_mini > 1 else list(range(batch.size))
+            epoch_loss = 0.0
+            for chunk in range(n_mini):
+                rows = order[chunk::n_mini]
+                lr = self._lr()
+                rank_mbs = self._micro_batches(batch, rows, per_token)
+                futures = [w.train_policy.remote(mbs, lr) for w, mbs in zip(self._workers, rank_mbs)]
+                if self.algorithm.name == "ppo":
+                    critic_lr = self._lr(self.config.critic_lr)
+                    futures += [w.train_critic.remote(mbs, critic_lr) for w, mbs in zip(self._workers, rank_mbs)]
+                results = ray.get(futures)
+                merged = _merge_rank_metrics(results, self.num_ranks)
+                if math.isnan(first_loss):
+                    first_loss = merged["loss"]
+                epoch_loss += merged["policy_loss"] / n_mini
+                for key, value in merged.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                sums["_updates"] += 1
+                self.optimizer_steps += 1
+            epoch_losses.append(epoch_loss)
+        return sums, epoch_losses, first_loss, lr
+
+    def _lr(self, peak: float | None = None) -> float:
+        """Linear warm-up over trainer.warmup_steps optimizer steps, then constant."""
+        peak = self.config.lr if peak is None else peak
+        warmup = self.config.warmup_steps
+        return peak * min(1.0, (self.optimizer_steps + 1) / warmup) if warmup else peak
+
+    def _micro_batches(self, batch: TrainBatch, rows: list[int],
+                       per_token: dict[str, torch.Tensor | None]) -> list[list[MicroBatch]]:
+        lengths = [int(batch.lengths[i]) for i in rows]
+        groups = pack_by_tokens(lengths, self.config.micro_batch_tokens)
+        ranks = deal_to_ranks(groups, lengths, self.num_ranks)
+        mbs = [[slice_micro_batch(batch, [rows[i] for i in g], self.pad_id, **per_token) for g in rank]
+               for rank in ranks]
+        return with_denominators(mbs, batch.loss_mask, rows)
+
+    def _forward(self, batch: TrainBatch, want_reference: bool, want_values: bool) -> dict[str, torch.Tensor]:
+        """No-grad pass over the whole batch on all ranks; results as (B, T) tensors."""
+        import ray
+
+        rank_mbs = self._micro_batches(batch, list(range(batch.size)), {})
+        results = ray.get([w.forward.remote(mbs, want_reference, want_values)
+                           for w, mbs in zip(self._workers, rank_mbs)])
+        flat_mbs = [mb for rank in rank_mbs for mb in rank]
+        flat_out = [r for rank in results for r in rank]
+        B, T = batch.token_ids.shape
+        return {key: scatter_rows(B, T, flat_mbs, [r[key] for r in flat_out]) for key in flat_out[0]}
+
+    def compute_logprobs(self, sequences: list[TrainingSequence]) -> list[list[float]]:
+        """Logprob of every token under the current weights (position 0 is 0.0), one list per sequence."""
+        batch = TrainBatch.from_sequences(sequences, self.pad_id)
+        logprobs = self._forward(batch, want_reference=False, want_values=False)["logprobs"]
+        return [logprobs[i, : int(batch.lengths[i])].tolist() for i in range(batch.size)]
+
+    def sft_step(self, sequences: list[TrainingSequence], lr: float | None = None) -> SftMetrics:
+        """One supervised step: token-mean NLL of the loss-masked tokens. LR defaults to sft_warmup.lr."""
+        import ray
+
+        start = time.perf_counter()
+        batch = TrainBatch.from_sequences(sequences, self.pad_id)
+        rank_mbs = self._micro_batches(batch, list(range(batch.size)), {})
+        lr = self.config.sft_warmup.lr if lr is None else lr
+        merged = _merge_rank_metrics(ray.get([w.train_sft.remote(mbs, lr) for w, mbs in zip(self._workers, rank_mbs)]),
+                                     self.num_ranks)
+        self.sft_steps += 1
+        n_tok = int(batch.attention_mask.sum())
+        return SftMetrics(step=self.sft_steps, loss=merged["sft_loss"], grad_norm=merged["grad_norm"], num_tokens=n_tok,
+                          tokens_per_s=n_tok / (time.perf_counter() - start))
+
+    # --- checkpoints and export --------------------------------------------------------------
+
+    def save_checkpoint(self, root: str | Path, extra_state: dict[str, Any] | None = None) -> Path:
+        """Save to root/step_NNNNNNNN (every rank's shard, optimizer, RNG); keep the newest K.
+
+        `extra_state` (e.g. the data position) must be JSON; `load_checkpoint` returns it.
+        The folder must be on storage every rank can write (one machine, or a shared file system).
+        """
+        import ray
+
+        folder = Path(root).resolve() / f"step_{self.step:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {"step": self.step, "version": self.version, "optimizer_steps": self.optimizer_steps,
+                 "sft_steps": self.sft_steps, "extra_state": extra_state or {}}
+        ray.get([w.save.remote(str(folder), {"seamless": state}) for w in self._workers])
+        # written last: a folder without it is an interrupted save and is never loaded
+        (folder / _STATE_FILE).write_text(json.dumps(state, indent=1))
+        complete = sorted(p for p in folder.parent.glob("step_*") if (p / _STATE_FILE).exists())
+        for old in complete[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        """Resume from a step folder, or from the newest complete one under a root. Returns extra_state."""
+        import ray
+
+        folder = latest_checkpoint(path)
+        ray.get([w.load.remote(str(folder)) for w in self._workers])
+        state = json.loads((folder / _STATE_FILE).read_text())
+        self.step, self.version = state["step"], state["version"]
+        self.optimizer_steps, self.sft_steps = state["optimizer_steps"], state["sft_steps"]
+        return state["extra_state"]
+
+    def export_weights(self, bucket_bytes: int | None = None) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """Full (gathered) policy weights as buckets of (HF name, CPU tensor), about bucket_bytes each."""
+        import ray
+
+        bucket_bytes = bucket_bytes or self.config.export_bucket_mb << 20
+        plan = ray.get(self._workers[0].bucket_plan.remote(bucket_bytes))
+        # under ZeRO-3 the gather is collective; otherwise rank 0 holds full weights
+        workers = self._workers if self.zero_stage == 3 else self._workers[:1]
+        for names in plan:
+            yield ray.get([w.gather.remote(names) for w in workers])[0]
+
+    def export_hf(self, out_dir: str | Path) -> Path:
+        """A Hugging Face folder (config, tokenizer, model.safetensors) that transformers and vLLM load."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {name: t.contiguous() for bucket in self.export_weights() for name, t in bucket}
+        for src in self.model_dir.iterdir():  # config, generation config, tokenizer files
+            if src.is_file() and not src.name.endswith((".safetensors", ".bin")) and src.name != "model.safetensors.index.json":
+                shutil.copy2(src, out / src.name)
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        return out
+
+    def memory_stats(self) -> list[dict[str, float]]:
+        """Per rank: peak accelerator memory and RSS, in GiB."""
+        import ray
+
+        return ray.get([w.memory_stats.remote() for w in self._workers])
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Leave the process group on every rank, then end the actors."""
+        import ray
+
+        if not self._workers:
+            return
+        try:
+            ray.get([w.shutdown.remote() for w in self._workers], timeout=120)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        """End the actors at once (what a crash looks like); prefer shutdown()."""
+        import ray
+
+        for w in self._workers:
+            ray.kill(w)
+        self._workers = []
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def latest_checkpoint(path: str | Path) -> Path:
+    """`path` itself when it is a complete step folder, else its newest complete step_* child."""
+    path = Path(path)
+    if (path / _STATE_FILE).exists():
+        return path
+    complete = sorted(p for p in path.glob("step_*") if (p / _STATE_FILE).exists())
+    if not complete:
+        raise SeamlessError(f"no complete checkpoint under {path}; pass a folder written by save_checkpoint "
+                            f"(it holds {_STATE_FILE})")
+    return complete[-1]
+
+
+def _merge_rank_metrics(results: list[dict[str, float]], num_ranks: int) -> dict[str, float]:
+    """Add up per-rank shares; grad norms are already global, so take them once."""
+    merged: dict[str, float] = {}
+    for result in results:
+        for key, value in result.items():
+            if key.endswith("grad_norm"):
+                merged[key] = value
+            else:
+                merged[key] = merged.get(key, 0.0) + value
+    return merged

@@ -1,0 +1,221 @@
+"""One trainer rank: a process (a Ray actor) holding the DeepSpeed engines of its shard.
+
+The driver (`seamless.trainer.trainer.Trainer`) calls every rank with its own list of
+micro-batches; all ranks call the same methods in the same order, since ZeRO's collectives need
+every rank. Tensors cross the actor boundary on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seamless.config import AlgorithmConfig
+from seamless.trainer.batch import MicroBatch
+from seamless.trainer.engines import Engines, build_engines
+from seamless.trainer.objective import critic_objective, policy_objective, sft_objective, token_values
+from seamless.algorithms import logprobs_from_logits
+
+LossFn = Callable[[torch.Tensor, MicroBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a rank needs to build its engines."""
+
+    model_dir: str
+    ds_config: dict[str, Any]
+    dtype: str
+    lr: float
+    critic_lr: float
+    weight_decay: float
+    need_reference: bool
+    need_critic: bool
+    algorithm: AlgorithmConfig
+    seed: int
+
+
+class TrainWorker:
+    """Body of a rank's Ray actor."""
+
+    def __init__(self, rank: int, world_size: int, spec: WorkerSpec):
+        self.rank, self.world_size, self.spec = rank, world_size, spec
+        self.engines: Engines | None = None
+
+    def endpoint(self) -> tuple[str, int]:
+        """An address and free port on this rank's node, for rank 0 to host the process group."""
+        import ray
+
+        from seamless.services.process import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        """Join the process group (gloo on CPU, NCCL on GPUs) and build the engines."""
+        import deepspeed
+
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        # Ray gives each rank exactly one visible device, so the local rank is always 0
+        torch.manual_seed(self.spec.seed + self.rank)
+        random.seed(self.spec.seed + self.rank)
+        deepspeed.init_distributed(dist_backend=None, auto_mpi_discovery=False)
+        s = self.spec
+        self.engines = build_engines(s.model_dir, s.ds_config, s.dtype, s.lr, s.critic_lr, s.weight_decay,
+                                     s.need_reference, s.need_critic)
+
+    @property
+    def _e(self) -> Engines:
+        assert self.engines is not None, "setup() has not run"
+        return self.engines
+
+    def _logits(self, model: Any, mb: MicroBatch) -> torch.Tensor:
+        device = self._e.policy.device
+        return model(input_ids=mb.token_ids.to(device), attention_mask=mb.attention_mask.to(device)).logits
+
+    @torch.no_grad()
+    def forward(self, micro_batches: list[MicroBatch], want_reference: bool, want_values: bool) -> list[dict[str, torch.Tensor]]:
+        """Logprobs (b, t) under the current policy, and reference logprobs / critic values if asked."""
+        e = self._e
+        out = []
+        for engine in (e.policy, e.critic, e.reference):
+            if engine is not None and hasattr(engine, "eval"):
+                engine.eval()
+        for mb in micro_batches:
+            result = {"logprobs": logprobs_from_logits(self._logits(e.policy, mb), mb.token_ids.to(e.policy.device)).cpu()}
+            if want_reference:
+                result["ref_logprobs"] = logprobs_from_logits(self._logits(e.reference, mb),
+                                                              mb.token_ids.to(e.policy.device)).cpu()
+            if want_values:
+                result["values"] = token_values(self._logits(e.critic, mb)).cpu()
+            out.append(result)
+        return out
+
+    def _accumulate(self, engine: Any, micro_batches: list[MicroBatch], loss_fn: LossFn, lr: float) -> dict[str, float]:
+        """Forward/backward every micro-batch, then one optimizer step at the boundary."""
+        engine.train()
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        sums: dict[str, float] = defaultdict(float)
+        device = engine.device
+        for i, mb in enumerate(micro_batches):
+            engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
+            mb = _to_device(mb, device)
+            loss, metrics = loss_fn(self._logits(engine, mb), mb)
+            # DeepSpeed averages gradients over ranks; the loss is already a share of the global
+            # mean, so undo the average and skip its accumulation scaling
+            engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            for key, value in metrics.items():
+                sums[key] += float(value)
+        # ZeRO optimizers record the pre-clip norm; at stage 0 the engine does not, so measure it
+        # here, where the gradients are already averaged over ranks and not yet stepped
+        own_norm = _grad_norm(engine.module) if self._e.stage == 0 else None
+        engine.step()
+        norm = own_norm if own_norm is not None else engine.get_global_grad_norm()
+        sums["grad_norm"] = float(norm) if norm is not None else float("nan")
+        return dict(sums)
+
+    def train_policy(self, micro_batches: list[MicroBatch], lr: float) -> dict[str, float]:
+        algo = self.spec.algorithm
+        return self._accumulate(self._e.policy, micro_batches, lambda lg, mb: policy_objective(lg, mb, algo), lr)
+
+    def train_critic(self, micro_batches: list[MicroBatch], lr: float) -> dict[str, float]:
+        algo = self.spec.algorithm
+        metrics = self._accumulate(self._e.critic, micro_batches, lambda lg, mb: critic_objective(lg, mb, algo), lr)
+        metrics["critic_grad_norm"] = metrics.pop("grad_norm")
+        return metrics
+
+    def train_sft(self, micro_batches: list[MicroBatch], lr: float) -> dict[str, float]:
+        return self._accumulate(self._e.policy, micro_batches, sft_objective, lr)
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def save(self, folder: str, client_state: dict[str, Any]) -> None:
+        """Every rank writes its shard (model, optimizer) and its RNG state."""
+        e = self._e
+        e.policy.save_checkpoint(folder, tag="policy", client_state=client_state)
+        if e.critic is not None:
+            e.critic.save_checkpoint(folder, tag="critic")
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        torch.save(rng, Path(folder) / f"rng_rank{self.rank}.pt")
+
+    def load(self, folder: str) -> dict[str, Any]:
+        e = self._e
+        _, client_state = e.policy.load_checkpoint(folder, tag="policy", load_optimizer_states=True,
+                                                   load_lr_scheduler_states=False)
+        if e.critic is not None:
+            e.critic.load_checkpoint(folder, tag="critic", load_optimizer_states=True,
+                                     load_lr_scheduler_states=False)
+        rng_path = Path(folder) / f"rng_rank{self.rank}.pt"
+        if rng_path.exists():
+            rng = torch.load(rng_path, weights_only=False)
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+        return client_state or {}
+
+    # --- weight export -----------------------------------------------------------------------
+
+    def bucket_plan(self, bucket_bytes: int) -> list[list[str]]:
+        """Parameter names grouped into buckets of about bucket_bytes (full, unpartitioned sizes)."""
+        buckets: list[list[str]] = [[]]
+        size = 0
+        for name, p in self._e.policy.module.named_parameters():
+            numel = getattr(p, "ds_numel", p.numel())  # ZeRO-3 keeps the full size in ds_numel
+            nbytes = numel * p.element_size()
+            if buckets[-1] and size + nbytes > bucket_bytes:
+                buckets.append([])
+                size = 0
+            buckets[-1].append(name)
+            size += nbytes
+        return buckets
+
+    @torch.no_grad()
+    def gather(self, names: list[str]) -> list[tuple[str, torch.Tensor]] | None:
+        """Full tensors of the named parameters on rank 0 (None elsewhere).
+
+        Under ZeRO-3 every rank must call this with the same names (the gather is collective).
+        """
+        import deepspeed
+
+        params = dict(self._e.policy.module.named_parameters())
+        chosen = [params[n] for n in names]
+        context = (deepspeed.zero.GatheredParameters(chosen, modifier_rank=None) if self._e.stage == 3
+                   else nullcontext())
+        with context:
+            if self.rank != 0:
+                return None
+            return [(n, p.detach().to("cpu", copy=True)) for n, p in zip(names, chosen)]
+
+    def memory_stats(self) -> dict[str, float]:
+        """Peak accelerator memory of this rank and peak RSS of its process, in GiB (GPU: 0 on CPU)."""
+        import resource
+
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+        return {"peak_gpu_gib": peak, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+    def shutdown(self) -> None:
+        """Leave the process group; without this about 1 in 13 gloo runs aborted at exit."""
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _grad_norm(module: torch.nn.Module) -> float:
+    grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+
+
+def _to_device(mb: MicroBatch, device: torch.device) -> MicroBatch:
+    moved = {k: (v.to(device) if isinstance(v, torch.Tensor) and k != "index" else v)
+             for k, v in mb.__dict__.items()}
+    return MicroBatch(**moved)
