@@ -84,6 +84,17 @@ class Timeline:
         self.begin_phase(t, self._phase[0], self._phase[1])
         self.end = t
 
+    def snapshot(self, t: float) -> Timeline:
+        """A closed copy ending at t (the live timeline keeps recording)."""
+        copy = Timeline(self.num_resources, t0=self.t0)
+        copy.segments = list(self.segments)
+        copy.phases = list(self.phases)
+        copy._open = dict(self._open)
+        copy._phase = self._phase
+        latest = max([since for _, _, since in self._open.values()] + [self._phase[2]])
+        copy.close(max(t, latest))
+        return copy
+
     # ---- arithmetic -------------------------------------------------------------------------
 
     def idle_and_total(self, start: float, end: float) -> tuple[float, float]:
