@@ -42,6 +42,8 @@ class SimResult:
     staleness_max: int
     step_time_s: float
     steps: int
+    generated_tokens: int = field(repr=False, compare=False)
+    """Every completion token generated in the run (trained or not yet)."""
     timeline: Timeline = field(repr=False, compare=False)
 
     def to_json(self) -> dict:
@@ -94,13 +96,14 @@ class _Server:
 class Simulation:
     """One policy on one pool: run(steps) returns a SimResult."""
 
-    def __init__(self, policy: Policy, workload: SimConfig, label: str | None = None) -> None:
+    def __init__(self, policy: Policy, workload: SimConfig, label: str | None = None,
+                 batch_episodes: int | None = None) -> None:
         self.policy = policy
         self.w = workload
         self.label = label or policy.name
         self.rng = random.Random(workload.seed)
         n = len(policy.pool)
-        self.state: PipelineState = policy.new_state(workload.episodes_per_gpu * n)
+        self.state: PipelineState = policy.new_state(batch_episodes or workload.episodes_per_gpu * n)
         self.timeline = Timeline(n, self.state.roles)
         self.servers = [_Server(r.id) for r in policy.pool]
         self.now = 0.0
@@ -113,8 +116,10 @@ class Simulation:
         self._plan: StepPlan | None = None
         self._batch: list[_Episode] = []
         self._step_done: list[float] = [0.0]
-        self._step_tokens: list[int] = [0]
+        self.step_tokens: list[int] = [0]
         self._staleness: list[list[int]] = [[]]
+        self.completion_lengths: list[int] = []
+        self.step_context_tokens: list[int] = [0]
         self._prefill_units = workload.decode_tokens_per_s / workload.prefill_tokens_per_s
         for rid, role in self.state.roles.items():
             if role is Role.ROLLOUT:
@@ -165,6 +170,7 @@ class Simulation:
 
     def _on_turn_done(self, server: _Server, ep: _Episode) -> None:
         length = ep.lengths[ep.turn]
+        self.completion_lengths.append(length)
         ep.generated += length
         ep.context += length
         ep.turn += 1
@@ -290,7 +296,8 @@ class Simulation:
         self._plan = plan
         self._batch = [self._ready.popleft() for _ in range(plan.episodes)]
         self._staleness.append([plan.version - 1 - ep.start_version for ep in self._batch])
-        self._step_tokens.append(sum(ep.generated for ep in self._batch))
+        self.step_tokens.append(sum(ep.generated for ep in self._batch))
+        self.step_context_tokens.append(sum(ep.context for ep in self._batch))
         for rid in plan.leave_rollout:
             self._unserve(rid)
         switching = bool(plan.leave_rollout)
@@ -352,14 +359,15 @@ class Simulation:
     def _result(self, steps: int) -> SimResult:
         first = self.w.warmup_steps
         start, end = self._step_done[first], self._step_done[steps]
-        tokens = sum(self._step_tokens[first + 1: steps + 1])
+        tokens = sum(self.step_tokens[first + 1: steps + 1])
         stale = [s for step in self._staleness[first + 1: steps + 1] for s in step]
         return SimResult(
             policy=self.label, gpus=len(self.policy.pool), staleness_bound=self.policy.staleness,
             tokens_per_s=tokens / (end - start), bubble_ratio=self.timeline.bubble_ratio(start, end),
             bubble_by_phase=self.timeline.bubble_by_phase(start, end),
             staleness_mean=sum(stale) / len(stale), staleness_max=max(stale),
-            step_time_s=(end - start) / (steps - first), steps=steps, timeline=self.timeline)
+            step_time_s=(end - start) / (steps - first), steps=steps,
+            generated_tokens=sum(self.completion_lengths), timeline=self.timeline)
 
 
 @dataclass(frozen=True, slots=True)
