@@ -41,6 +41,12 @@ class PipelineState:
     consumed: int = 0
     training: bool = False
     trained_last: frozenset[int] = field(default_factory=frozenset)
+    serving: frozenset[int] = field(default_factory=frozenset)
+    """Resources holding the rollout role; kept in step with `roles` because admission is asked
+    at every event and a scan of the roles would make a 1,024-GPU simulation quadratic."""
+
+    def __post_init__(self) -> None:
+        self.serving = self.holding(Role.ROLLOUT)
 
     @property
     def ready(self) -> int:
@@ -74,6 +80,7 @@ class PipelineState:
         for rid in plan.train:
             self.roles[rid] = Role.TRAIN
         self.trained_last = plan.train
+        self.serving = self.holding(Role.ROLLOUT)
 
     def sync_targets(self, roles_after: dict[int, Role]) -> frozenset[int]:
         """Rollout servers after the step that need the new weights over the network: those that
@@ -86,6 +93,7 @@ class PipelineState:
         self.training = False
         self.version += 1
         self.roles = dict(roles_after)
+        self.serving = self.holding(Role.ROLLOUT)
 
 
 class Policy:
@@ -117,7 +125,7 @@ class Policy:
         """Episodes that may start now. An episode started while the weights are at version v is
         trained at the earliest in step v+1; starting at most (v + 1 + staleness) batches in total
         keeps rollout from running more than `staleness` versions ahead of the trainer."""
-        if not state.holding(Role.ROLLOUT):
+        if not state.serving:
             return 0
         budget = (state.version + 1 + self.staleness) * state.batch_episodes
         return max(0, budget - state.started)
