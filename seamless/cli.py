@@ -69,8 +69,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_arguments(proxy)
     proxy.set_defaults(handler=_cmd_proxy)
-    sim = commands.add_parser("sim", help="simulate scheduling policies at cluster scale")
-    sim.set_defaults(handler=_not_yet("sim", "the tag scheduler's simulator"))
+    sim = commands.add_parser("sim", help="simulate scheduling policies at cluster scale",
+                              description="Compare colocated, disaggregated (sync and async) and tagged "
+                                          "scheduling on the workload of the recipe's cluster.sim section.")
+    sim.add_argument("recipe", help="recipe YAML")
+    sim.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides, e.g. "
+                     "cluster.sim.response_sigma=1.5")
+    sim.add_argument("--gpus", type=int, help="simulate this many GPUs instead of cluster.sim.gpus")
+    sim.add_argument("--json", action="store_true", help="print a JSON list, one object per policy and size")
+    sim.add_argument("--plot", help="PNG to write (default: <run.root_dir>/sim-<run.name>.png; '' for none)")
+    sim.set_defaults(handler=_cmd_sim)
     return parser
 
 
@@ -112,6 +120,12 @@ def _cmd_model_tiny(args: argparse.Namespace) -> int:
     out = build_tiny_model(Path(args.out_dir), spec)
     print(f"wrote tiny Llama model to {out}")
     return 0
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from seamless.scheduler.report import run_sim
+
+    return run_sim(args.recipe, args.overrides, args.gpus, args.json, args.plot)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -275,6 +275,7 @@ class TrainerConfig(Section):
 
 
 ResourceTag = Literal["train", "rollout"]
+PolicyName = Literal["colocated", "disaggregated", "tagged"]
 
 
 class ResourceGroup(Section):
@@ -285,24 +286,114 @@ class ResourceGroup(Section):
     tags: list[ResourceTag] = Field(min_length=1)
     """What they may do: [train], [rollout] or [train, rollout]."""
 
+    @model_validator(mode="after")
+    def _tags_unique(self) -> ResourceGroup:
+        if len(set(self.tags)) != len(self.tags):
+            raise ValueError(f"tags {self.tags} repeat a tag; write [train], [rollout] or [train, rollout]")
+        return self
+
+
+class SimConfig(Section):
+    """Workload of `seamless sim`: a discrete-event model of the cluster at sizes this machine cannot run.
+
+    Defaults describe a 7B-class model on H100-class GPUs with long-tail reasoning responses; fit
+    them to a real run with `seamless.scheduler.validate.fit_workload`.
+    """
+
+    gpus: list[int] = [8, 64, 256, 1024]
+    """Cluster sizes to simulate (`seamless sim --gpus N` replaces the list with N)."""
+    train_share: float = Field(0.5, gt=0.0, lt=1.0)
+    """When the sim builds an N-GPU pool: this share is tagged [train, rollout] (the trainer's world),
+    the rest [rollout]. `colocated` uses all N as [train, rollout]."""
+    steps: int = Field(10, ge=2)
+    """Training steps simulated per policy and size."""
+    warmup_steps: int = Field(2, ge=0)
+    """Steps left out of the reported numbers (pipeline fill)."""
+    episodes_per_gpu: int = Field(32, ge=1)
+    """Episodes per training step, per GPU of the pool (a step's batch grows with the cluster)."""
+    prompt_tokens: int = Field(512, ge=1)
+    """Prompt length of an episode's first call."""
+    response_median_tokens: float = Field(1500.0, gt=0)
+    """Median completion length of one LLM call (lognormal)."""
+    response_sigma: float = Field(1.0, ge=0.0, le=3.0)
+    """Lognormal sigma of completion lengths; 1.0 gives a long tail (p99 about 10x the median)."""
+    max_response_tokens: int = Field(16384, ge=1)
+    """Completions are cut here (the recipe's max_tokens)."""
+    turns: int = Field(1, ge=1)
+    """LLM calls per episode (multi-turn agents); tool calls sit between them."""
+    tool_latency_s: float = Field(2.0, ge=0.0)
+    """Median latency of one tool call between turns (lognormal, sigma tool_latency_sigma)."""
+    tool_latency_sigma: float = Field(0.5, ge=0.0, le=3.0)
+    """Lognormal sigma of tool latency."""
+    tool_output_tokens: int = Field(200, ge=0)
+    """Tokens a tool result adds to the next prompt."""
+    decode_tokens_per_s: float = Field(3000.0, gt=0)
+    """One rollout GPU's decode throughput with a full batch (asymptote of the concurrency curve)."""
+    half_load_concurrency: float = Field(16.0, gt=0)
+    """Concurrent sequences at which a GPU reaches half its peak decode throughput."""
+    max_concurrency: int = Field(64, ge=1)
+    """Sequences one rollout server runs at once (KV-cache bound); more wait in the proxy's queue."""
+    prefill_tokens_per_s: float = Field(40000.0, gt=0)
+    """Prefill speed of one GPU; charged again when a paused sequence moves to another server."""
+    train_tokens_per_s: float = Field(3000.0, gt=0)
+    """Tokens (prompt + completion) one trainer GPU processes per second in a step, recompute included."""
+    train_step_overhead_s: float = Field(2.0, ge=0.0)
+    """Fixed cost of a step (optimizer, gradient all-reduce latency, bookkeeping)."""
+    weight_sync_s: float = Field(3.0, ge=0.0)
+    """Rollout servers that do not share a GPU with a trainer rank pause this long for new weights."""
+    switch_s: float = Field(2.0, ge=0.0)
+    """Cost of one role switch on a GPU (vLLM sleep or wake, trainer state offload or load)."""
+    seed: int = 0
+    """Seed of the length and latency draws; same seed, same numbers."""
+
+    @model_validator(mode="after")
+    def _warmup_before_end(self) -> SimConfig:
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps}); "
+                             "lower cluster.sim.warmup_steps or raise cluster.sim.steps")
+        if any(n < 2 for n in self.gpus) or not self.gpus:
+            raise ValueError(f"gpus {self.gpus} must list sizes of at least 2 GPUs; e.g. [8, 64, 1024]")
+        return self
+
 
 class ClusterConfig(Section):
     """Where the work runs and how the tag scheduler assigns roles."""
 
     address: str | None = None
     """Ray cluster to join (e.g. ray://head:10001 or auto); unset starts a local one on 127.0.0.1."""
-    policy: Literal["colocated", "disaggregated", "tagged"] = "tagged"
-    """Scheduling policy: all resources in turns, a fixed split, or SeamlessFlow's tag multiplexing."""
-    max_async_staleness: int = Field(0, ge=0)
-    """disaggregated only: how many versions rollout may run ahead of training (0 = synchronous)."""
+    policy: PolicyName = "tagged"
+    """Scheduling policy: all resources in turns (`colocated`, needs every resource tagged
+    [train, rollout]), a fixed split (`disaggregated`: train-tagged train, rollout-only roll out), or
+    SeamlessFlow's multiplexing (`tagged`: [train, rollout] resources roll out until a step starts)."""
+    max_async_staleness: int | None = Field(None, ge=0)
+    """How many weight versions rollout may run ahead of training. Unset: 0 (synchronous) for
+    colocated and disaggregated, 1 for tagged. colocated is always synchronous."""
     resources: list[ResourceGroup] = [ResourceGroup(count=1, tags=["train", "rollout"])]
     """The accelerator pool with capability tags."""
     num_cpus: int | None = Field(None, ge=1)
     """CPUs a local Ray cluster may use (default: all)."""
+    placement_timeout_s: float = Field(30.0, gt=0)
+    """How long a role switch waits for Ray to place a resource before it fails."""
+    sim: SimConfig = SimConfig()
+    """Workload model of `seamless sim` (not used by `seamless run`)."""
+
+    @model_validator(mode="after")
+    def _policy_fits_pool(self) -> ClusterConfig:
+        if self.policy == "colocated" and self.max_async_staleness:
+            raise ValueError("colocated is synchronous; remove cluster.max_async_staleness or pick "
+                             "cluster.policy: disaggregated or tagged")
+        return self
 
     @property
     def num_gpus(self) -> int:
         return sum(group.count for group in self.resources)
+
+    @property
+    def staleness(self) -> int:
+        """The staleness bound in effect (the policy's default when unset)."""
+        if self.max_async_staleness is not None:
+            return self.max_async_staleness
+        return 1 if self.policy == "tagged" else 0
 
 
 class WandbConfig(Section):

@@ -1,0 +1,159 @@
+"""Sim-vs-real: fit the simulator's workload to a recorded real run, simulate the same pool and
+policy, and compare bubble ratio and throughput.
+
+The main loop records a `RecordedRun` (the scheduler's timeline plus what only the loop knows:
+completion lengths and tokens per step); `compare(run)` answers whether the simulator is within
+a tolerance of reality (the issue asks for 20%).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from seamless.config import ClusterConfig, SimConfig
+from seamless.scheduler.policy import make_policy
+from seamless.scheduler.resources import ResourcePool, Role
+from seamless.scheduler.sim import SimResult, Simulation
+from seamless.scheduler.timeline import Timeline
+
+
+@dataclass
+class RecordedRun:
+    """A real run, as the simulator needs it."""
+
+    cluster: dict
+    """The recipe's cluster section (model_dump), so the same pool and policy are simulated."""
+    timeline: dict
+    """TagScheduler.timeline.to_dict() after close()."""
+    batch_episodes: int
+    completion_lengths: list[int]
+    """Tokens of every LLM call's completion."""
+    prompt_tokens: float
+    """Mean prompt length of an episode's first call."""
+    turns: int = 1
+    tool_latency_s: float = 0.0
+    step_tokens: list[int] | None = None
+    """Generated tokens each step trained on (for the real tokens/s)."""
+    step_context_tokens: list[int] | None = None
+    """Prompt + completion tokens each step trained on (for the trainer's speed)."""
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(asdict(self)))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RecordedRun:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    real_bubble_ratio: float
+    sim_bubble_ratio: float
+    real_tokens_per_s: float
+    sim_tokens_per_s: float
+
+    def relative_errors(self) -> tuple[float, float]:
+        rel = lambda sim, real: abs(sim - real) / max(abs(real), 1e-9)  # noqa: E731
+        return rel(self.sim_bubble_ratio, self.real_bubble_ratio), rel(self.sim_tokens_per_s, self.real_tokens_per_s)
+
+    def within(self, tolerance: float = 0.2) -> bool:
+        return all(err <= tolerance for err in self.relative_errors())
+
+
+def _mean_span(timeline: Timeline, phase: str) -> float:
+    spans = [p.end - p.start for p in timeline.phases if p.name == phase]
+    return statistics.fmean(spans) if spans else 0.0
+
+
+def _sync_pause(timeline: Timeline) -> float:
+    """Mean idle seconds, per sync phase, of the servers that stayed in rollout through it (the
+    ones that received weights over the network); 0 when every server had switched (colocated)."""
+    pauses = []
+    for span in (p for p in timeline.phases if p.name == "sync"):
+        inside: dict[int, list] = {}
+        for seg in timeline.segments:
+            if seg.end > span.start and seg.start < span.end:
+                inside.setdefault(seg.resource, []).append(seg)
+        for segs in inside.values():
+            if all(seg.role is Role.ROLLOUT for seg in segs):
+                pauses.append(sum(min(seg.end, span.end) - max(seg.start, span.start)
+                                  for seg in segs if not seg.busy))
+    return statistics.fmean(pauses) if pauses else 0.0
+
+
+def _calibrate_decode(run: RecordedRun, workload: SimConfig, busy_rollout: float) -> SimConfig:
+    """Decode speed such that the simulated run keeps rollout servers busy as many resource-seconds
+    per generated token as the real one did (bisection on a log scale; the sim is monotone in it)."""
+    target = busy_rollout / max(sum(run.completion_lengths), 1)
+    lo, hi = 1.0, 1e7
+    for _ in range(30):
+        mid = math.sqrt(lo * hi)
+        sim = simulate_recorded(run, workload.model_copy(update={"decode_tokens_per_s": mid}), full=True)
+        busy = sum(s.end - s.start for s in sim.timeline.segments if s.busy and s.role is Role.ROLLOUT)
+        per_token = busy / max(sim.generated_tokens, 1)
+        lo, hi = (lo, mid) if per_token < target else (mid, hi)
+    return workload.model_copy(update={"decode_tokens_per_s": math.sqrt(lo * hi)})
+
+
+def fit_workload(run: RecordedRun, base: SimConfig | None = None) -> SimConfig:
+    """Workload parameters read off the recorded run; the rest stay as in `base`.
+
+    Lengths give the lognormal; switch and sync spans give switch_s and weight_sync_s; train spans
+    and tokens per step give the trainer's speed; rollout busy resource-seconds and generated
+    tokens calibrate the decode speed (half_load_concurrency stays as in `base`: a timeline does not
+    record how many requests a server ran at once).
+    """
+    base = base or SimConfig()
+    timeline = Timeline.from_dict(run.timeline)
+    cluster = ClusterConfig.model_validate(run.cluster)
+    pool = ResourcePool.from_cluster(cluster)
+    logs = [math.log(max(1, n)) for n in run.completion_lengths]
+    busy_rollout = sum(s.end - s.start for s in timeline.segments if s.busy and s.role.value == "rollout")
+    steps = len([p for p in timeline.phases if p.name == "train"]) or 1
+    train_s = _mean_span(timeline, "train")
+    context = statistics.fmean(run.step_context_tokens) if run.step_context_tokens else 0.0
+    fitted = {
+        "response_median_tokens": math.exp(statistics.fmean(logs)),
+        "response_sigma": min(3.0, statistics.pstdev(logs)),
+        "max_response_tokens": max(run.completion_lengths),
+        "prompt_tokens": max(1, round(run.prompt_tokens)),
+        "turns": run.turns, "tool_latency_s": run.tool_latency_s,
+        "switch_s": _mean_span(timeline, "switch"),
+        "weight_sync_s": _sync_pause(timeline),
+        "train_step_overhead_s": 0.0 if context else train_s,
+        "steps": steps, "warmup_steps": min(base.warmup_steps, steps - 1),
+    }
+    if context:
+        fitted["train_tokens_per_s"] = context / max(train_s, 1e-9) / len(pool.trainers)
+    return _calibrate_decode(run, base.model_copy(update=fitted), busy_rollout)
+
+
+def simulate_recorded(run: RecordedRun, workload: SimConfig, full: bool = False) -> SimResult:
+    """The recorded run's pool, policy and batch size, on the fitted workload (`full`: report over
+    every step, no warm-up left out)."""
+    if full:
+        workload = workload.model_copy(update={"warmup_steps": 0})
+    cluster = ClusterConfig.model_validate(run.cluster)
+    pool = ResourcePool.from_cluster(cluster)
+    policy = make_policy(cluster.policy, pool, cluster.staleness)
+    return Simulation(policy, workload, batch_episodes=run.batch_episodes).run()
+
+
+def compare(run: RecordedRun, base: SimConfig | None = None) -> Comparison:
+    """Fit, simulate, and set the simulated numbers beside the measured ones (same warm-up window)."""
+    workload = fit_workload(run, base)
+    sim = simulate_recorded(run, workload)
+    timeline = Timeline.from_dict(run.timeline)
+    ends = [p.end for p in timeline.phases if p.name == "sync"]
+    first = workload.warmup_steps
+    start = ends[first - 1] if first else timeline.t0
+    end = ends[-1] if ends else timeline.end
+    tokens = sum((run.step_tokens or [])[first:])
+    return Comparison(real_bubble_ratio=timeline.bubble_ratio(start, end), sim_bubble_ratio=sim.bubble_ratio,
+                      real_tokens_per_s=tokens / max(end - start, 1e-9), sim_tokens_per_s=sim.tokens_per_s)

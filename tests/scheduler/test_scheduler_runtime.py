@@ -1,0 +1,114 @@
+"""The real scheduler on a local Ray with 4 logical GPUs, driving fake fleet and trainer that run
+Ray tasks inside the leased bundles."""
+
+import time
+
+import pytest
+import ray
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+
+from seamless.config import ClusterConfig
+from seamless.errors import ConfigError
+from seamless.scheduler import ResourcePool, Role
+from seamless.scheduler.placement import RayPlacement
+from seamless.scheduler.runtime import TagScheduler
+
+
+def cluster(policy, groups, staleness=None, timeout=5.0):
+    return ClusterConfig(policy=policy, max_async_staleness=staleness, placement_timeout_s=timeout,
+                         resources=[{"count": c, "tags": t} for c, t in groups])
+
+
+def live_groups(prefix):
+    return [g for g in placement_group_table().values()
+            if g["name"].startswith(prefix) and g["state"] != "REMOVED"]
+
+
+def drive(sched, fleet, steps):
+    """A stand-in for the main loop: start admitted episodes, finish them, step when ready."""
+    sched.start()
+    reports = []
+    while sched.state.version < steps:
+        n = sched.admission()
+        if n:
+            sched.episodes_started(n)
+            fleet.busy = True
+            sched.observe_load()
+            fleet.generate(n)
+            fleet.busy = False
+            sched.observe_load()
+            sched.episodes_finished(n)
+        assert sched.ready_to_step()
+        reports.append(sched.step(batch=None))
+    sched.close()
+    return reports
+
+
+def test_acquire_release_and_reacquire_a_logical_gpu(ray_cluster):
+    placement = RayPlacement("t-lease", timeout_s=5)
+    resource = ResourcePool.split(2, 0.5)[0]
+    lease = placement.acquire(resource, Role.TRAIN)
+    assert lease.acquire_s < 5 and len(live_groups("t-lease-r0-train")) == 1
+    placement.release(lease)
+    start = time.monotonic()
+    again = placement.acquire(resource, Role.ROLLOUT)
+    assert time.monotonic() - start < 5
+    placement.release(again)
+    time.sleep(0.2)
+    assert live_groups("t-lease") == []
+
+
+def test_a_pool_larger_than_the_cluster_names_the_recipe_keys(ray_cluster, fake_fleet, fake_trainer):
+    sched = TagScheduler(cluster("tagged", [(3, ["rollout"]), (2, ["train", "rollout"])]),
+                         fake_fleet, fake_trainer, batch_episodes=2)
+    with pytest.raises(ConfigError, match="cluster.resources declares 5 GPUs but the Ray cluster has 4"):
+        sched.start()
+
+
+def test_a_role_switch_that_cannot_be_placed_fails_naming_the_keys(ray_cluster):
+    squatter = placement_group([{"GPU": 1}] * 4)  # someone else holds every GPU
+    assert squatter.wait(10)
+    try:
+        resource = ResourcePool.split(2, 0.5)[0]
+        with pytest.raises(ConfigError, match="cluster.resources.*cluster.placement_timeout_s"):
+            RayPlacement("t-full", timeout_s=0.5).acquire(resource, Role.TRAIN)
+        assert live_groups("t-full") == []
+    finally:
+        remove_placement_group(squatter)
+
+
+CASES = {
+    "colocated": ("colocated", [(4, ["train", "rollout"])], None),
+    "disaggregated-sync": ("disaggregated", [(2, ["rollout"]), (2, ["train"])], 0),
+    "disaggregated-async": ("disaggregated", [(2, ["rollout"]), (2, ["train"])], 1),
+    "tagged": ("tagged", [(2, ["rollout"]), (2, ["train", "rollout"])], 1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_policy_runs_steps_on_ray(ray_cluster, fake_fleet, fake_trainer, case, tmp_path):
+    policy, groups, staleness = CASES[case]
+    sched = TagScheduler(cluster(policy, groups, staleness), fake_fleet, fake_trainer, batch_episodes=4)
+    reports = drive(sched, fake_fleet, steps=2)
+    assert [r.version for r in reports] == [1, 2]
+    assert fake_trainer.steps == [tuple(sorted(sched.pool.trainers))] * 2
+    assert fake_trainer.devices | fake_fleet.devices <= {"0", "1", "2", "3"}
+    assert sched.leases == {} and live_groups("seamless-") == []
+    metrics = sched.metrics()
+    assert 0.0 <= metrics["scheduler/bubble_ratio"] <= 1.0 and metrics["scheduler/version"] == 2.0
+    json_path, png_path = sched.save(tmp_path)
+    assert json_path.is_file() and png_path.stat().st_size > 0
+
+
+def test_tagged_moves_dual_resources_and_never_stops_rollout_only(ray_cluster, fake_fleet, fake_trainer):
+    sched = TagScheduler(cluster("tagged", [(2, ["rollout"]), (2, ["train", "rollout"])], 1),
+                         fake_fleet, fake_trainer, batch_episodes=4)
+    drive(sched, fake_fleet, steps=2)
+    removed = [rid for call, rid in fake_fleet.calls if call == "remove"]
+    # each step takes 2 and 3 out of rollout; 0 and 1 leave only when the run closes
+    assert removed[:4] == [2, 3, 2, 3] and sorted(removed[4:]) == [0, 1, 2, 3]
+    updates = [arg for call, arg in fake_fleet.calls if call == "update"]
+    assert updates == [(1, (0, 1)), (2, (0, 1))]  # network sync only for servers without a trainer rank
+    assert fake_fleet.versions == {0: 2, 1: 2, 2: 2, 3: 2}
+    assert sched.timeline.role_switches() == 8  # 2 resources x (to train, back) x 2 steps
+    assert {s.role for s in sched.timeline.segments if s.resource in (2, 3)} >= {Role.ROLLOUT, Role.TRAIN}
