@@ -82,13 +82,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _not_yet(command: str, part: str):
-    def handler(args: argparse.Namespace) -> int:
-        print(f"seamless {command}: {part} is not built yet in this version.", file=sys.stderr)
-        return 2
-    return handler
-
-
 def _cmd_proxy(args: argparse.Namespace) -> int:
     from seamless.proxy.server import run_from_args
 
