@@ -27,7 +27,8 @@ import redis
 import redis.asyncio as aioredis
 
 from seamless.errors import SeamlessError, UnknownSession
-from seamless.types import Turn
+from seamless.trajectory import merge_turns
+from seamless.types import Trajectory, Turn
 
 CONSUMER_GROUP = "trainer"
 _HEADER = struct.Struct("<I")  # length of the JSON header of an encoded turn
@@ -264,6 +265,22 @@ class EpisodeQueue:
             for entry_id, fields in items:
                 entries.append(EpisodeEntry(entry_id.decode(), fields[b"session_id"].decode()))
         return entries
+
+    def trajectory(self, session_id: str) -> Trajectory:
+        """A finished session's turns merged into training sequences (reads Redis, no proxy needed)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.session(session_id))
+            pipe.lrange(self.keys.turns(session_id), 0, -1)
+            fields, blobs = pipe.execute()
+        if not fields:
+            raise UnknownSession(f"episode {session_id} has no session record (expired? raise store.retention_s)")
+        record = SessionRecord.from_hash(session_id, fields)
+        turns = [decode_turn(blob, i)[0] for i, blob in enumerate(blobs)]
+        sequences, branches = merge_turns(turns, reward=record.reward or 0.0, group_id=record.group_id,
+                                          task_id=record.task_id)
+        return Trajectory(session_id=session_id, turns=turns, sequences=sequences, reward=record.reward or 0.0,
+                          group_id=record.group_id, task_id=record.task_id, num_branches=branches,
+                          metadata={k: str(v) for k, v in record.metadata.items()})
 
     def ack(self, entries: list[EpisodeEntry], retention_s: int) -> None:
         """Acknowledge trained entries; their session data expires after `retention_s`."""
