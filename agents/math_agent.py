@@ -1,0 +1,21 @@
+"""`math`: a single-turn agent. It asks the question once and returns the model's reply."""
+
+from __future__ import annotations
+
+from seamless.agent_api import AgentContext
+from seamless.data import Task
+
+SYSTEM_PROMPT = "Answer with the final number only."
+
+
+def build_messages(task: Task) -> list[dict]:
+    """The conversation the agent sends (the warm-start data renders exactly these messages)."""
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": task.prompt}]
+
+
+async def run(task: Task, ctx: AgentContext) -> str:
+    async with ctx.openai_client() as client:
+        reply = await client.chat.completions.create(
+            model=ctx.model, messages=build_messages(task), temperature=ctx.sampling.temperature,
+            max_tokens=ctx.sampling.max_tokens, top_p=ctx.sampling.top_p)
+    return reply.choices[0].message.content or ""

@@ -1,0 +1,40 @@
+"""Rule-based rewards: 1.0 when the agent's final integer equals the reference answer, else 0.0."""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+from seamless.data import Task
+
+# a number: thousands groups with commas, or plain digits; an optional decimal part
+_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def extract_final_integer(text: str | None) -> int | None:
+    """The integer a reply ends on: inside the last \\boxed{}, else after the last ####, else the
+    last number in the text. None when there is none, or when that number is not whole (2.5)."""
+    if not text:
+        return None
+    boxed = _BOXED.findall(text)
+    if boxed:
+        text = boxed[-1]
+    elif "####" in text:
+        text = text.rsplit("####", 1)[1]
+    numbers = _NUMBER.findall(text)
+    if not numbers:
+        return None
+    value = Fraction(numbers[-1].replace(",", ""))
+    return int(value) if value.denominator == 1 else None
+
+
+def integer_match(task: Task, answer: str | None) -> float:
+    """1.0 if the reply's final integer equals the task's answer; 0.0 otherwise (also for no answer).
+
+    A reference answer that is not an integer is compared as stripped text instead.
+    """
+    expected = extract_final_integer(task.answer)
+    if expected is None:
+        return float(bool(answer) and answer.strip() == task.answer.strip())
+    return float(extract_final_integer(answer) == expected)

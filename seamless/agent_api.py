@@ -1,0 +1,74 @@
+"""What an agent receives for one episode: where to send its LLM calls and how to sample.
+
+An agent is `agent(task, ctx) -> str` (sync or async): it talks to `ctx.base_url` with
+`ctx.api_key` through any OpenAI-compatible client and returns its final answer text. Shell
+agents get the same fields as environment variables (`ctx.env()`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Union
+
+from seamless.data import Task
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Sampling parameters an agent passes on every LLM call of an episode."""
+
+    temperature: float = 1.0
+    max_tokens: int = 32
+    top_p: float = 1.0
+
+    @classmethod
+    def greedy(cls, max_tokens: int = 32) -> Sampling:
+        return cls(temperature=0.0, max_tokens=max_tokens, top_p=1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentContext:
+    """One episode's session on the trajectory manager, plus the sampling parameters."""
+
+    base_url: str
+    """OpenAI base URL of this episode's session (ends in /v1)."""
+    api_key: str
+    session_id: str
+    group_id: str
+    sampling: Sampling = Sampling()
+    model: str = "policy"
+    max_turns: int = 4
+    """Most LLM calls a multi-turn agent should make."""
+    timeout_s: float = 120.0
+    """The runner ends the episode after this long; agents may use it for their own client timeouts."""
+
+    def openai_client(self):
+        """An `openai.AsyncOpenAI` on this session (retries off: the runner owns the time budget)."""
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0,
+                                  timeout=self.timeout_s)
+
+    def env(self, task: Task) -> dict[str, str]:
+        """Environment variables a shell agent gets (the task without its answer)."""
+        return {
+            "OPENAI_BASE_URL": self.base_url,
+            "OPENAI_API_KEY": self.api_key,
+            "SEAMLESS_TASK": task.to_json(with_answer=False),
+            "SEAMLESS_PROMPT": task.prompt,
+            "SEAMLESS_SESSION_ID": self.session_id,
+            "SEAMLESS_GROUP_ID": self.group_id,
+            "SEAMLESS_MODEL": self.model,
+            "SEAMLESS_TEMPERATURE": repr(self.sampling.temperature),
+            "SEAMLESS_MAX_TOKENS": str(self.sampling.max_tokens),
+            "SEAMLESS_TOP_P": repr(self.sampling.top_p),
+            "SEAMLESS_MAX_TURNS": str(self.max_turns),
+        }
+
+
+AgentFn = Callable[[Task, AgentContext], Union[str, Awaitable[str]]]
+"""An agent: returns (or resolves to) its final answer text."""
+
+RewardFn = Callable[[Task, str], float]
+"""A reward: the task (with its reference answer) and the agent's answer text -> a float."""

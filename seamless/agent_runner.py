@@ -1,0 +1,183 @@
+"""Runs agent episodes through the trajectory manager: one proxy session per episode.
+
+For every episode the runner creates a session (shared `group_id` within a GRPO group), runs the
+agent against the session's base URL under a time limit, scores the answer, posts the reward and
+finishes the session, which puts it on the finished-episode stream the trainer reads. An agent
+that crashes or times out gets reward 0 and a logged reason; it never holds up its group.
+Failures of the proxy itself (admin calls) raise `ServiceError`: those are not the agent's fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from seamless.agent_api import AgentContext, Sampling
+from seamless.agent_specs import call_agent, resolve_agent, resolve_reward
+from seamless.config import RolloutConfig
+from seamless.data import Task
+from seamless.errors import ServiceError
+
+log = logging.getLogger("seamless.agents")
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeResult:
+    """How one episode ended."""
+
+    session_id: str
+    group_id: str
+    task_id: str
+    reward: float
+    answer: str
+    """The agent's final answer text ("" when it failed)."""
+    error: str | None
+    """Why the agent failed (crash, timeout, bad return, reward error); None when it answered."""
+    num_llm_calls: int
+    """Calls the proxy recorded for the session (one per returned choice)."""
+    wall_time_s: float
+    finished: bool
+    """Whether the session was finished (so it is on the training stream)."""
+
+
+class AgentRunner:
+    """Runs episodes of one agent with at most `concurrency` at once."""
+
+    def __init__(self, proxy_url: str, admin_key: str, agent_spec: str, concurrency: int = 32,
+                 timeout_s: float = 120.0, sampling: Sampling | None = None, *,
+                 reward_spec: str | None = None, max_turns: int = 4, model: str = "policy",
+                 admin_timeout_s: float = 60.0):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.proxy_url = proxy_url.rstrip("/")
+        self.agent_spec = agent_spec
+        self.agent = resolve_agent(agent_spec)
+        self.reward_fn = resolve_reward(reward_spec)
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.sampling = sampling or Sampling()
+        self.max_turns = max_turns
+        self.model = model
+        self._headers = {"Authorization": f"Bearer {admin_key}"}
+        self._admin_timeout_s = admin_timeout_s
+        # an httpx client and a semaphore belong to one event loop; the sync wrapper makes a new
+        # loop per call, so both are (re)made for the loop they are used on
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    @classmethod
+    def from_config(cls, proxy_url: str, admin_key: str, rollout: RolloutConfig) -> AgentRunner:
+        """A runner with the recipe's agent, concurrency, timeout, sampling and reward."""
+        return cls(proxy_url, admin_key, rollout.agent, rollout.agent_concurrency, rollout.agent_timeout_s,
+                   Sampling(rollout.temperature, rollout.max_tokens, rollout.top_p),
+                   reward_spec=rollout.reward, max_turns=rollout.max_turns, model=rollout.model_name)
+
+    # --- public async API ---------------------------------------------------------------------
+
+    async def run_groups(self, tasks: Sequence[Task], group_size: int, *, sampling: Sampling | None = None,
+                         metadata: dict[str, Any] | None = None, finish: bool = True) -> list[list[EpisodeResult]]:
+        """One GRPO group of `group_size` episodes per task, all concurrently (up to the limit)."""
+        return list(await asyncio.gather(*(
+            self.run_group(task, group_size, sampling=sampling, metadata=metadata, finish=finish)
+            for task in tasks)))
+
+    async def run_group(self, task: Task, group_size: int, *, group_id: str | None = None,
+                        sampling: Sampling | None = None, metadata: dict[str, Any] | None = None,
+                        finish: bool = True) -> list[EpisodeResult]:
+        """`group_size` episodes of one task sharing a group id (generated when not given)."""
+        group_id = group_id or f"g-{uuid.uuid4().hex[:16]}"
+        return list(await asyncio.gather(*(
+            self.run_episode(task, group_id=group_id, sampling=sampling, metadata=metadata, finish=finish)
+            for _ in range(group_size))))
+
+    async def run_episode(self, task: Task, *, group_id: str, sampling: Sampling | None = None,
+                          metadata: dict[str, Any] | None = None, finish: bool = True) -> EpisodeResult:
+        """One episode in its own session: run, score, post the reward, finish (when `finish`)."""
+        sampling = sampling or self.sampling
+        client, slots = self._loop_state()
+        async with slots:
+            started = time.monotonic()
+            session = await self._admin(client, "POST", "/sessions", {
+                "group_id": group_id, "task_id": task.task_id,
+                "metadata": {"agent": self.agent_spec, **(metadata or {})}})
+            sid = session["session_id"]
+            ctx = AgentContext(base_url=session["base_url"], api_key=session["api_key"], session_id=sid,
+                               group_id=group_id, sampling=sampling, model=self.model,
+                               max_turns=self.max_turns, timeout_s=self.timeout_s)
+            answer, error = await self._answer(task, ctx)
+            reward, error = self._score(task, answer, error)
+            await self._admin(client, "POST", f"/sessions/{sid}/reward", {"reward": reward})
+            trajectory = await self._admin(client, "GET", f"/sessions/{sid}/trajectory")
+            if finish:
+                await self._admin(client, "POST", f"/sessions/{sid}/finish")
+            if error:
+                log.warning("episode %s (task %s, group %s): reward 0 because the agent %s",
+                            sid, task.task_id, group_id, error)
+            return EpisodeResult(session_id=sid, group_id=group_id, task_id=task.task_id, reward=reward,
+                                 answer=answer, error=error, num_llm_calls=len(trajectory.get("turns", [])),
+                                 wall_time_s=time.monotonic() - started, finished=finish)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+        self._client, self._slots, self._loop = None, None, None
+
+    # --- sync wrapper -------------------------------------------------------------------------
+
+    def run_groups_sync(self, tasks: Sequence[Task], group_size: int, **kwargs: Any) -> list[list[EpisodeResult]]:
+        """`run_groups` for code without an event loop (runs one to completion, then closes it)."""
+        async def main() -> list[list[EpisodeResult]]:
+            try:
+                return await self.run_groups(tasks, group_size, **kwargs)
+            finally:
+                await self.aclose()
+        return asyncio.run(main())
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _loop_state(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            self._client = httpx.AsyncClient(timeout=self._admin_timeout_s, headers=self._headers)
+            self._slots = asyncio.Semaphore(self.concurrency)
+        return self._client, self._slots
+
+    async def _answer(self, task: Task, ctx: AgentContext) -> tuple[str, str | None]:
+        """The agent's answer, or ("", reason) when it crashed, timed out or returned garbage."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await call_agent(self.agent, task.without_answer(), ctx), None
+        except TimeoutError:
+            return "", f"timed out after {self.timeout_s:g} s (rollout.agent_timeout_s)"
+        except Exception as exc:  # any agent bug ends only its own episode
+            return "", f"crashed: {type(exc).__name__}: {exc}"
+
+    def _score(self, task: Task, answer: str, error: str | None) -> tuple[float, str | None]:
+        if error is not None:
+            return 0.0, error
+        try:
+            return float(self.reward_fn(task, answer)), None
+        except Exception as exc:
+            return 0.0, f"answered but the reward function raised {type(exc).__name__}: {exc}"
+
+    async def _admin(self, client: httpx.AsyncClient, method: str, path: str,
+                     body: dict[str, Any] | None = None) -> dict[str, Any]:
+        url = self.proxy_url + path
+        try:
+            response = await client.request(method, url, json=body)
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"trajectory manager at {self.proxy_url} did not answer {method} {path}: "
+                               f"{exc!r}; is the proxy running?") from exc
+        if response.status_code >= 300:
+            raise ServiceError(f"trajectory manager refused {method} {path} with {response.status_code}: "
+                               f"{response.text[:300]}")
+        return response.json()

@@ -1,0 +1,122 @@
+"""Turning a recipe's `rollout.agent` / `rollout.reward` strings into callables.
+
+An agent spec is one of:
+  - a name from `agents.AGENTS` (`math`, `calculator`);
+  - `package.module:function`, a Python callable `(task, ctx) -> str`, sync or async;
+  - anything else: a shell command, run with `/bin/sh -c`, that reads OPENAI_BASE_URL,
+    OPENAI_API_KEY and SEAMLESS_TASK (JSON) from its environment and prints its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+from seamless.agent_api import AgentContext, AgentFn, RewardFn
+from seamless.data import Task
+from seamless.errors import ConfigError, SeamlessError
+
+_CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_STDERR_TAIL = 500
+
+
+class AgentFailed(SeamlessError):
+    """An agent ended without an answer (non-zero exit, wrong return type); the message says how."""
+
+
+def agents_package():
+    """The top-level `agents` package; found next to `seamless/` when not on sys.path."""
+    try:
+        return importlib.import_module("agents")
+    except ImportError:
+        # seamless's package metadata installs only `seamless`; the example agents live beside it
+        sys.path.append(str(Path(__file__).resolve().parents[1]))
+        return importlib.import_module("agents")
+
+
+def import_callable(spec: str, what: str):
+    """`module:attr.path` -> the object; ConfigError naming `what` (the recipe key) otherwise."""
+    module_name, _, attr_path = spec.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{what}: cannot import module {module_name!r} of {spec!r} ({exc}); "
+                          "check the name and that its folder is on PYTHONPATH") from None
+    for attr in attr_path.split("."):
+        if not hasattr(obj, attr):
+            raise ConfigError(f"{what}: {module_name!r} has no {attr_path!r}; write module:function")
+        obj = getattr(obj, attr)
+    if not callable(obj):
+        raise ConfigError(f"{what}: {spec!r} is not callable")
+    return obj
+
+
+def resolve_agent(spec: str) -> AgentFn:
+    """The agent a spec names, as a callable `(task, ctx)`; async when it does I/O itself."""
+    spec = spec.strip()
+    if not spec:
+        raise ConfigError("rollout.agent is empty; write math, calculator, module:function or a command")
+    if spec in agents_package().AGENTS:
+        return import_callable(agents_package().AGENTS[spec], "rollout.agent")
+    if _CALLABLE_SPEC.match(spec):
+        return import_callable(spec, "rollout.agent")
+    return ShellAgent(spec)
+
+
+def resolve_reward(spec: str | None) -> RewardFn:
+    """The reward function a spec names; None gives the final-integer verifier."""
+    return import_callable(spec or agents_package().DEFAULT_REWARD, "rollout.reward")
+
+
+async def call_agent(agent: AgentFn, task: Task, ctx: AgentContext) -> str:
+    """Run an agent to its answer. Sync callables run in a worker thread so they cannot block the
+    event loop (a timed-out thread is abandoned: Python cannot stop it; its session is finished)."""
+    if inspect.iscoroutinefunction(agent) or inspect.iscoroutinefunction(getattr(agent, "__call__", None)):
+        result = await agent(task, ctx)
+    else:
+        result = await asyncio.to_thread(agent, task, ctx)
+        if inspect.isawaitable(result):
+            result = await result
+    if not isinstance(result, str):
+        raise AgentFailed(f"agent returned a {type(result).__name__}, not the answer text (str)")
+    return result
+
+
+class ShellAgent:
+    """An agent that is a shell command: its stdout (stripped) is the answer."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __repr__(self) -> str:
+        return f"ShellAgent({self.command!r})"
+
+    async def __call__(self, task: Task, ctx: AgentContext) -> str:
+        process = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", self.command, env={**os.environ, **ctx.env(task)},
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)  # own group: kill its children too
+        try:
+            stdout, stderr = await process.communicate()
+        except BaseException:  # timeout or shutdown: leave no process behind
+            _kill_group(process.pid)
+            await process.wait()
+            raise
+        if process.returncode != 0:
+            tail = stderr.decode(errors="replace").strip()[-_STDERR_TAIL:]
+            raise AgentFailed(f"command exited with status {process.returncode}"
+                              + (f"; stderr: {tail}" if tail else ""))
+        return stdout.decode(errors="replace").strip()
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

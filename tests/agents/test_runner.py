@@ -1,0 +1,169 @@
+"""AgentRunner against the session's real proxy + vLLM server on the tiny model."""
+
+import asyncio
+import sys
+import time
+
+import pytest
+
+from seamless.agent_api import AgentContext, Sampling
+from seamless.agent_runner import AgentRunner
+from seamless.data import Task
+from seamless.evaluation import evaluate
+from tests.proxy.helpers import Admin
+
+pytestmark = pytest.mark.vllm
+
+TASK = Task("add-7-5", "What is 7 + 5?", "12", {"a": "7", "op": "+", "b": "5"})
+HERE = "tests.agents.test_runner"
+
+
+# agents given to the runner as module:function specs
+def crashing_agent(task: Task, ctx: AgentContext) -> str:
+    raise RuntimeError("the agent fell over")
+
+
+async def sleeping_agent(task: Task, ctx: AgentContext) -> str:
+    await asyncio.sleep(60)
+    return "never"
+
+
+def knows_the_answer(task: Task, ctx: AgentContext) -> str:
+    assert task.answer == ""  # agents never see the reference answer
+    return f"I think it is {task.prompt.count('7') * 12}"
+
+
+def returns_a_number(task: Task, ctx: AgentContext):
+    return 12
+
+
+def _runner(proxy, agent: str, **kwargs) -> AgentRunner:
+    kwargs.setdefault("sampling", Sampling(temperature=1.0, max_tokens=6))
+    return AgentRunner(proxy.url, proxy.admin_key, agent, concurrency=kwargs.pop("concurrency", 4),
+                       timeout_s=kwargs.pop("timeout_s", 60), **kwargs)
+
+
+def test_math_group_shares_a_group_id_posts_rewards_and_finishes(proxy):
+    runner = _runner(proxy, "math", sampling=Sampling(temperature=0.7, max_tokens=5, top_p=0.95))
+    [group] = runner.run_groups_sync([TASK], group_size=3)
+    admin = Admin(proxy)
+    assert len({r.session_id for r in group}) == 3 and len({r.group_id for r in group}) == 1
+    for result in group:
+        assert result.error is None and result.finished and result.num_llm_calls == 1
+        assert result.reward in (0.0, 1.0) and result.task_id == TASK.task_id
+        trajectory = admin.trajectory(result.session_id)
+        assert trajectory["status"] == "finished" and trajectory["reward"] == result.reward
+        assert (trajectory["group_id"], trajectory["task_id"]) == (result.group_id, TASK.task_id)
+        request = trajectory["turns"][0]["request"]
+        assert (request["temperature"], request["max_tokens"], request["top_p"]) == (0.7, 5, 0.95)
+        assert len(trajectory["turns"][0]["completion_token_ids"]) <= 5
+
+
+def test_crash_timeout_and_bad_return_give_reward_zero_with_a_reason(proxy, caplog):
+    tasks = [TASK]
+    started = time.monotonic()
+    crash = _runner(proxy, f"{HERE}:crashing_agent").run_groups_sync(tasks, 2)[0]
+    slow = _runner(proxy, f"{HERE}:sleeping_agent", timeout_s=0.5).run_groups_sync(tasks, 2)[0]
+    bad = _runner(proxy, f"{HERE}:returns_a_number").run_groups_sync(tasks, 1)[0]
+    assert time.monotonic() - started < 15
+    assert all(r.reward == 0.0 and "RuntimeError: the agent fell over" in r.error for r in crash)
+    assert all(r.reward == 0.0 and "timed out after 0.5 s" in r.error for r in slow)
+    assert "returned a int, not the answer text" in bad[0].error
+    admin = Admin(proxy)
+    for result in crash + slow + bad:
+        trajectory = admin.trajectory(result.session_id)
+        assert trajectory["status"] == "finished" and trajectory["reward"] == 0.0
+    assert "fell over" in caplog.text and "timed out" in caplog.text
+
+
+def test_sync_callable_scored_correct(proxy):
+    [group] = _runner(proxy, f"{HERE}:knows_the_answer").run_groups_sync([TASK], 2)
+    assert [r.reward for r in group] == [1.0, 1.0] and group[0].answer == "I think it is 12"
+    assert group[0].num_llm_calls == 0
+
+
+def test_shell_command_agent_uses_the_session_url_from_its_environment(proxy):
+    script = ("import json, os, openai; task = json.loads(os.environ['SEAMLESS_TASK']); "
+              "assert 'answer' not in task; reply = openai.OpenAI().chat.completions.create("
+              "model=os.environ['SEAMLESS_MODEL'], messages=[{'role': 'user', 'content': task['prompt']}], "
+              "max_tokens=int(os.environ['SEAMLESS_MAX_TOKENS']), "
+              "temperature=float(os.environ['SEAMLESS_TEMPERATURE'])); print('12')")
+    command = f"{sys.executable} -c \"{script}\""
+    [group] = _runner(proxy, command, sampling=Sampling(temperature=0.0, max_tokens=3)).run_groups_sync([TASK], 1)
+    assert group[0].error is None and group[0].reward == 1.0 and group[0].num_llm_calls == 1
+    request = Admin(proxy).trajectory(group[0].session_id)["turns"][0]["request"]
+    assert request["max_tokens"] == 3 and request["messages"][0]["content"] == TASK.prompt
+
+
+def test_shell_command_failures_and_timeouts_end_cleanly(proxy, tmp_path):
+    marker = tmp_path / "pid"
+    failed = _runner(proxy, "echo oops >&2; exit 3").run_groups_sync([TASK], 1)[0][0]
+    assert failed.reward == 0.0 and "exited with status 3; stderr: oops" in failed.error
+    started = time.monotonic()
+    slow = _runner(proxy, f"sleep 30 & echo $! > {marker}; wait", timeout_s=0.5).run_groups_sync([TASK], 1)[0][0]
+    assert time.monotonic() - started < 5 and "timed out" in slow.error
+    pid = int(marker.read_text())
+    assert not _alive(pid), "the command's child process outlived the episode"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_concurrency_limit_holds(proxy):
+    runner = _runner(proxy, f"{HERE}:knows_the_answer", concurrency=2)
+    active, peak = 0, 0
+    original = runner.agent
+
+    def counting(task, ctx):
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        time.sleep(0.05)
+        active -= 1
+        return original(task, ctx)
+
+    runner.agent = counting
+    groups = runner.run_groups_sync([TASK] * 3, group_size=2)
+    assert peak <= 2 and sum(len(g) for g in groups) == 6
+
+
+def test_calculator_agent_through_the_real_proxy_ends_without_tool_calls(proxy):
+    runner = _runner(proxy, "calculator", max_turns=3, sampling=Sampling(temperature=0.0, max_tokens=8))
+    [group] = runner.run_groups_sync([TASK], 1)
+    result = group[0]
+    assert result.error is None and 1 <= result.num_llm_calls <= 3
+    request = Admin(proxy).trajectory(result.session_id)["turns"][0]["request"]
+    assert request["tools"][0]["function"]["name"] == "calculator"
+
+
+def test_evaluation_is_greedy_tagged_and_not_finished(proxy):
+    runner = _runner(proxy, "math")
+    tasks = [TASK, Task("sub-9-2", "What is 9 - 2?", "7")]
+
+    async def twice():
+        try:
+            return await evaluate(runner, tasks, max_tokens=4), await evaluate(runner, tasks, max_tokens=4)
+        finally:
+            await runner.aclose()
+
+    first, second = asyncio.run(twice())
+    assert first.num_tasks == 2 and 0.0 <= first.accuracy <= 1.0 and first.num_failed == 0
+    assert [r.answer for r in first.results] == [r.answer for r in second.results]  # greedy
+    admin = Admin(proxy)
+    for result in first.results:
+        trajectory = admin.trajectory(result.session_id)
+        assert trajectory["status"] != "finished" and trajectory["metadata"]["eval"] == "1"
+        assert trajectory["turns"][0]["request"]["temperature"] == 0.0
+
+
+def test_proxy_down_raises_a_service_error():
+    from seamless.errors import ServiceError
+
+    runner = AgentRunner("http://127.0.0.1:9", "k", "math", timeout_s=1)
+    with pytest.raises(ServiceError, match="did not answer POST /sessions"):
+        runner.run_groups_sync([TASK], 1)
