@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from seamless.errors import SeamlessError
+from seamless.errors import ConfigError, SeamlessError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,12 +123,29 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from seamless.config import load_recipe
-    from seamless.demo import run_smoke
     from seamless.runs import create_run_dir
 
+    if args.resume:
+        resolved = Path(args.resume) / "recipe.resolved.yaml"
+        if not resolved.is_file():
+            raise ConfigError(f"--resume {args.resume}: no recipe.resolved.yaml there; pass a run folder "
+                              "that seamless run created")
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = create_run_dir(recipe, args.resume or args.run_dir)
-    return run_smoke(recipe, run_dir)
+    from seamless.loop import run
+    from seamless.parts import describe_failure
+
+    try:
+        run(recipe, run_dir, resume=bool(args.resume))
+    except KeyboardInterrupt:
+        print(f"seamless run: interrupted; resume with: seamless run {args.recipe} --resume {run_dir}",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(f"seamless run: failed: {describe_failure(exc, run_dir)}", file=sys.stderr)
+        print(f"seamless run: resume with: seamless run {args.recipe} --resume {run_dir}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

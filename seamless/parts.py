@@ -1,0 +1,118 @@
+"""Every part of a run, built once before the main loop and torn down in reverse order.
+
+Modes (GRPO or PPO, agent, store, number of servers) are decided here, when parts are built, so
+the loop itself has no mode flags. Each part that runs as a service (Redis, the proxy, vLLM
+servers, Ray) is stopped on the way out, also when building a later part fails, and a failure
+names the part and its log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from seamless.agent_runner import AgentRunner
+from seamless.config import Recipe
+from seamless.data import TaskSet, load_tasks
+from seamless.errors import ConfigError, SeamlessError, ServiceError
+from seamless.proxy.server import ProxyProcess
+from seamless.ray_cluster import start_ray, stop_ray
+from seamless.rollout.fleet import VLLMFleet
+from seamless.rollout.proxy_admin import ProxyAdmin
+from seamless.run_logger import RunLogger
+from seamless.services.redis_server import RedisServer
+from seamless.store import EpisodeQueue
+from seamless.trainer.trainer import Trainer
+
+log = logging.getLogger("seamless.run")
+
+
+@dataclass
+class Parts:
+    recipe: Recipe
+    run_dir: Path
+    model_dir: Path
+    proxy: ProxyProcess
+    fleet: VLLMFleet
+    trainer: Trainer
+    runner: AgentRunner
+    tasks: TaskSet
+    episodes: EpisodeQueue
+    logger: RunLogger
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+def resolve_model_dir(recipe: Recipe, run_dir: Path) -> Path:
+    """The recipe's model folder, or the tiny model built into `run_dir/model` (reused if present)."""
+    if recipe.model.path:
+        path = Path(recipe.model.path)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.path {path} has no config.json; point it at a Hugging Face "
+                              "model folder, or unset it to build the tiny model")
+        return path
+    from seamless.models.tiny import build_tiny_model
+
+    path = run_dir / "model"
+    if not (path / "config.json").is_file():
+        print(f"seamless run: building the tiny model into {path}", flush=True)
+        build_tiny_model(path, recipe.model.tiny)
+    return path
+
+
+def _train_ranks(recipe: Recipe) -> int:
+    return sum(group.count for group in recipe.cluster.resources if "train" in group.tags)
+
+
+@contextlib.contextmanager
+def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
+    """Start Ray, the store, the proxy, the rollout fleet, the trainer and the agent runner."""
+    with contextlib.ExitStack() as stack:
+        _step("starting Ray")
+        start_ray(num_gpus=recipe.cluster.num_gpus, num_cpus=recipe.cluster.num_cpus,
+                  address=recipe.cluster.address)
+        stack.callback(stop_ray)
+        model_dir = resolve_model_dir(recipe, run_dir)
+        store_url = recipe.store.url
+        if store_url is None:
+            _step("starting the private Redis")
+            store_url = stack.enter_context(RedisServer(run_dir / "redis")).url
+        prefix = recipe.store.key_prefix or recipe.run.name
+        _step("starting the trajectory manager")
+        proxy = stack.enter_context(ProxyProcess(store_url, run_dir / "proxy", prefix=prefix,
+                                                 admin_key=recipe.proxy.admin_key))
+        _step(f"starting {recipe.rollout.num_servers} vLLM server(s)")
+        fleet = VLLMFleet(model_dir, run_dir, ProxyAdmin(proxy.url, proxy.admin_key), config=recipe.rollout)
+        stack.callback(fleet.shutdown)
+        for rid in range(recipe.rollout.num_servers):
+            fleet.add_server(None, resource_id=rid)
+        fleet.start_supervisor()
+        _step(f"starting the trainer on {_train_ranks(recipe)} rank(s)")
+        trainer = stack.enter_context(Trainer.from_recipe(recipe, model_dir, num_ranks=_train_ranks(recipe)))
+        runner = AgentRunner.from_config(proxy.url, proxy.admin_key, recipe.rollout)
+        episodes = EpisodeQueue(store_url, prefix)
+        stack.callback(episodes.close)
+        logger = RunLogger(recipe, run_dir, resume=resume)
+        yield Parts(recipe=recipe, run_dir=run_dir, model_dir=model_dir, proxy=proxy, fleet=fleet,
+                    trainer=trainer, runner=runner, tasks=load_tasks(recipe.data), episodes=episodes,
+                    logger=logger)
+
+
+def _step(what: str) -> None:
+    print(f"seamless run: {what}", flush=True)
+
+
+def describe_failure(exc: BaseException, run_dir: Path) -> str:
+    """One message for a crash of any part, naming where its log is."""
+    if isinstance(exc, SeamlessError):
+        return str(exc)
+    logs = ", ".join(str(p) for p in sorted(run_dir.glob("**/*.log"))[:6])
+    return f"{type(exc).__name__}: {exc} (logs: {logs or run_dir})"
+
+
+__all__ = ["Parts", "build_parts", "describe_failure", "ServiceError"]
