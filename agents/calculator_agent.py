@@ -18,6 +18,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import openai
 
@@ -40,6 +41,8 @@ CALCULATOR_TOOL = {
 }
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 _NO_PARSER_HINTS = ("enable-auto-tool-choice", "tool-call-parser")
+# hosts known to lack a tool-call parser, so later episodes skip the refused first call
+_HOSTS_WITHOUT_PARSER: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +102,8 @@ def read_reply(message, turn: int) -> tuple[list[ToolCall], dict]:
 
 async def run(task: Task, ctx: AgentContext) -> str:
     messages = build_messages(task)
-    tool_choice = "auto"
+    host = urlsplit(ctx.base_url).netloc
+    tool_choice = "none" if host in _HOSTS_WITHOUT_PARSER else "auto"
     async with ctx.openai_client() as client:
         for turn in range(ctx.max_turns):
             try:
@@ -107,7 +111,8 @@ async def run(task: Task, ctx: AgentContext) -> str:
             except openai.BadRequestError as exc:
                 if tool_choice != "auto" or not any(h in str(exc) for h in _NO_PARSER_HINTS):
                     raise
-                log.debug("server has no tool-call parser; reading <tool_call> blocks from the text")
+                log.info("%s has no tool-call parser; reading <tool_call> blocks from the reply text", host)
+                _HOSTS_WITHOUT_PARSER.add(host)
                 tool_choice = "none"
                 reply = await _complete(client, ctx, messages, tool_choice)
             calls, assistant = read_reply(reply.choices[0].message, turn)
