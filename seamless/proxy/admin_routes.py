@@ -149,8 +149,12 @@ async def resume(request: Request) -> Response:
     version = body.get("weight_version")
     if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 0):
         raise ApiError(400, "'weight_version' must be a non-negative integer", param="weight_version")
-    await state.pool.resume(version)
-    return JSONResponse({"paused": False, "weight_version": state.pool.version})
+    salt = body.get("cache_salt")
+    if salt is not None and not isinstance(salt, str):
+        raise ApiError(400, "'cache_salt' must be a string (\"\" turns salting off)", param="cache_salt")
+    await state.pool.resume(version, salt)
+    return JSONResponse({"paused": False, "weight_version": state.pool.version,
+                         "cache_salt": state.pool.cache_salt})
 
 
 @router.get("/admin/upstreams")
@@ -159,6 +163,7 @@ async def list_upstreams(request: Request) -> Response:
     state = _state(request)
     return JSONResponse({"upstreams": [u.as_dict() for u in state.pool.upstreams.values()],
                          "paused": state.pool.paused, "weight_version": state.pool.version,
+                         "continuations": state.pool.continuations, "cache_salt": state.pool.cache_salt,
                          "failovers": [vars(e) for e in state.pool.failovers[-100:]]})
 
 

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from seamless.errors import UpstreamUnavailable
+from seamless.proxy import continuation
 from seamless.proxy.auth import agent_session
 from seamless.proxy.errors import ApiError, translate
 from seamless.proxy.recording import AgentWants, Api, CallRecorder, upstream_body
@@ -143,7 +144,7 @@ async def _open(state: ProxyState, api: Api, body: dict[str, Any],
                     continue
             raise
         request = state.client.build_request(
-            "POST", upstream.url + path, json=upstream_body(api, body, upstream.model),
+            "POST", upstream.url + path, json=upstream_body(api, body, upstream.model, state.pool.cache_salt),
             timeout=httpx.Timeout(state.settings.upstream_timeout_s, connect=5.0))
         try:
             response = await state.client.send(request, stream=True)
@@ -216,43 +217,115 @@ async def _complete(state: ProxyState, api: Api, body: dict[str, Any], session_i
         upstream, response = await _open(state, api, body, session_id)
         recorder = CallRecorder(api, session_id, upstream.url)
         try:
-            async for chunk in _chunks(response):
-                recorder.add_chunk(chunk, state.pool.version)
-        except _UpstreamFailed as exc:
-            state.pool.mark_failed(upstream, str(exc))
-            state.pool.unpin(session_id)
+            async with contextlib.aclosing(_fold(state, session_id, upstream, response, recorder)) as chunks:
+                async for _ in chunks:
+                    pass
+        except _UpstreamFailed:
             state.metrics.failovers += 1
             continue
-        finally:
-            upstream.inflight -= 1
-            await response.aclose()
-        await _record(state, recorder, body)
-        return recorder
+        break
+    async with contextlib.aclosing(_continue_aborted(state, api, body, session_id, recorder)) as rest:
+        async for _ in rest:
+            pass
+    await _record(state, recorder, body)
+    return recorder
+
+
+async def _fold(state: ProxyState, session_id: str, upstream: Upstream, response: httpx.Response,
+                recorder: CallRecorder) -> AsyncIterator[dict[str, Any]]:
+    """The upstream's chunks, each folded into the recorder (stamped with the pool's version) first."""
+    try:
+        async for chunk in _chunks(response):
+            recorder.add_chunk(chunk, state.pool.version)
+            yield chunk
+    except _UpstreamFailed as exc:
+        state.pool.mark_failed(upstream, str(exc))
+        state.pool.unpin(session_id)
+        raise
+    finally:
+        upstream.inflight -= 1
+        await response.aclose()  # on a client disconnect this also aborts the server's request
+
+
+async def _continue_aborted(state: ProxyState, api: Api, body: dict[str, Any], session_id: str,
+                            recorder: CallRecorder) -> AsyncIterator[dict[str, Any]]:
+    """Finish the choices a server aborted (partial rollout): after resume, prompt + partial tokens
+    go to any healthy server; yields the new chunks in the call's API shape, already recorded."""
+    call_id = (recorder.first_chunk or {}).get("id", "")
+    for _ in range(continuation.MAX_CONTINUATIONS):
+        pending = continuation.aborted(recorder)
+        if not pending:
+            return
+        await state.pool.wait_running()
+        for index in pending:
+            sent = continuation.continuation_body(api, body, recorder, index)
+            if sent is None:  # the abort came with the last allowed token
+                recorder.choices[index].finish_reason = "length"
+                continue
+            upstream, response = await _open(state, "completion", sent, session_id)
+            state.pool.continuations += 1
+            try:
+                async with contextlib.aclosing(_fold_continuation(state, session_id, upstream, response,
+                                                                  recorder, api, index, call_id)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+            except _UpstreamFailed:
+                state.metrics.failovers += 1  # tokens so far are kept; the next round continues them
+        recorder.usage = continuation.usage_of(recorder)
+    raise ApiError(502, f"the call was cut off more than {continuation.MAX_CONTINUATIONS} times by "
+                        "weight updates; lower the update rate or use partial_rollout=keep", "upstream_error")
+
+
+async def _fold_continuation(state: ProxyState, session_id: str, upstream: Upstream, response: httpx.Response,
+                             recorder: CallRecorder, api: Api, index: int, call_id: str) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for chunk in _chunks(response):
+            if not chunk.get("choices"):
+                continue  # its usage counts the partial tokens as prompt; the call's usage is rebuilt
+            shaped = continuation.as_call_chunk(chunk, api, index, call_id)
+            recorder.add_chunk(shaped, state.pool.version)
+            yield shaped
+    except _UpstreamFailed as exc:
+        state.pool.mark_failed(upstream, str(exc))
+        state.pool.unpin(session_id)
+        raise
+    finally:
+        upstream.inflight -= 1
+        await response.aclose()
 
 
 async def _stream_to_agent(state: ProxyState, api: Api, body: dict[str, Any], wants: AgentWants,
                            session_id: str, upstream: Upstream, response: httpx.Response) -> AsyncIterator[bytes]:
     recorder = CallRecorder(api, session_id, upstream.url)
+
+    def sse(chunk: dict[str, Any] | None) -> bytes:
+        shown = None if chunk is None else recorder.agent_chunk(chunk, wants)
+        return b"" if shown is None else b"data: " + json.dumps(shown, separators=(",", ":")).encode() + b"\n\n"
+
     try:
-        async for chunk in _chunks(response):
-            recorder.add_chunk(chunk, state.pool.version)
-            shown = recorder.agent_chunk(chunk, wants)
-            if shown is not None:
-                yield b"data: " + json.dumps(shown, separators=(",", ":")).encode() + b"\n\n"
+        async with contextlib.aclosing(_fold(state, session_id, upstream, response, recorder)) as chunks:
+            async for chunk in chunks:
+                if continuation.aborted(recorder):
+                    # the rest comes from a continuation: hide the abort and the partial usage
+                    chunk = None if not chunk.get("choices") else continuation.hide_abort(chunk)
+                if part := sse(chunk):
+                    yield part
+        if continuation.aborted(recorder):
+            async with contextlib.aclosing(_continue_aborted(state, api, body, session_id, recorder)) as rest:
+                async for chunk in rest:
+                    if part := sse(chunk):
+                        yield part
+            if wants.usage:
+                yield sse({"id": (recorder.first_chunk or {}).get("id", ""), "choices": [],
+                           "usage": recorder.usage})
         await _record(state, recorder, body)
         yield b"data: [DONE]\n\n"
     except (_UpstreamFailed, ApiError) as exc:
         # tokens were already sent, so the call cannot move to another server: end it visibly
-        if isinstance(exc, _UpstreamFailed):
-            state.pool.mark_failed(upstream, str(exc))
-            state.pool.unpin(session_id)
         error = exc if isinstance(exc, ApiError) else ApiError(502, f"the rollout server failed mid-stream: {exc}",
                                                                "upstream_error")
         state.metrics.errors[error.type] += 1
         yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
-    finally:
-        upstream.inflight -= 1
-        await response.aclose()  # on a client disconnect this also aborts the server's request
 
 
 async def _record(state: ProxyState, recorder: CallRecorder, body: dict[str, Any]) -> None:

@@ -208,10 +208,13 @@ class AgentWants:
                    usage=bool(stream_options.get("include_usage")) if body.get("stream") else True)
 
 
-def upstream_body(api: Api, body: dict[str, Any], model: str) -> dict[str, Any]:
-    """The agent's request as the proxy sends it: streamed, with token ids and logprobs."""
+def upstream_body(api: Api, body: dict[str, Any], model: str, cache_salt: str | None = None) -> dict[str, Any]:
+    """The agent's request as the proxy sends it: streamed, with token ids and logprobs, and the
+    pool's cache salt (per weight version) joined to any salt the agent gave."""
     sent = dict(body)
     sent["model"] = model
+    if cache_salt is not None:
+        sent["cache_salt"] = f"{body['cache_salt']}:{cache_salt}" if body.get("cache_salt") else cache_salt
     sent["stream"] = True
     sent["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     sent["return_token_ids"] = True

@@ -57,6 +57,9 @@ class UpstreamPool:
         self.version = 0
         self.paused = False
         self.pause_mode: PauseMode = "keep"
+        self.continuations = 0  # calls resumed after an abort (partial rollout)
+        self.cache_salt: str | None = None
+        """Added to every upstream request (per weight version), so no KV of old weights is reused."""
         self._running = asyncio.Event()
         self._running.set()
         self._changed = asyncio.Condition()  # notified when an upstream is added or recovers
@@ -158,9 +161,11 @@ class UpstreamPool:
         await asyncio.gather(*(self._control(u, "pause", params={"mode": mode})
                                for u in self.upstreams.values() if u.healthy))
 
-    async def resume(self, version: int | None = None) -> None:
+    async def resume(self, version: int | None = None, cache_salt: str | None = None) -> None:
         if version is not None:
             self.version = version  # before /resume: tokens arriving from now on are the new version
+        if cache_salt is not None:
+            self.cache_salt = cache_salt or None  # "" turns salting off
         await asyncio.gather(*(self._control(u, "resume") for u in self.upstreams.values() if u.healthy))
         self.paused = False
         self._running.set()
