@@ -122,6 +122,16 @@ class RolloutConfig(Section):
     """After a weight update, `reset` empties vLLM's prefix cache, `salt` keys it by weight version."""
     weight_sync: Literal["disk", "nccl"] = "disk"
     """How new weights reach servers: safetensors files reloaded from disk, or NCCL broadcast (GPUs)."""
+    weight_dir: Literal["run", "shm"] = "run"
+    """Where disk weight sync writes safetensors: the run folder, or /dev/shm (RAM; faster, needs room)."""
+    health_interval_s: float = Field(1.0, gt=0)
+    """Seconds between the fleet's health checks of its servers."""
+    restart_backoff_s: float = Field(2.0, ge=0)
+    """Wait before restarting a dead server; doubles with each failure in a row."""
+    restart_backoff_max_s: float = Field(60.0, ge=0)
+    """Longest wait between restarts of one server."""
+    max_restarts: int = Field(5, ge=0)
+    """Failures in a row after which a server is given up on (reported, resource left idle)."""
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
     """Share of GPU memory vLLM may take (GPUs only)."""
     kv_cache_memory_bytes: int = Field(134_217_728, ge=1 << 20)
