@@ -19,9 +19,6 @@ from seamless.errors import ServiceError
 from seamless.rollout.weights import WeightSource, safetensors_files, write_buckets
 
 
-_EMBED, _LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
-_VOCAB_PADDING = 64  # vllm.model_executor.layers.vocab_parallel_embedding.DEFAULT_VOCAB_PADDING_SIZE
-
 
 class WeightTransport(Protocol):
     name: str
@@ -66,7 +63,6 @@ class DiskTransport:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._staged: dict[int, Path] = {}
-        self._tie_fix: dict[int, Path | None] = {}
         self._owned: set[Path] = set()
 
     def stage(self, source: WeightSource, version: int) -> int:
@@ -80,35 +76,7 @@ class DiskTransport:
             self._owned.add(folder)
         self._forget_older_than(version)
         self._staged[version] = folder
-        self._tie_fix[version] = self._write_tie_fix(folder, version)
         return size
-
-    def _write_tie_fix(self, folder: Path, version: int) -> Path | None:
-        """vLLM's in-place reload (0.32) re-creates the embedding but restores the old tensor of a
-        tied lm_head, so outputs would mix old and new weights. For a tied checkpoint (no
-        lm_head.weight) write lm_head = embedding apart, copied in raw in a second reload."""
-        import torch
-        from safetensors import safe_open
-        from safetensors.torch import save_file
-
-        embed = None
-        for file in safetensors_files(folder):
-            with safe_open(str(file), "pt") as handle:
-                if _LM_HEAD in handle.keys():
-                    return None
-                if _EMBED in handle.keys():
-                    embed = handle.get_tensor(_EMBED)
-        if embed is None:
-            return None
-        fix = self.root / f"v{version}-tied"
-        fix.mkdir(parents=True, exist_ok=True)
-        # raw (kernel) format: vLLM pads the vocabulary to a multiple of 64 rows (TP=1)
-        rows = -(-embed.shape[0] // _VOCAB_PADDING) * _VOCAB_PADDING
-        padded = torch.zeros((rows, *embed.shape[1:]), dtype=embed.dtype)
-        padded[:embed.shape[0]] = embed
-        save_file({_LM_HEAD: padded}, str(fix / "lm_head.safetensors"))
-        self._owned.add(fix)
-        return fix
 
     def folder(self, version: int) -> Path:
         if version not in self._staged:
@@ -119,9 +87,6 @@ class DiskTransport:
     def load(self, urls: Sequence[str], version: int) -> None:
         body = {"method": "reload_weights", "kwargs": {"weights_path": str(self.folder(version))}}
         post_each(urls, "/collective_rpc", json=body)
-        if self._tie_fix.get(version) is not None:
-            post_each(urls, "/collective_rpc", json={"method": "reload_weights", "kwargs": {
-                "weights_path": str(self._tie_fix[version]), "is_checkpoint_format": False}})
 
     def server_args(self) -> list[str]:
         return []
@@ -129,7 +94,7 @@ class DiskTransport:
     def _forget_older_than(self, version: int) -> None:
         # keep the version servers run now (restarts reload it) until the new one is staged
         for old in [v for v in self._staged if v < version]:
-            for folder in (self._staged.pop(old), self._tie_fix.pop(old, None)):
+            for folder in (self._staged.pop(old),):
                 if folder in self._owned:
                     self._owned.discard(folder)
                     shutil.rmtree(folder, ignore_errors=True)
