@@ -1,0 +1,361 @@
+"""The rollout fleet: vLLM servers as Ray actors behind the proxy, and weight updates to them.
+
+One `VLLMFleet` owns every server of a run. It places a server actor on a leased rollout
+resource, registers the server with the proxy over its admin API, restarts servers that die
+(with backoff, each death and restart reported as a `ServerEvent`), and pushes new weights:
+stage (rollout keeps running) → pause through the proxy → load → reset caches → stamp the
+version → resume with the new version (and cache salt). It satisfies the scheduler's
+`RolloutFleet` protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from seamless.config import RolloutConfig
+from seamless.errors import ConfigError, ServiceError
+from seamless.rollout.proxy_admin import ProxyAdmin
+from seamless.rollout.records import ServerEvent, ServerStats, WeightUpdateMetrics
+from seamless.rollout.server_actor import ServerActor
+from seamless.rollout.server_metrics import read_metrics
+from seamless.rollout.transport import DiskTransport, NcclTransport, WeightTransport, post_each, timed
+from seamless.rollout.weights import WeightSource
+from seamless.scheduler.placement import Lease
+from seamless.services.vllm_server import VLLMServerOptions
+
+log = logging.getLogger("seamless.rollout")
+
+
+@dataclass
+class _Server:
+    resource_id: int
+    lease: Lease | None
+    actor: Any
+    url: str
+    pid: int
+    started_at: float
+    failures: int = 0
+    restart_at: float = 0.0
+    state: str = "up"  # up | down (waiting to restart) | gone (gave up)
+    tokens: int = 0
+    tokens_at: float = 0.0
+
+
+def make_transport(config: RolloutConfig, run_dir: Path) -> WeightTransport:
+    """The transport `rollout.weight_sync` names."""
+    if config.weight_sync == "nccl":
+        return NcclTransport()
+    root = Path("/dev/shm") / f"seamless-{os.getpid()}-{run_dir.name}" if config.weight_dir == "shm" else run_dir / "weights"
+    return DiskTransport(root)
+
+
+class VLLMFleet:
+    """vLLM servers on rollout resources, registered with the proxy at `proxy`."""
+
+    def __init__(self, model_dir: str | Path, run_dir: str | Path, proxy: ProxyAdmin,
+                 config: RolloutConfig | None = None, options: VLLMServerOptions | None = None,
+                 transport: WeightTransport | None = None):
+        self.model_dir = Path(model_dir).resolve()
+        self.run_dir = Path(run_dir).resolve()
+        self.proxy = proxy
+        self.config = config or RolloutConfig()
+        self.transport = transport or make_transport(self.config, self.run_dir)
+        base = options or VLLMServerOptions(kv_cache_memory_bytes=self.config.kv_cache_memory_bytes,
+                                            gpu_memory_utilization=self.config.gpu_memory_utilization,
+                                            extra_args=list(self.config.extra_server_args))
+        # a fixed served name, so a restarted server (or one on new weights) answers to the same model
+        self.options = replace(base, served_model_name=base.served_model_name or self.model_dir.name,
+                               extra_args=[*base.extra_args, *self.transport.server_args()])
+        self.version = 0
+        self.events: list[ServerEvent] = []
+        self._servers: dict[int, _Server] = {}
+        self._lock = threading.RLock()  # membership, restarts and updates never interleave
+        self._stop = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._launches = 0
+
+    # membership ------------------------------------------------------------------------------
+
+    def add_server(self, lease: Lease | None, version: int | None = None, resource_id: int | None = None) -> str:
+        """Start a server on the lease (or anywhere, without one) with the current weights, register
+        it with the proxy; returns its URL once it takes requests."""
+        rid = lease.resource.id if lease is not None else resource_id
+        if rid is None:
+            raise ConfigError("add_server needs a lease (from the scheduler) or an explicit resource_id")
+        if version is not None and version != self.version:
+            raise ConfigError(f"add_server(version={version}) but the fleet serves version {self.version}; "
+                              "servers join on the fleet's current weights")
+        with self._lock:
+            if rid in self._servers and self._servers[rid].state != "gone":
+                raise ConfigError(f"resource {rid} already runs a server ({self._servers[rid].url})")
+            server = self._launch(rid, lease)
+            self._servers[rid] = server
+            self._event(server, "started")
+            return server.url
+
+    def add_servers(self, leases: Sequence[Lease]) -> list[str]:
+        """Start several servers at once (they start in parallel)."""
+        import ray
+
+        with self._lock:
+            starting = [(lease, *self._spawn(lease.resource.id, lease)) for lease in leases]
+            urls = []
+            for lease, actor, pending in starting:
+                server = self._finish_launch(lease.resource.id, lease, actor, pending)
+                self._servers[lease.resource.id] = server
+                self._event(server, "started")
+                urls.append(server.url)
+            return urls
+
+    def remove_server(self, resource_id: int) -> None:
+        """Unregister the server, abort its in-flight requests (the proxy continues them on the
+        other servers), stop it; returns when its resource is free."""
+        with self._lock:
+            server = self._servers.pop(resource_id, None)
+            if server is None:
+                raise ConfigError(f"no server on resource {resource_id}; running: {sorted(self._servers)}")
+            self.proxy.remove_upstream(server.url)
+            if server.state == "up":
+                try:  # abort, not keep: the requests move to the remaining servers
+                    post_each([server.url], "/pause", params={"mode": "abort"}, timeout_s=30)
+                except ServiceError as exc:
+                    log.warning("draining %s failed: %s", server.url, exc)
+            self._end(server)
+            self._event(server, "removed")
+
+    def servers(self) -> dict[int, str]:
+        """URL of each running server, by resource id."""
+        with self._lock:
+            return {rid: s.url for rid, s in self._servers.items() if s.state == "up"}
+
+    def actor(self, resource_id: int) -> Any:
+        return self._servers[resource_id].actor
+
+    def _spawn(self, rid: int, lease: Lease | None) -> tuple[Any, Any]:
+        import ray
+
+        self._launches += 1
+        options: dict[str, Any] = {"num_cpus": 0, "num_gpus": 1 if lease is not None else 0, "max_restarts": 0}
+        if lease is not None:
+            options["scheduling_strategy"] = lease.strategy()
+        actor = ray.remote(ServerActor).options(**options).remote()
+        work_dir = self.run_dir / "servers" / f"r{rid}-{self._launches}"
+        return actor, actor.start.remote(str(self.model_dir), str(work_dir), self.options)
+
+    def _finish_launch(self, rid: int, lease: Lease | None, actor: Any, pending: Any) -> _Server:
+        import ray
+
+        try:
+            url, pid = ray.get(pending, timeout=self.options.startup_timeout_s + 30)
+            if self.version > 0:  # a server joining late loads the weights the others serve
+                self.transport.load([url], self.version)
+                post_each([url], "/update_weight_version", json={"new_version": str(self.version)})
+            self.proxy.add_upstream(url)
+        except Exception:
+            ray.kill(actor, no_restart=True)
+            raise
+        now = time.monotonic()
+        return _Server(rid, lease, actor, url, pid, started_at=now, tokens_at=now)
+
+    def _launch(self, rid: int, lease: Lease | None) -> _Server:
+        return self._finish_launch(rid, lease, *self._spawn(rid, lease))
+
+    def _end(self, server: _Server) -> None:
+        import ray
+
+        try:
+            ray.get(server.actor.stop.remote(), timeout=30)
+        except Exception as exc:  # the actor is gone already: its server dies with it
+            log.info("stopping %s: %s", server.url, exc)
+        ray.kill(server.actor, no_restart=True)
+        _kill_group(server.pid)
+
+    def _event(self, server: _Server, kind: str, detail: str = "") -> None:
+        event = ServerEvent(server.resource_id, kind, server.url, detail)  # type: ignore[arg-type]
+        self.events.append(event)
+        (log.warning if kind in ("died", "restart_failed", "gave_up") else log.info)(
+            "server r%d %s %s %s", server.resource_id, kind, server.url, detail)
+
+    # supervision -----------------------------------------------------------------------------
+
+    def start_supervisor(self) -> None:
+        """Check health every rollout.health_interval_s in a background thread."""
+        if self._supervisor is None:
+            self._stop.clear()
+            self._supervisor = threading.Thread(target=self._supervise, name="fleet-supervisor", daemon=True)
+            self._supervisor.start()
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(self.config.health_interval_s):
+            try:
+                self.check()
+            except Exception:  # the supervisor must outlive one bad pass; the next one retries
+                log.exception("fleet health check failed")
+
+    def check(self) -> None:
+        """One pass: a dead server is unregistered and ended; a down one restarts when its backoff is over."""
+        with self._lock:
+            for server in list(self._servers.values()):
+                if server.state == "up" and not self._alive(server):
+                    self._on_death(server)
+                elif server.state == "down" and time.monotonic() >= server.restart_at:
+                    self._restart(server)
+
+    def _alive(self, server: _Server) -> bool:
+        import ray
+
+        try:
+            if not ray.get(server.actor.alive.remote(), timeout=10):
+                return False
+            return httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+        except Exception:  # RayActorError, timeouts, refused connections: all mean not serving
+            return False
+
+    def _on_death(self, server: _Server) -> None:
+        self.proxy.remove_upstream(server.url)  # the proxy stops routing to it now, not at its next check
+        self._end(server)
+        # a server that ran a while before dying starts a fresh count of failures
+        if time.monotonic() - server.started_at > 10 * max(self.config.restart_backoff_max_s, 1):
+            server.failures = 0
+        server.failures += 1
+        server.state = "down"
+        server.restart_at = time.monotonic() + self._backoff(server.failures)
+        self._event(server, "died", f"failure {server.failures}")
+
+    def _backoff(self, failures: int) -> float:
+        return min(self.config.restart_backoff_s * 2 ** (failures - 1), self.config.restart_backoff_max_s)
+
+    def _restart(self, server: _Server) -> None:
+        try:
+            fresh = self._launch(server.resource_id, server.lease)
+        except Exception as exc:
+            server.failures += 1
+            if server.failures > self.config.max_restarts:
+                server.state = "gone"
+                self._event(server, "gave_up", f"{server.failures} failures in a row; last: {exc}")
+            else:
+                server.restart_at = time.monotonic() + self._backoff(server.failures)
+                self._event(server, "restart_failed", str(exc)[:2000])
+            return
+        fresh.failures = server.failures
+        self._servers[server.resource_id] = fresh
+        self._event(fresh, "restarted", f"after failure {server.failures}")
+
+    # weight updates --------------------------------------------------------------------------
+
+    def sync_weights(self, source: WeightSource, version: int) -> WeightUpdateMetrics:
+        """Move every server to weights `version` from `source` (a Trainer, a safetensors folder,
+        a state dict or buckets): stage, pause rollout through the proxy, load, reset or salt
+        the prefix cache, stamp the version, resume. Agents' calls in flight span it."""
+        if version <= self.version:
+            raise ConfigError(f"weight version {version} is not newer than the served {self.version}; "
+                              "pass the trainer's version after its step")
+        size, stage_s = timed(self.transport.stage, source, version)
+        with self._lock:
+            urls = list(self.servers().values())
+            if not urls:
+                raise ServiceError("no rollout server is running; add_server() before sync_weights()")
+            inflight = sum(self.in_flight().values())
+            tokens_before = self._tokens(urls)
+            _, pause_s = timed(self.proxy.pause, self.config.partial_rollout)
+            try:
+                _, transfer_s = timed(self.transport.load, urls, version)
+                _, cache_s = timed(self._forget_cache, urls)
+                post_each(urls, "/update_weight_version", json={"new_version": str(version)})
+            except Exception:
+                # never leave agents waiting on a failed update; tokens keep the old stamp
+                self.proxy.resume(self.version, None)
+                raise
+            self.version = version
+            salt = f"w{version}" if self.config.prefix_cache == "salt" else ""
+            _, resume_s = timed(self.proxy.resume, version, salt)
+            tokens = self._tokens(urls) - tokens_before
+        return WeightUpdateMetrics(version=version, transport=self.transport.name, servers=len(urls),
+                                   stage_s=stage_s, pause_s=pause_s, transfer_s=transfer_s, cache_s=cache_s,
+                                   resume_s=resume_s, bytes=size, inflight_at_pause=inflight,
+                                   tokens_during_update=tokens)
+
+    def _forget_cache(self, urls: Sequence[str]) -> None:
+        if self.config.prefix_cache != "reset":
+            return  # salting: the proxy keys new requests by version, old KV is never hit
+        # running (kept) requests are preempted and recompute their KV under the new weights
+        for response in post_each(urls, "/reset_prefix_cache", params={"reset_running_requests": "true"}):
+            if not response.json().get("success", False):
+                raise ServiceError(f"{response.url} could not reset its prefix cache; use "
+                                   "rollout.prefix_cache=salt")
+
+    def _tokens(self, urls: Sequence[str]) -> int:
+        return int(sum(read_metrics(url).get("vllm:generation_tokens_total", 0.0) for url in urls))
+
+    # the scheduler's RolloutFleet protocol ---------------------------------------------------
+
+    def pause(self, resource_ids: Sequence[int]) -> None:
+        post_each(self._urls(resource_ids), "/pause", params={"mode": self.config.partial_rollout})
+
+    def resume(self, resource_ids: Sequence[int]) -> None:
+        post_each(self._urls(resource_ids), "/resume")
+
+    def update_weights(self, version: int, resource_ids: Sequence[int]) -> None:
+        """Load the already staged `version` (see sync_weights) into these paused servers."""
+        urls = self._urls(resource_ids)
+        self.transport.load(urls, version)
+        post_each(urls, "/update_weight_version", json={"new_version": str(version)})
+
+    def in_flight(self) -> Mapping[int, int]:
+        by_url = {u["url"]: u["inflight"] for u in self.proxy.upstreams()["upstreams"]}
+        return {rid: by_url.get(url, 0) for rid, url in self.servers().items()}
+
+    def _urls(self, resource_ids: Sequence[int]) -> list[str]:
+        running = self.servers()
+        missing = [rid for rid in resource_ids if rid not in running]
+        if missing:
+            raise ConfigError(f"no running server on resources {missing}; running: {sorted(running)}")
+        return [running[rid] for rid in resource_ids]
+
+    # metrics and shutdown --------------------------------------------------------------------
+
+    def stats(self) -> list[ServerStats]:
+        """Queue depth and generation throughput (since the previous call) of every server."""
+        out = []
+        with self._lock:
+            for server in [s for s in self._servers.values() if s.state == "up"]:
+                metrics, now = read_metrics(server.url), time.monotonic()
+                tokens = int(metrics.get("vllm:generation_tokens_total", 0.0))
+                rate = (tokens - server.tokens) / max(now - server.tokens_at, 1e-9)
+                server.tokens, server.tokens_at = tokens, now
+                out.append(ServerStats(server.resource_id, server.url,
+                                       running=int(metrics.get("vllm:num_requests_running", 0)),
+                                       waiting=int(metrics.get("vllm:num_requests_waiting", 0)),
+                                       generation_tokens=tokens, tokens_per_s=rate))
+        return out
+
+    def shutdown(self) -> None:
+        """Stop supervising, unregister and stop every server."""
+        self._stop.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=30)
+            self._supervisor = None
+        with self._lock:
+            for rid in list(self._servers):
+                server = self._servers.pop(rid)
+                if server.state == "up":
+                    self.proxy.remove_upstream(server.url)
+                self._end(server)
+
+
+def _kill_group(pid: int) -> None:
+    """End a server's process group if it outlived its actor (same machine only)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,71 @@
+"""Typed records the fleet hands to the main loop, the scheduler and the logs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+EventKind = Literal["started", "died", "restarted", "restart_failed", "gave_up", "removed"]
+
+
+@dataclass(frozen=True)
+class ServerEvent:
+    """Something that happened to one server (deaths and restarts are reported, never silent)."""
+
+    resource_id: int
+    kind: EventKind
+    url: str
+    detail: str = ""
+    at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class WeightUpdateMetrics:
+    """One weight update, timed phase by phase (seconds) and sized (bytes)."""
+
+    version: int
+    transport: str
+    servers: int
+    stage_s: float
+    """Writing the weights where servers read them (disk), before the pause: rollout still runs."""
+    pause_s: float
+    transfer_s: float
+    """Servers loading the new weights (disk reload, or the NCCL broadcast), while paused."""
+    cache_s: float
+    """Resetting prefix caches (prefix_cache=reset); 0 when salting."""
+    resume_s: float
+    bytes: int
+    """Size of the weights sent once; each server reads (or receives) this much."""
+    inflight_at_pause: int
+    """Agent calls in flight when rollout paused: they span the update (partial rollout)."""
+    tokens_during_update: int
+    """Tokens the servers generated between the start of the pause and the end of the resume."""
+
+    @property
+    def paused_s(self) -> float:
+        """How long rollout was held: the bubble this update costs."""
+        return self.pause_s + self.transfer_s + self.cache_s + self.resume_s
+
+    @property
+    def bytes_per_s(self) -> float:
+        moving = self.stage_s + self.transfer_s
+        return self.bytes / moving if moving > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat numbers for the metrics logger."""
+        return {**asdict(self), "paused_s": self.paused_s, "bytes_per_s": self.bytes_per_s}
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """One server's load, read from its /metrics."""
+
+    resource_id: int
+    url: str
+    running: int
+    waiting: int
+    """Queue depth: requests admitted but not yet scheduled."""
+    generation_tokens: int
+    tokens_per_s: float
+    """Generation throughput since the previous stats() call."""

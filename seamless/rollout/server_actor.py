@@ -1,0 +1,44 @@
+"""A vLLM server as a Ray actor: the actor owns the server process and dies with it.
+
+The actor is what Ray places on a rollout resource (its lease's bundle, so it sees that GPU as
+CUDA_VISIBLE_DEVICES). Control traffic (pause, reload, metrics) goes to the server over HTTP,
+not through the actor, so a busy actor never delays a weight update.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from seamless.rollout import die_with_parent
+from seamless.services.vllm_server import VLLMServer, VLLMServerOptions
+
+
+class _GuardedServer(VLLMServer):
+    """A VLLMServer that the kernel kills when the actor process dies (see die_with_parent)."""
+
+    def argv(self) -> list[str]:
+        # run as a script path: the server's cwd is its work folder, where `-m seamless...` may
+        # resolve to another checkout (or none)
+        return [sys.executable, die_with_parent.__file__, str(os.getpid()), *super().argv()]
+
+
+class ServerActor:
+    """Ray actor body; created by the fleet as `ray.remote(ServerActor).options(...)`."""
+
+    def __init__(self) -> None:
+        self._server: VLLMServer | None = None
+
+    def start(self, model_dir: str, work_dir: str, options: VLLMServerOptions) -> tuple[str, int]:
+        """Start the server and block until it is healthy; returns (url, pid of its process group)."""
+        self._server = _GuardedServer(model_dir, Path(work_dir), options).start()
+        return self._server.url, self._server.pid
+
+    def alive(self) -> bool:
+        return self._server is not None and self._server.exit_code() is None
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
