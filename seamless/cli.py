@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -121,6 +122,10 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return run_sim(args.recipe, args.overrides, args.gpus, args.json, args.plot)
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from seamless.config import load_recipe
     from seamless.runs import create_run_dir
@@ -135,6 +140,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from seamless.loop import run
     from seamless.parts import describe_failure
 
+    # SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C, so every service is stopped and a
+    # checkpoint is written; Python's default would exit without running any cleanup
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         run(recipe, run_dir, resume=bool(args.resume))
     except KeyboardInterrupt:

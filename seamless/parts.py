@@ -74,9 +74,9 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
     """Start Ray, the store, the proxy, the rollout fleet, the trainer and the agent runner."""
     with contextlib.ExitStack() as stack:
         _step("starting Ray")
-        start_ray(num_gpus=recipe.cluster.num_gpus, num_cpus=recipe.cluster.num_cpus,
-                  address=recipe.cluster.address)
-        stack.callback(stop_ray)
+        if start_ray(num_gpus=recipe.cluster.num_gpus, num_cpus=recipe.cluster.num_cpus,
+                     address=recipe.cluster.address):
+            stack.callback(stop_ray)  # only a Ray this run started (an embedding program keeps its own)
         model_dir = resolve_model_dir(recipe, run_dir)
         store_url = recipe.store.url
         if store_url is None:

@@ -17,16 +17,19 @@ _MAX_RAY_TEMP_DIR = 60
 
 
 def start_ray(num_gpus: int, num_cpus: int | None = None, temp_dir: str | Path | None = None,
-              address: str | None = None) -> None:
-    """Join the cluster at `address`, or start a local one on 127.0.0.1 with logical GPUs."""
+              address: str | None = None) -> bool:
+    """Join the cluster at `address`, or start a local one on 127.0.0.1 with logical GPUs.
+
+    Returns False when this process was already connected to Ray (then the caller did not start
+    it and must not shut it down)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is not None:
         ray.init(address=address, log_to_driver=True)
-        return
+        return True
     # local-only cluster: bind loopback. Ray reads the variable when it is imported (its Python
     # side) and when its processes start (the GCS and raylets), so set both.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -39,6 +42,7 @@ def start_ray(num_gpus: int, num_cpus: int | None = None, temp_dir: str | Path |
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
              _node_ip_address="127.0.0.1", _temp_dir=str(temp_dir), log_to_driver=True,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}})
+    return True
 
 
 def stop_ray() -> None:
