@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
+import os
 import sys
 import tempfile
 import time
@@ -89,6 +89,7 @@ if __name__ == "__main__":
                 loop="uvloop", http="httptools")
 '''
 
+LITELLM_KEY = "sk-seamless-bench-only"  # LiteLLM refuses to start without a master key
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "What is 2 + 3?"}], "max_tokens": 8}
 
 
@@ -171,11 +172,12 @@ def main() -> int:
                                                          "api_key": "none"}}]}))
             litellm = ManagedProcess("litellm", [args.litellm, "--config", str(work / "litellm.yaml"),
                                                  "--host", "127.0.0.1", "--port", str(litellm_port),
-                                                 "--num_workers", "1"], work / "litellm.log")
+                                                 "--num_workers", "1"], work / "litellm.log",
+                                      env={**os.environ, "LITELLM_MASTER_KEY": LITELLM_KEY})
             litellm.start()
             started.append(litellm)
             _wait_http(f"http://127.0.0.1:{litellm_port}/health/liveliness", litellm, timeout_s=300)
-            targets["litellm"] = (f"http://127.0.0.1:{litellm_port}/v1/chat/completions", "none")
+            targets["litellm"] = (f"http://127.0.0.1:{litellm_port}/v1/chat/completions", LITELLM_KEY)
 
         rows = {}
         for name, (url, key) in targets.items():

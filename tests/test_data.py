@@ -83,9 +83,8 @@ def test_missing_and_empty_files(tmp_path):
         DataConfig(source="jsonl")
 
 
-def test_parquet(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.table({"prompt": ["q"], "answer": ["#### 7"]}), tmp_path / "t.parquet")
-    assert read_parquet(tmp_path / "t.parquet") == [Task("row-0", "q", "7")]
+def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path):
+    # seamless does not install pyarrow; reading Parquet must say what to do instead of crashing
+    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ConfigError, match="needs pyarrow; `pip install pyarrow`, or convert the file to JSONL"):
+        read_parquet(tmp_path / "t.parquet")
