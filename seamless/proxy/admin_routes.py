@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 from typing import Any
 
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from seamless.proxy.auth import require_admin
-from seamless.proxy.errors import ApiError, translate
+from seamless.proxy.errors import ApiError, parse_json_object, translate
 from seamless.proxy.state import ProxyState, new_key
 from seamless.trajectory import merge_turns
 
@@ -24,15 +23,7 @@ def _state(request: Request) -> ProxyState:
 
 async def _json_object(request: Request) -> dict[str, Any]:
     raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return body
+    return parse_json_object(raw) if raw else {}
 
 
 def _optional_str(body: dict[str, Any], name: str) -> str | None:

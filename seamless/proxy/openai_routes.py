@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from seamless.errors import UpstreamUnavailable
 from seamless.proxy import continuation
 from seamless.proxy.auth import agent_session
-from seamless.proxy.errors import ApiError, translate
+from seamless.proxy.errors import ApiError, parse_json_object, translate
 from seamless.proxy.recording import AgentWants, Api, CallRecorder, upstream_body
 from seamless.proxy.state import ProxyState
 from seamless.proxy.upstreams import Upstream
@@ -94,13 +94,7 @@ async def _read_body(request: Request, limit: int) -> dict[str, Any]:
         raw += part
         if len(raw) > limit:
             raise ApiError(413, f"request body exceeds {limit} bytes (proxy.max_body_bytes)")
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return body
+    return parse_json_object(bytes(raw))
 
 
 def _validate(api: Api, body: dict[str, Any]) -> None:
@@ -234,17 +228,26 @@ async def _complete(state: ProxyState, api: Api, body: dict[str, Any], session_i
 async def _fold(state: ProxyState, session_id: str, upstream: Upstream, response: httpx.Response,
                 recorder: CallRecorder) -> AsyncIterator[dict[str, Any]]:
     """The upstream's chunks, each folded into the recorder (stamped with the pool's version) first."""
-    try:
+    async with _upstream_call(state, session_id, upstream, response):
         async for chunk in _chunks(response):
             recorder.add_chunk(chunk, state.pool.version)
             yield chunk
+
+
+@contextlib.asynccontextmanager
+async def _upstream_call(state: ProxyState, session_id: str, upstream: Upstream,
+                         response: httpx.Response) -> AsyncIterator[None]:
+    """What ends every upstream call: a broken server leaves the rotation (and the session's pin),
+    and the response is closed, which on a client disconnect also aborts the server's request."""
+    try:
+        yield
     except _UpstreamFailed as exc:
         state.pool.mark_failed(upstream, str(exc))
         state.pool.unpin(session_id)
         raise
     finally:
         upstream.inflight -= 1
-        await response.aclose()  # on a client disconnect this also aborts the server's request
+        await response.aclose()
 
 
 async def _continue_aborted(state: ProxyState, api: Api, body: dict[str, Any], session_id: str,
@@ -278,20 +281,13 @@ async def _continue_aborted(state: ProxyState, api: Api, body: dict[str, Any], s
 
 async def _fold_continuation(state: ProxyState, session_id: str, upstream: Upstream, response: httpx.Response,
                              recorder: CallRecorder, api: Api, index: int, call_id: str) -> AsyncIterator[dict[str, Any]]:
-    try:
+    async with _upstream_call(state, session_id, upstream, response):
         async for chunk in _chunks(response):
             if not chunk.get("choices"):
                 continue  # its usage counts the partial tokens as prompt; the call's usage is rebuilt
             shaped = continuation.as_call_chunk(chunk, api, index, call_id)
             recorder.add_chunk(shaped, state.pool.version)
             yield shaped
-    except _UpstreamFailed as exc:
-        state.pool.mark_failed(upstream, str(exc))
-        state.pool.unpin(session_id)
-        raise
-    finally:
-        upstream.inflight -= 1
-        await response.aclose()
 
 
 async def _stream_to_agent(state: ProxyState, api: Api, body: dict[str, Any], wants: AgentWants,
