@@ -8,6 +8,7 @@ device exists.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,15 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+# a test run stopped with SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the session's
+# fixtures stop the Redis, vLLM and proxy processes they started instead of leaving them running
+signal.signal(signal.SIGTERM, _interrupt)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
