@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +75,13 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
     """Start Ray, the store, the proxy, the rollout fleet, the trainer and the agent runner."""
     with contextlib.ExitStack() as stack:
         _step("starting Ray")
+        sigterm = signal.getsignal(signal.SIGTERM)
         if start_ray(num_gpus=recipe.cluster.num_gpus, num_cpus=recipe.cluster.num_cpus,
                      address=recipe.cluster.address):
             stack.callback(stop_ray)  # only a Ray this run started (an embedding program keeps its own)
+        # ray.init installs a SIGTERM handler that exits on the spot; keep the caller's, which
+        # unwinds (checkpoint, then every service stopped)
+        signal.signal(signal.SIGTERM, sigterm)
         model_dir = resolve_model_dir(recipe, run_dir)
         store_url = recipe.store.url
         if store_url is None:
