@@ -35,12 +35,13 @@ class Progress:
     """Stream entries trained since the run began (acknowledged or not)."""
     unacked: list[EpisodeEntry] = field(default_factory=list)
     eval_before: float | None = None
+    in_train_step: bool = False
 
 
 def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
     with build_parts(recipe, run_dir, resume) as parts:
         progress = _restore(parts) if resume else Progress()
-        if progress.step == 0 and not resume:
+        if parts.trainer.version == 0:  # nothing restored: a new run, or one killed before its first checkpoint
             _warm_start(parts)
         if progress.eval_before is None:
             progress.eval_before = _evaluate(parts, step=progress.step, label="before")
@@ -52,8 +53,11 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
             for step in bar:
                 _one_step(parts, progress, step, bar, totals)
         except KeyboardInterrupt:
-            print("\nseamless run: interrupted; saving a checkpoint first", flush=True)
-            _checkpoint(parts, progress)
+            if progress.in_train_step:  # the weights may hold half a step: keep the last checkpoint
+                print("\nseamless run: interrupted inside a training step; the last checkpoint stands", flush=True)
+            else:
+                print("\nseamless run: interrupted; saving a checkpoint first", flush=True)
+                _checkpoint(parts, progress)
             raise
         bar.close()
         after = _evaluate(parts, step=progress.step, label="after")
@@ -67,15 +71,17 @@ def _one_step(parts: Parts, progress: Progress, step: int, bar: tqdm, totals: di
     episodes = _rollout(parts, step)
     # 2. take the finished episodes from the stream, merged into training sequences
     entries, sequences = _collect(parts, progress, len(episodes))
-    # 3. one RL step
+    # 3. one RL step; progress moves with the weights, so an interrupt checkpoints a consistent pair
+    progress.in_train_step = True
     metrics = parts.trainer.train_step(sequences)
+    progress.step = step + 1
+    progress.trained_entry_ids += [e.entry_id for e in entries]
+    progress.unacked += entries
+    progress.in_train_step = False
     # 4. push the new weights to the rollout servers (in-flight calls span the update);
     #    nothing to push when the filters left nothing to train on
     update = parts.fleet.sync_weights(parts.trainer, parts.trainer.version) if metrics else None
     # 5. checkpoint, then acknowledge what it includes
-    progress.step = step + 1
-    progress.trained_entry_ids += [e.entry_id for e in entries]
-    progress.unacked += entries
     if progress.step % recipe.trainer.checkpoint_every == 0 or progress.step == recipe.trainer.total_steps:
         _checkpoint(parts, progress)
     # 6. log, and evaluate every N steps
