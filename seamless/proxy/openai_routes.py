@@ -328,7 +328,7 @@ async def _record(state: ProxyState, recorder: CallRecorder, body: dict[str, Any
     problem = recorder.check_complete()
     if problem is not None:
         raise ApiError(502, f"cannot record this call token-exactly: {problem}", "upstream_error")
-    turns = recorder.turns(first_index=0)  # the store assigns the real index (list position)
+    turns = recorder.turns()
     await state.store.append_turns(recorder.session_id, [(turn, body) for turn in turns])
     state.metrics.prompt_tokens += recorder.prompt_tokens
     state.metrics.completion_tokens += sum(len(t.completion_token_ids) for t in turns)

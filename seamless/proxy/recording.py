@@ -112,10 +112,10 @@ class CallRecorder:
                         "logprobs")
         return None
 
-    def turns(self, first_index: int) -> list[Turn]:
-        """One Turn per choice, indexed from `first_index` in choice order."""
+    def turns(self) -> list[Turn]:
+        """One Turn per choice, in choice order (the store gives each its index: list position)."""
         ended = time.time()
-        return [Turn(session_id=self.session_id, index=first_index + i,
+        return [Turn(session_id=self.session_id, index=i,
                      prompt_token_ids=list(self._prompt_of(trace) or []),
                      completion_token_ids=trace.token_ids, completion_logprobs=trace.logprobs,
                      weight_versions=trace.versions, finish_reason=trace.finish_reason,

@@ -13,11 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 
 from seamless.errors import ConfigError
 from seamless.proxy.state import ProxySettings, new_key
-from seamless.services.process import ManagedProcess, free_port
+from seamless.services.process import ManagedProcess, free_port, http_ok
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,14 +102,8 @@ class ProxyProcess:
 
     def start(self, timeout_s: float = 60.0) -> ProxyProcess:
         self._process.start()
-        self._process.wait_until(self._answers, timeout_s, poll_s=0.05)
+        self._process.wait_until(lambda: http_ok(f"{self.url}/health"), timeout_s, poll_s=0.05)
         return self
-
-    def _answers(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def stop(self) -> None:
         self._process.stop()

