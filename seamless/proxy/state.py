@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from seamless.proxy.metrics import Metrics
+from seamless.proxy.upstream_http import UpstreamHTTP
 from seamless.proxy.upstreams import UpstreamPool
 from seamless.store import TraceStore
 
@@ -23,6 +24,8 @@ class ProxySettings:
     health_interval_s: float = 2.0
     failover_wait_s: float = 30.0
     """How long a call waits for some server to become healthy before answering 503."""
+    token_in_token_out: bool = False
+    """Send continuing chat calls with a prompt spliced from recorded token ids (see tito.py)."""
 
 
 def new_key() -> str:
@@ -36,6 +39,7 @@ class ProxyState:
     store: TraceStore
     client: httpx.AsyncClient
     pool: UpstreamPool
+    upstream_http: UpstreamHTTP
     metrics: Metrics = field(default_factory=Metrics)
     session_of_key: dict[str, str] = field(default_factory=dict)
     """Cache of agent key -> session id (the store is the source of truth)."""
