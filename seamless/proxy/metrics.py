@@ -18,6 +18,10 @@ class Metrics:
     sessions_created: int = 0
     sessions_finished: int = 0
     failovers: int = 0
+    token_in_prompts: int = 0
+    """Chat calls sent with a prompt spliced from recorded token ids (proxy.token_in_token_out)."""
+    token_in_fallbacks: int = 0
+    """Chat calls that continued a recorded call but had to be rendered by the server instead."""
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(_LATENCY_BUCKETS_S) + 1))
     latency_sum_s: float = 0.0
 
@@ -51,6 +55,9 @@ class Metrics:
                   f"seamless_proxy_sessions_open {self.sessions_open}",
                   "# TYPE seamless_proxy_failovers_total counter",
                   f"seamless_proxy_failovers_total {self.failovers}",
+                  "# TYPE seamless_proxy_token_in_prompts_total counter",
+                  f'seamless_proxy_token_in_prompts_total{{outcome="spliced"}} {self.token_in_prompts}',
+                  f'seamless_proxy_token_in_prompts_total{{outcome="rendered"}} {self.token_in_fallbacks}',
                   "# TYPE seamless_proxy_upstream_healthy gauge"]
         lines += [f'seamless_proxy_upstream_healthy{{url="{u["url"]}"}} {int(u["healthy"])}' for u in upstreams]
         lines.append("# TYPE seamless_proxy_upstream_inflight gauge")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 
+from seamless.config import ProxyConfig
 from seamless.errors import ConfigError
 from seamless.proxy.state import ProxySettings, new_key
 from seamless.services.process import ManagedProcess, free_port, http_ok
@@ -33,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", help="folder for the private Redis (default runs/proxy-<time>)")
     parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
     parser.add_argument("--health-interval", type=float, default=2.0, help="seconds between health checks")
+    parser.add_argument("--upstream-timeout", type=float, default=600.0,
+                        help="longest an upstream call may take, in seconds")
+    parser.add_argument("--token-in-token-out", action="store_true",
+                        help="build each continuing chat call's prompt from the recorded token ids plus "
+                             "the new messages, so multi-turn agents never see re-tokenization drift")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -59,7 +65,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"seamless proxy: admin key (generated): {admin_key}", flush=True)
     settings = ProxySettings(store_url=store_url, key_prefix=args.prefix, admin_key=admin_key,
                              upstreams=tuple(args.upstream), max_body_bytes=args.max_body_bytes,
-                             health_interval_s=args.health_interval)
+                             health_interval_s=args.health_interval,
+                             upstream_timeout_s=args.upstream_timeout,
+                             token_in_token_out=args.token_in_token_out)
     print(f"seamless proxy: serving on http://{args.host}:{port} (store {store_url})", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -91,6 +99,12 @@ class ProxyProcess:
         for url in upstreams:
             argv += ["--upstream", url]
         self._process = ManagedProcess(f"seamless proxy ({self.url})", argv, self.work_dir / "proxy.log")
+
+    @staticmethod
+    def args_of(config: ProxyConfig) -> list[str]:
+        """Command-line flags carrying a recipe's `proxy` section to the proxy process."""
+        args = ["--max-body-bytes", str(config.max_body_bytes), "--upstream-timeout", repr(config.upstream_timeout_s)]
+        return args + (["--token-in-token-out"] if config.token_in_token_out else [])
 
     @property
     def url(self) -> str:
