@@ -30,6 +30,25 @@ class Metrics:
         self.latency_counts[bisect.bisect_left(_LATENCY_BUCKETS_S, seconds)] += 1
         self.latency_sum_s += seconds
 
+    def snapshot(self) -> dict:
+        """The counters as JSON-ready data (for summing several workers)."""
+        data = {k: v for k, v in vars(self).items() if k not in ("requests", "errors")}
+        return data | {"requests": [[r, s, n] for (r, s), n in self.requests.items()], "errors": dict(self.errors)}
+
+    @classmethod
+    def total(cls, snapshots: list[dict]) -> Metrics:
+        """The sum of several workers' snapshots."""
+        total = cls()
+        for snap in snapshots:
+            for route, status, n in snap["requests"]:
+                total.requests[(route, status)] += n
+            total.errors.update(snap["errors"])
+            total.latency_counts = [a + b for a, b in zip(total.latency_counts, snap["latency_counts"])]
+            for name, value in snap.items():
+                if name not in ("requests", "errors", "latency_counts"):
+                    setattr(total, name, getattr(total, name) + value)
+        return total
+
     @property
     def sessions_open(self) -> int:
         return self.sessions_created - self.sessions_finished
