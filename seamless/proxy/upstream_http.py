@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -31,7 +32,7 @@ class UpstreamStreamError(Exception):
 class _Connection(asyncio.Protocol):
     """One TCP connection; parses one response at a time."""
 
-    def __init__(self, origin: tuple[str, int]) -> None:
+    def __init__(self, origin: tuple[str, int, bool]) -> None:
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.lost = False
@@ -142,14 +143,15 @@ class UpstreamHTTP:
     def __init__(self, connect_timeout_s: float = 5.0, max_idle_per_server: int = 256) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.max_idle_per_server = max_idle_per_server
-        self._idle: dict[tuple[str, int], list[_Connection]] = collections.defaultdict(list)
+        self._idle: dict[tuple[str, int, bool], list[_Connection]] = collections.defaultdict(list)
 
     async def post(self, url: str, body: bytes, timeout_s: float) -> UpstreamResponse:
         """POST `body` (JSON) to `url`; `timeout_s` bounds the whole call, headers to last byte."""
         parts = urlsplit(url)
-        origin = (parts.hostname or "127.0.0.1", parts.port or 80)
+        tls = parts.scheme == "https"
+        origin = (parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80), tls)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        head = (f"POST {target} HTTP/1.1\r\nHost: {origin[0]}:{origin[1]}\r\n"
+        head = (f"POST {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
                 f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         conn, reused = self._take_idle(origin), True
@@ -186,7 +188,7 @@ class UpstreamHTTP:
             await conn.wait()
         return UpstreamResponse(self, conn, deadline)
 
-    def _take_idle(self, origin: tuple[str, int]) -> _Connection | None:
+    def _take_idle(self, origin: tuple[str, int, bool]) -> _Connection | None:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
@@ -201,11 +203,13 @@ class UpstreamHTTP:
         else:
             conn.transport.close()
 
-    async def _connect(self, origin: tuple[str, int]) -> _Connection:
+    async def _connect(self, origin: tuple[str, int, bool]) -> _Connection:
         loop = asyncio.get_running_loop()
+        host, port, tls = origin
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, conn = await loop.create_connection(lambda: _Connection(origin), *origin)
+                _, conn = await loop.create_connection(lambda: _Connection(origin), host, port,
+                                                       ssl=ssl.create_default_context() if tls else None)
         except (OSError, TimeoutError) as exc:
             raise UpstreamConnectionError(f"cannot connect to {origin[0]}:{origin[1]}: {exc!r}") from exc
         return conn
