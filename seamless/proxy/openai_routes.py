@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -37,7 +37,6 @@ from seamless.proxy.upstreams import Upstream
 router = APIRouter()
 log = logging.getLogger("seamless.proxy")
 
-ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 _AGENT_POST = re.compile(r"^(?:/sessions/([^/]+))?/v1/(chat/completions|completions)$")
 _JSON = [(b"content-type", b"application/json")]
 
