@@ -78,8 +78,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: give at least 1")
     _forget_previous_proxy(store_url, args.prefix)
+    # keep idle connections far longer than clients do (httpx drops its own after 5 s): a server
+    # closing one just as a client reuses it fails that request with a ReadError (seen once in a
+    # 40-step benchmark, on POST /finish after a training step)
     serve = dict(host=args.host, port=port, log_level="warning", access_log=False, loop="uvloop",
-                 http="httptools", timeout_graceful_shutdown=5)
+                 http="httptools", timeout_graceful_shutdown=5, timeout_keep_alive=120)
     try:
         if args.workers == 1:
             uvicorn.run(create_app(settings), **serve)
