@@ -392,12 +392,16 @@ def main() -> int:
     overrides = [*args.overrides, *seamless_overrides(args.steps, model_dir)]
     recipe = load_recipe(args.recipe, overrides)
     # 2. the two runs, one after the other on the same cores
-    results = []
-    if args.only != "trl":
-        results.append(run_seamless(args.recipe, overrides, out, args.timeout))
-    if args.only != "seamless":
-        plan = Plan(recipe=str(Path(args.recipe).resolve()), overrides=overrides, steps=args.steps, out_dir=str(out))
-        results.append(run_trl(plan, args.trl_threads, args.timeout))
+    results, failures = [], []
+    plan = Plan(recipe=str(Path(args.recipe).resolve()), overrides=overrides, steps=args.steps, out_dir=str(out))
+    sides = {"seamless": lambda: run_seamless(args.recipe, overrides, out, args.timeout),
+             "trl": lambda: run_trl(plan, args.trl_threads, args.timeout)}
+    for name, run_side in sides.items():
+        if args.only in (None, name):
+            try:  # a failed side still leaves the other one's numbers
+                results.append(run_side())
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                failures.append(f"{name}: {exc}")
     # 3. the table
     r, a, t = recipe.rollout, recipe.algorithm, recipe.trainer
     import transformers
@@ -416,11 +420,11 @@ def main() -> int:
         f"({args.trl_threads} torch threads)",
         f"whole benchmark: {time.monotonic() - started:.0f} s; folder {out}",
     ]
-    text = print_table(results, header)
+    text = print_table(results, header + [f"FAILED {line}" for line in failures])
     (out / "results.json").write_text(json.dumps([{**asdict(x), "tokens_per_s": x.tokens_per_s} for x in results],
                                                  indent=1))
     (out / "results.txt").write_text(text + "\n")
-    return 0
+    return 1 if failures else 0
 
 
 def load_eval_ids(recipe: Recipe) -> list[str]:
