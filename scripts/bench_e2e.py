@@ -216,7 +216,8 @@ def trl_missing() -> str | None:
     if probe.returncode == 0:
         return None
     pip = Path(sys.executable).with_name("pip")
-    return (f"TRL is not installed for this benchmark ({probe.stderr.strip().splitlines()[-1:]}). Install it "
+    why = (probe.stderr.strip().splitlines() or ["import failed"])[-1]
+    return (f"TRL is not installed for this benchmark ({why}). Install it "
             f"outside .venv, which stays unchanged:\n  {pip} install --target {TRL_SITE} --no-deps "
             + " ".join(TRL_PACKAGES))
 
@@ -356,7 +357,7 @@ def main() -> int:
                         help="recipe overrides for both sides, e.g. rollout.batch_size=8")
     parser.add_argument("--recipe", default="recipes/grpo_tiny_cpu.yaml", help="recipe YAML (default: %(default)s)")
     parser.add_argument("--steps", type=int, help="RL steps on each side (default: the recipe's trainer.total_steps; "
-                        "40 for the tiny recipe, about 10 minutes in all on 2 cores)")
+                        "40 for the tiny recipe, about 8 minutes in all on 2 cores)")
     parser.add_argument("--out", help="benchmark folder (default: runs/bench-e2e-<timestamp>)")
     parser.add_argument("--only", choices=["seamless", "trl"], help="run one side only")
     parser.add_argument("--trl-threads", type=int, default=os.cpu_count() or 1,
