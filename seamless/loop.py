@@ -61,6 +61,10 @@ class Totals:
     turns: list[int] = field(default_factory=list)
     step_tokens: list[int] = field(default_factory=list)
     step_context_tokens: list[int] = field(default_factory=list)
+    episode_wall_s: dict[str, float] = field(default_factory=dict)
+    """Wall time of every finished episode, by session id, until a step trains it."""
+    episode_overhead_s: list[float] = field(default_factory=list)
+    """Per trained episode: wall time outside its LLM calls (the harness's share)."""
 
 
 def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
@@ -84,6 +88,7 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
                     for group in groups.wait_finished(timeout_s=0.5):
                         scheduler.episodes_finished(len(group))
                         totals.episodes += group
+                        totals.episode_wall_s.update({e.session_id: e.wall_time_s for e in group})
                     # 3. a step once a batch is ready (roles switch, train, weights out, roles back)
                     if scheduler.ready_to_step():
                         _one_step(parts, progress, bar, totals)
@@ -227,6 +232,10 @@ def _record(totals: Totals, trajectories: list[Trajectory]) -> None:
         if trajectory.turns:
             totals.prompt_tokens.append(len(trajectory.turns[0].prompt_token_ids))
         totals.turns.append(len(trajectory.turns))
+        wall = totals.episode_wall_s.pop(trajectory.session_id, None)  # None: replayed after a resume
+        if wall is not None and trajectory.turns:
+            in_calls = sum(max(0.0, t.ended_at - t.started_at) for t in trajectory.turns)
+            totals.episode_overhead_s.append(max(0.0, wall - in_calls))
     sequences = [s for t in trajectories for s in t.sequences]
     totals.step_tokens.append(sum(s.num_generated for s in sequences))
     totals.step_context_tokens.append(sum(len(s.token_ids) for s in sequences))
@@ -261,6 +270,7 @@ def _save_timeline(parts: Parts, progress: Progress, totals: Totals):
                 prompt_tokens=sum(totals.prompt_tokens) / max(1, len(totals.prompt_tokens)),
                 turns=max(1, round(sum(totals.turns) / max(1, len(totals.turns)))),
                 step_tokens=totals.step_tokens, step_context_tokens=totals.step_context_tokens,
+                episode_overhead_s=sum(totals.episode_overhead_s) / max(1, len(totals.episode_overhead_s)),
                 ).save(parts.run_dir / "recorded_run.json")
     parts.logger.log(progress.step, timeline.metrics("scheduler/final/"))
     parts.logger.image(progress.step, "scheduler/timeline", png)
