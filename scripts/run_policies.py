@@ -112,6 +112,11 @@ def measure_switch(out: Path) -> None:
             try:
                 timed = lambda f, *a: (lambda t0: (f(*a), time.monotonic() - t0)[1])(time.monotonic())  # noqa: E731
                 start = timed(fleet.add_server, None, None, 0)
+                import httpx
+                url = fleet.servers()[0]
+                body = {"model": fleet.options.served_model_name, "prompt": "1+2=", "max_tokens": 4, "logprobs": 1}
+                calls = [timed(httpx.post, f"{url}/v1/completions", json=body, timeout=120) for _ in range(3)]
+                print("first three requests on a fresh server: " + ", ".join(f"{c:.2f} s" for c in calls))
                 fleet.stage(model, 1)
                 stop = timed(fleet.remove_server, 0)
                 restart = timed(fleet.add_server, None, None, 0)

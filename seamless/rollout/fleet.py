@@ -86,6 +86,7 @@ class VLLMFleet:
         self._supervisor: threading.Thread | None = None
         self._launches = 0
         self._published = 0  # weight version the proxy stamps
+        self._warmed: set[str] = set()
 
     # membership ------------------------------------------------------------------------------
 
@@ -112,9 +113,18 @@ class VLLMFleet:
     def add_servers(self, leases: Sequence[Lease], residents: Sequence[int] = ()) -> list[str]:
         """Start several servers at once (they start in parallel): one in each lease, and one on
         each resource of `residents` outside any lease (asking Ray for no GPU)."""
+        import ray
+
         with self._lock:
             starting = [(lease.resource.id, lease, *self._spawn(lease.resource.id, lease)) for lease in leases]
             starting += [(rid, None, *self._spawn(rid, None)) for rid in residents]
+            try:  # every server up, then all warmed at once (each warm-up is mostly waiting)
+                started = ray.get([pending for *_, pending in starting], timeout=self.options.startup_timeout_s + 30)
+                self._warm([url for url, _ in started])
+            except Exception:
+                for *_, actor, _ in starting:
+                    ray.kill(actor, no_restart=True)
+                raise
             urls = []
             for rid, lease, actor, pending in starting:
                 server = self._finish_launch(rid, lease, actor, pending)
@@ -191,6 +201,7 @@ class VLLMFleet:
 
         try:
             url, pid = ray.get(pending, timeout=self.options.startup_timeout_s + 30)
+            self._warm([url])  # a no-op for servers add_servers warmed already
             if self.version > 0:  # a server joining late loads the weights the others serve
                 self.transport.load([url], self.version)
                 post_each([url], "/update_weight_version", json={"new_version": str(self.version)})
@@ -201,6 +212,17 @@ class VLLMFleet:
             raise
         now = time.monotonic()
         return _Server(rid, lease, actor, url, pid, started_at=now, version=self.version, tokens_at=now)
+
+    def _warm(self, urls: Sequence[str]) -> None:
+        """A few small requests on each new server before it joins the proxy: vLLM on CPU runs its
+        first requests many times slower than later ones (measured with scripts/run_policies.py
+        --measure-switch), which would otherwise stall the first episodes routed to it."""
+        urls = [url for url in urls if url not in self._warmed]
+        if not urls:
+            return
+        body = {"model": self.options.served_model_name, "prompt": "1+2=", "max_tokens": 4, "logprobs": 1}
+        post_each([url for url in urls for _ in range(4)], "/v1/completions", json=body, timeout_s=300)
+        self._warmed.update(urls)
 
     def _launch(self, rid: int, lease: Lease | None) -> _Server:
         return self._finish_launch(rid, lease, *self._spawn(rid, lease))
