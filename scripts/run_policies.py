@@ -96,6 +96,7 @@ def measure_switch(out: Path) -> None:
     from seamless.ray_cluster import start_ray, stop_ray
     from seamless.rollout.fleet import VLLMFleet
     from seamless.rollout.proxy_admin import ProxyAdmin
+    from seamless.rollout.transport import post_each
     from seamless.services.redis_server import RedisServer
     from seamless.models.tiny import build_tiny_model
     from seamless.config import TinyModelConfig
@@ -110,13 +111,20 @@ def measure_switch(out: Path) -> None:
             fleet = VLLMFleet(model, out, ProxyAdmin(proxy.url, proxy.admin_key),
                               config=RolloutConfig(kv_cache_memory_bytes=32 << 20))
             try:
-                timed = lambda f, *a: (lambda t0: (f(*a), time.monotonic() - t0)[1])(time.monotonic())  # noqa: E731
+                def timed(f, *args, **kwargs) -> float:
+                    started = time.monotonic()
+                    f(*args, **kwargs)
+                    return time.monotonic() - started
+
+                warm: list[float] = []  # the fleet's warm-up of each new server, timed apart
+                fleet_warm = fleet._warm
+                fleet._warm = lambda urls: warm.append(timed(fleet_warm, urls))
                 start = timed(fleet.add_server, None, None, 0)
-                import httpx
                 url = fleet.servers()[0]
                 body = {"model": fleet.options.served_model_name, "prompt": "1+2=", "max_tokens": 4, "logprobs": 1}
-                calls = [timed(httpx.post, f"{url}/v1/completions", json=body, timeout=120) for _ in range(3)]
-                print("first three requests on a fresh server: " + ", ".join(f"{c:.2f} s" for c in calls))
+                after = timed(post_each, [url] * 4, "/v1/completions", json=body)
+                print(f"warm-up of a fresh server (4 requests at once): {warm[0]:.2f} s; the same 4 requests "
+                      f"right after: {after:.2f} s")
                 fleet.stage(model, 1)
                 stop = timed(fleet.remove_server, 0)
                 restart = timed(fleet.add_server, None, None, 0)
@@ -129,7 +137,8 @@ def measure_switch(out: Path) -> None:
                 fleet.shutdown()
     finally:
         stop_ray()
-    print(f"first start {start:.1f} s; leave rollout by stop {stop:.2f} s, rejoin by start (+ weights) {restart:.1f} s")
+    print(f"first start {start:.1f} s (warm-up included); leave rollout by stop {stop:.2f} s, rejoin by "
+          f"start (+ weights, warm-up {warm[-1]:.1f} s) {restart:.1f} s")
     print(f"park {min(parks) * 1e3:.0f}-{max(parks) * 1e3:.0f} ms, unpark (+ reload weights) "
           f"{min(unparks) * 1e3:.0f}-{max(unparks) * 1e3:.0f} ms over {len(parks)} round trips")
 
