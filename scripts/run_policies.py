@@ -58,7 +58,9 @@ def report(run_dirs: dict[str, Path], tolerance: float) -> list[dict]:
         recipe = load_recipe(run_dir / "recipe.resolved.yaml", [])
         # what the timeline cannot tell the fit: how many calls the agents run at once
         base = SimConfig(max_concurrency=recipe.rollout.agent_concurrency)
-        comparison = compare(RecordedRun.load(run_dir / "recorded_run.json"), base)
+        recorded = RecordedRun.load(run_dir / "recorded_run.json")
+        recorded.agent_concurrency = recorded.agent_concurrency or recipe.rollout.agent_concurrency
+        comparison = compare(recorded, base)
         bubble_err, tokens_err = comparison.relative_errors()
         rows.append({"policy": name, "steps": summary["steps"], "loop_s": summary["timeline_s"],
                      "tokens_per_s": summary["trained_tokens"] / summary["timeline_s"],

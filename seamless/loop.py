@@ -271,6 +271,7 @@ def _save_timeline(parts: Parts, progress: Progress, totals: Totals):
                 turns=max(1, round(sum(totals.turns) / max(1, len(totals.turns)))),
                 step_tokens=totals.step_tokens, step_context_tokens=totals.step_context_tokens,
                 episode_overhead_s=sum(totals.episode_overhead_s) / max(1, len(totals.episode_overhead_s)),
+                agent_concurrency=recipe.rollout.agent_concurrency,
                 ).save(parts.run_dir / "recorded_run.json")
     parts.logger.log(progress.step, timeline.metrics("scheduler/final/"))
     parts.logger.image(progress.step, "scheduler/timeline", png)

@@ -11,7 +11,8 @@ around them is modeled here:
 - a step takes train_step_overhead_s + tokens / (train_tokens_per_s * trainer GPUs);
 - a role switch costs switch_s; servers without a trainer rank beside them pause weight_sync_s;
 - optionally an episode spends `episode_overhead_s` outside any LLM call (half before its first
-  call, half after its last: the harness creating the session, scoring, finishing), holding no GPU.
+  call, half after its last: the harness creating the session, scoring, finishing), holding no GPU,
+  and at most `agent_concurrency` episodes run at once (the agent runner's limit; others wait).
 Left out on purpose: prefix-cache hit rates, network topology, stragglers among trainer ranks.
 """
 
@@ -99,9 +100,13 @@ class Simulation:
     """One policy on one pool: run(steps) returns a SimResult."""
 
     def __init__(self, policy: Policy, workload: SimConfig, label: str | None = None,
-                 batch_episodes: int | None = None, episode_overhead_s: float = 0.0) -> None:
+                 batch_episodes: int | None = None, episode_overhead_s: float = 0.0,
+                 agent_concurrency: int | None = None) -> None:
         self.policy = policy
         self._overhead = episode_overhead_s / 2  # before the first call, and again after the last
+        self._agent_slots = agent_concurrency
+        self._active = 0  # episodes holding an agent slot
+        self._waiting: deque[_Episode] = deque()  # admitted, waiting for an agent slot
         self.w = workload
         self.label = label or policy.name
         self.rng = random.Random(workload.seed)
@@ -155,10 +160,17 @@ class Simulation:
             self.state.on_started()
             ep = self._new_episode()
             ep.work = self._prefill(self.w.prompt_tokens) + ep.lengths[0]
-            if self._overhead > 0:
-                self._at(self.now + self._overhead, "arrive", ep.id)
-            else:
-                self._place(ep)
+            self._begin(ep)
+
+    def _begin(self, ep: _Episode) -> None:
+        if self._agent_slots is not None and self._active >= self._agent_slots:
+            self._waiting.append(ep)
+            return
+        self._active += 1
+        if self._overhead > 0:
+            self._at(self.now + self._overhead, "arrive", ep.id)
+        else:
+            self._place(ep)
 
     def _on_arrive(self, eid: int) -> None:
         self._place(self._episodes[eid])
@@ -196,6 +208,9 @@ class Simulation:
 
     def _finish(self, ep: _Episode) -> None:
         del self._episodes[ep.id]
+        self._active -= 1
+        if self._waiting:
+            self._begin(self._waiting.popleft())
         self.state.on_finished()
         self._ready.append(ep)
         self._try_step()

@@ -43,6 +43,8 @@ class RecordedRun:
     episode_overhead_s: float = 0.0
     """Mean seconds an episode spent outside its LLM calls (session, scoring, finishing: the
     harness), during which it holds no server."""
+    agent_concurrency: int | None = None
+    """Most episodes the agent runner ran at once (rollout.agent_concurrency)."""
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -177,7 +179,7 @@ def simulate_recorded(run: RecordedRun, workload: SimConfig, full: bool = False)
     pool = ResourcePool.from_cluster(cluster)
     policy = make_policy(cluster.policy, pool, cluster.staleness)
     return Simulation(policy, workload, batch_episodes=run.batch_episodes,
-                      episode_overhead_s=run.episode_overhead_s).run()
+                      episode_overhead_s=run.episode_overhead_s, agent_concurrency=run.agent_concurrency).run()
 
 
 def compare(run: RecordedRun, base: SimConfig | None = None) -> Comparison:
