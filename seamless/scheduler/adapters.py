@@ -7,9 +7,9 @@ only what a lease means for each (the scheduler never reaches into either).
   proxy's rotation, in-flight calls aborted and continued on the other servers, process kept);
   the next rollout lease unparks it on the current weights. Measured in real runs on the 2-core
   machine (tiny model, Ray placement included): leaving rollout took 0.14 s for one resource and
-  0.43 s for four; rejoining (weights reloaded, resumed, registered) 0.23 s and 0.84 s. A stop +
-  start instead costs a vLLM start (about 15 s to healthy here) plus its warm-up requests;
-  `scripts/run_policies.py --measure-switch` times both on one server.
+  0.43 s for four; rejoining (weights reloaded, resumed, registered) 0.23 s and 0.84 s. On one
+  server (`scripts/run_policies.py --measure-switch`): park 56-99 ms, unpark with a weight reload
+  143-181 ms, against 45 s to rejoin by a fresh start (vLLM start plus 8 s of warm-up requests).
 - Trainer ranks are created once for the run, one per train-tagged resource, and ask Ray for no
   GPU of their own (their DeepSpeed process group is formed once). A train lease is the right to
   compute on that resource's GPU: `step` runs only with leases on exactly the trainer's
