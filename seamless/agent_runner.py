@@ -10,7 +10,9 @@ Failures of the proxy itself (admin calls) raise `ServiceError`: those are not t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -181,3 +183,57 @@ class AgentRunner:
             raise ServiceError(f"trajectory manager refused {method} {path} with {response.status_code}: "
                                f"{response.text[:300]}")
         return response.json()
+
+
+class BackgroundGroups:
+    """GRPO groups run by an `AgentRunner` on an event loop in a thread of their own, so episodes
+    keep running while the caller's thread trains (asynchronous policies) or waits.
+
+        with BackgroundGroups(runner) as groups:
+            groups.start(task, group_size)
+            for episodes in groups.wait_finished(timeout_s=0.5): ...
+    """
+
+    def __init__(self, runner: AgentRunner) -> None:
+        self.runner = runner
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="agents", daemon=True)
+        self._pending: set[concurrent.futures.Future] = set()
+
+    def __enter__(self) -> BackgroundGroups:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def running(self) -> int:
+        """Groups started and not yet collected by `wait_finished`."""
+        return len(self._pending)
+
+    def start(self, task: Task, group_size: int) -> None:
+        """Start one group of `group_size` episodes of `task` (returns at once)."""
+        self._pending.add(asyncio.run_coroutine_threadsafe(self.runner.run_group(task, group_size), self._loop))
+
+    def wait_finished(self, timeout_s: float) -> list[list[EpisodeResult]]:
+        """Groups that finished, waiting up to `timeout_s` for the first; a group whose run failed
+        (the proxy did not answer) raises its ServiceError here."""
+        if not self._pending:
+            return []
+        done, _ = concurrent.futures.wait(self._pending, timeout=timeout_s,
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        self._pending -= done
+        return [future.result() for future in done]
+
+    def close(self) -> None:
+        """Cancel the groups still running (their sessions stay unfinished: never trained) and stop."""
+        if not self._thread.is_alive():
+            return
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        asyncio.run_coroutine_threadsafe(self.runner.aclose(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()

@@ -1,10 +1,14 @@
-"""The main loop of `seamless run`: roll out, collect, train, push weights, checkpoint, log.
+"""The main loop of `seamless run`: episodes start as the scheduler admits them, a step runs when
+a batch is ready, weights reach the servers, checkpoint, log.
 
-Every part is built first (`build_parts`); the loop is a flat sequence of numbered phases.
-Episodes reach the trainer through the store's finished-episode stream and are acknowledged
-only once a checkpoint that includes their training step is on disk, so a run killed at any
-point and resumed loses no finished episode and trains none twice: entries the checkpoint
-already trained are acknowledged without training, the others are trained after the restore.
+Every part is built first (`build_parts`), the tag scheduler among them: it decides when episodes
+may start (the policy's staleness bound), when a step starts, and which resources roll out or
+train meanwhile. Agents run on a background event loop, so rollout that the policy allows goes on
+while this thread trains. Episodes reach the trainer through the store's finished-episode stream
+as whole GRPO groups and are acknowledged only once a checkpoint that includes their training step
+is on disk, so a run killed at any point and resumed loses no finished episode and trains none
+twice: entries the checkpoint already trained are acknowledged without training, the others are
+trained after the restore.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from seamless.agent_runner import BackgroundGroups, EpisodeResult
 from seamless.config import Recipe
 from seamless.evaluation import evaluate
 from seamless.parts import Parts, build_parts
+from seamless.scheduler.validate import RecordedRun
 from seamless.store import EpisodeEntry
 from seamless.trainer.trainer import latest_checkpoint
-from seamless.types import TrainingSequence
+from seamless.types import Trajectory
 from seamless.warmup import warmup_sequences
 
 
@@ -36,6 +42,29 @@ class Progress:
     unacked: list[EpisodeEntry] = field(default_factory=list)
     eval_before: float | None = None
     in_train_step: bool = False
+    held: dict[str, list[tuple[EpisodeEntry, Trajectory]]] = field(default_factory=dict)
+    """Finished episodes of GRPO groups not yet complete (or not yet trained), by group id; not
+    acknowledged, so a crash delivers them again."""
+
+
+@dataclass
+class Totals:
+    """What the run measured so far (for logs, the summary and the sim-vs-real record)."""
+
+    started: float = field(default_factory=time.monotonic)
+    groups_started: int = 0
+    trained_tokens: int = 0
+    episodes: list[EpisodeResult] = field(default_factory=list)
+    """Finished since the last step."""
+    completion_lengths: list[int] = field(default_factory=list)
+    prompt_tokens: list[int] = field(default_factory=list)
+    turns: list[int] = field(default_factory=list)
+    step_tokens: list[int] = field(default_factory=list)
+    step_context_tokens: list[int] = field(default_factory=list)
+    episode_wall_s: dict[str, float] = field(default_factory=dict)
+    """Wall time of every finished episode, by session id, until a step trains it."""
+    episode_overhead_s: list[float] = field(default_factory=list)
+    """Per trained episode: wall time outside its LLM calls (the harness's share)."""
 
 
 def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
@@ -45,13 +74,24 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
             _warm_start(parts)
         if progress.eval_before is None:
             progress.eval_before = _evaluate(parts, step=progress.step, label="before")
-        totals = {"started": time.monotonic(), "trained_tokens": 0}
-        bar = tqdm(range(progress.step, recipe.trainer.total_steps), initial=progress.step,
-                   total=recipe.trainer.total_steps, desc="GRPO" if recipe.algorithm.name == "grpo" else "RL",
+        scheduler = parts.scheduler
+        scheduler.begin_recording(version=parts.trainer.version)
+        totals = Totals(groups_started=progress.step * recipe.rollout.batch_size)
+        bar = tqdm(initial=progress.step, total=recipe.trainer.total_steps, desc="GRPO" if recipe.algorithm.name == "grpo" else "RL",
                    unit="step", dynamic_ncols=True)
         try:
-            for step in bar:
-                _one_step(parts, progress, step, bar, totals)
+            with BackgroundGroups(parts.rollout_runner) as groups:
+                while progress.step < recipe.trainer.total_steps:
+                    # 1. start episodes, a GRPO group at a time, as far as the policy admits
+                    _admit(parts, groups, totals)
+                    # 2. count the groups that finished (their episodes are on the stream)
+                    for group in groups.wait_finished(timeout_s=0.5):
+                        scheduler.episodes_finished(len(group))
+                        totals.episodes += group
+                        totals.episode_wall_s.update({e.session_id: e.wall_time_s for e in group})
+                    # 3. a step once a batch is ready (roles switch, train, weights out, roles back)
+                    if scheduler.ready_to_step():
+                        _one_step(parts, progress, bar, totals)
         except KeyboardInterrupt:
             if progress.in_train_step:  # the weights may hold half a step: keep the last checkpoint
                 print("\nseamless run: interrupted inside a training step; the last checkpoint stands", flush=True)
@@ -60,39 +100,50 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
                 _checkpoint(parts, progress)
             raise
         bar.close()
+        timeline = _save_timeline(parts, progress, totals)
         after = _evaluate(parts, step=progress.step, label="after")
-        return _summary(parts, progress, after, totals["trained_tokens"], time.monotonic() - totals["started"])
+        return _summary(parts, progress, after, totals, timeline)
 
 
-def _one_step(parts: Parts, progress: Progress, step: int, bar: tqdm, totals: dict) -> None:
+def _admit(parts: Parts, groups: BackgroundGroups, totals: Totals) -> None:
+    rollout = parts.recipe.rollout
+    for _ in range(parts.scheduler.admission() // rollout.group_size):
+        step, index = divmod(totals.groups_started, rollout.batch_size)
+        groups.start(parts.tasks.train_batch(step, rollout.batch_size)[index], rollout.group_size)
+        parts.scheduler.episodes_started(rollout.group_size)
+        totals.groups_started += 1
+
+
+def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> None:
     """One RL step, phase by phase."""
     recipe = parts.recipe
-    # 1. roll out this step's GRPO groups through the trajectory manager
-    episodes = _rollout(parts, step)
-    # 2. take the finished episodes from the stream, merged into training sequences
-    entries, sequences = _collect(parts, progress, len(episodes))
-    # 3. one RL step; progress moves with the weights, so an interrupt checkpoints a consistent pair
+    # 3a. take whole GRPO groups from the stream, merged into training sequences
+    entries, trajectories = _collect(parts, progress)
+    sequences = [s for t in trajectories for s in t.sequences]
+    # 3b. through the scheduler: dual resources leave rollout, the trainer steps, the new weights
+    #     reach the servers, roles switch back; progress moves with the weights, so an interrupt
+    #     checkpoints a consistent pair
     progress.in_train_step = True
-    metrics = parts.trainer.train_step(sequences)
-    progress.step = step + 1
+    report = parts.scheduler.step(sequences)
+    progress.step += 1
     progress.trained_entry_ids += [e.entry_id for e in entries]
     progress.unacked += entries
     progress.in_train_step = False
-    # 4. push the new weights to the rollout servers (in-flight calls span the update);
-    #    nothing to push when the filters left nothing to train on
-    update = parts.fleet.sync_weights(parts.trainer, parts.trainer.version) if metrics else None
-    # 5. checkpoint, then acknowledge what it includes
+    # 4. checkpoint, then acknowledge what it includes
     if progress.step % recipe.trainer.checkpoint_every == 0 or progress.step == recipe.trainer.total_steps:
         _checkpoint(parts, progress)
-    # 6. log, and evaluate every N steps
-    totals["trained_tokens"] += sum(s.num_generated for s in sequences)
-    row = _step_metrics(episodes, sequences, metrics, update, totals["trained_tokens"], totals["started"])
+    # 5. log, and evaluate every N steps
+    _record(totals, trajectories)
+    row = _step_metrics(parts, trajectories, totals, report)
     parts.logger.log(progress.step, row)
     if progress.step % recipe.trainer.eval_every == 0 and progress.step < recipe.trainer.total_steps:
         _evaluate(parts, step=progress.step, label=f"step{progress.step}")
     if progress.step % recipe.logging.wandb.sample_table_every == 0:
-        _log_samples(parts, progress.step, episodes)
-    bar.set_postfix(reward=f"{row['rollout/reward_mean']:.2f}", tok_s=f"{row['perf/trained_tokens_per_s']:.0f}")
+        _log_samples(parts, progress.step, totals.episodes)
+    totals.episodes = []
+    bar.update(1)
+    bar.set_postfix(reward=f"{row['rollout/reward_mean']:.2f}", tok_s=f"{row['perf/trained_tokens_per_s']:.0f}",
+                    bubble=f"{row.get('scheduler/bubble_ratio', 0.0):.0%}")
 
 
 def _warm_start(parts: Parts) -> None:
@@ -115,35 +166,26 @@ def _warm_start(parts: Parts) -> None:
     print(f"seamless run: warm-up loss {losses[0]:.3f} -> {losses[-1]:.3f} over {warm.steps} steps")
 
 
-def _rollout(parts: Parts, step: int) -> list:
-    tasks = parts.tasks.train_batch(step, parts.recipe.rollout.batch_size)
-    groups = asyncio.run(_run_groups(parts, tasks))
-    return [episode for group in groups for episode in group]
-
-
-async def _run_groups(parts: Parts, tasks: list) -> list:
-    try:
-        return await parts.runner.run_groups(tasks, parts.recipe.rollout.group_size)
-    finally:
-        await parts.runner.aclose()
-
-
-def _collect(parts: Parts, progress: Progress, expected: int) -> tuple[list[EpisodeEntry], list[TrainingSequence]]:
-    """`expected` finished episodes from the stream (replayed ones first), as sequences."""
-    entries: list[EpisodeEntry] = []
+def _collect(parts: Parts, progress: Progress) -> tuple[list[EpisodeEntry], list[Trajectory]]:
+    """rollout.batch_size whole GRPO groups from the stream (replayed entries first). Episodes of
+    groups not complete yet are held for a later step (asynchronous policies finish groups of the
+    next batch while this one trains)."""
+    rollout = parts.recipe.rollout
     trained = set(progress.trained_entry_ids)
-    while len(entries) < expected:
-        batch = parts.episodes.take(expected - len(entries), block_ms=5000)
+    complete = lambda: [g for g, members in progress.held.items() if len(members) >= rollout.group_size]  # noqa: E731
+    while len(complete()) < rollout.batch_size:
+        batch = parts.episodes.take(rollout.batch_size * rollout.group_size, block_ms=5000)
         if not batch:
-            raise RuntimeError(f"the episode stream delivered {len(entries)} of {expected} finished episodes "
-                               "within 5 s; check the agent runner's log and the proxy's log")
+            raise RuntimeError(f"the episode stream delivered {len(complete())} of {rollout.batch_size} whole "
+                               "GRPO groups within 5 s; check the agent runner's log and the proxy's log")
         for entry in batch:
             if entry.entry_id in trained:  # trained before a crash, in the restored checkpoint
                 progress.unacked.append(entry)
-            else:
-                entries.append(entry)
-    sequences = [s for e in entries for s in parts.episodes.trajectory(e.session_id).sequences]
-    return entries, sequences
+                continue
+            trajectory = parts.episodes.trajectory(entry.session_id)
+            progress.held.setdefault(trajectory.group_id or entry.session_id, []).append((entry, trajectory))
+    taken = [progress.held.pop(g) for g in complete()[: rollout.batch_size]]
+    return [e for members in taken for e, _ in members], [t for members in taken for _, t in members]
 
 
 def _checkpoint(parts: Parts, progress: Progress) -> None:
@@ -183,22 +225,57 @@ def _evaluate(parts: Parts, step: int, label: str) -> float:
     return report.accuracy
 
 
-def _step_metrics(episodes: list, sequences: list[TrainingSequence], metrics, update, trained_tokens: int,
-                  started: float) -> dict:
-    rewards = [e.reward for e in episodes]
+def _record(totals: Totals, trajectories: list[Trajectory]) -> None:
+    """What the sim-vs-real comparison needs from a step (validate.RecordedRun)."""
+    for trajectory in trajectories:
+        totals.completion_lengths += [len(turn.completion_token_ids) for turn in trajectory.turns]
+        if trajectory.turns:
+            totals.prompt_tokens.append(len(trajectory.turns[0].prompt_token_ids))
+        totals.turns.append(len(trajectory.turns))
+        wall = totals.episode_wall_s.pop(trajectory.session_id, None)  # None: replayed after a resume
+        if wall is not None and trajectory.turns:
+            in_calls = sum(max(0.0, t.ended_at - t.started_at) for t in trajectory.turns)
+            totals.episode_overhead_s.append(max(0.0, wall - in_calls))
+    sequences = [s for t in trajectories for s in t.sequences]
+    totals.step_tokens.append(sum(s.num_generated for s in sequences))
+    totals.step_context_tokens.append(sum(len(s.token_ids) for s in sequences))
+    totals.trained_tokens += totals.step_tokens[-1]
+
+
+def _step_metrics(parts: Parts, trajectories: list[Trajectory], totals: Totals, report) -> dict:
+    rewards = [t.reward for t in trajectories]
+    sequences = [s for t in trajectories for s in t.sequences]
     mean = sum(rewards) / len(rewards)
     row = {"rollout/reward_mean": mean,
            "rollout/reward_std": (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5,
            "rollout/accuracy": sum(r >= 1.0 for r in rewards) / len(rewards),
            "rollout/response_tokens_mean": sum(s.num_generated for s in sequences) / max(1, len(sequences)),
-           "rollout/agent_errors": sum(e.error is not None for e in episodes),
-           "perf/trained_tokens_per_s": trained_tokens / max(1e-9, time.monotonic() - started)}
-    if update is not None:
-        row.update({"sync/pause_s": update.pause_s, "sync/transfer_s": update.transfer_s,
-                    "sync/resume_s": update.resume_s, "sync/bytes": update.bytes})
-    if metrics is not None:
-        row.update(metrics.to_dict())
+           "rollout/agent_errors": sum(e.error is not None for e in totals.episodes),
+           "perf/trained_tokens_per_s": totals.trained_tokens / max(1e-9, time.monotonic() - totals.started),
+           "scheduler/switch_s": report.switch_s, "scheduler/train_s": report.train_s,
+           "scheduler/sync_s": report.sync_s, "sync/stage_s": parts.learner.last_stage_s}
+    row.update(parts.scheduler.metrics())
+    row.update(report.trainer_metrics)
     return row
+
+
+def _save_timeline(parts: Parts, progress: Progress, totals: Totals):
+    """timeline.json + timeline.png and the sim-vs-real record into the run folder, and to W&B."""
+    scheduler, recipe = parts.scheduler, parts.recipe
+    timeline = scheduler.finish_recording()
+    _, png = scheduler.save(parts.run_dir, timeline)
+    RecordedRun(cluster=recipe.cluster.model_dump(mode="json"), timeline=timeline.to_dict(),
+                batch_episodes=recipe.rollout.batch_size * recipe.rollout.group_size,
+                completion_lengths=totals.completion_lengths or [1],
+                prompt_tokens=sum(totals.prompt_tokens) / max(1, len(totals.prompt_tokens)),
+                turns=max(1, round(sum(totals.turns) / max(1, len(totals.turns)))),
+                step_tokens=totals.step_tokens, step_context_tokens=totals.step_context_tokens,
+                episode_overhead_s=sum(totals.episode_overhead_s) / max(1, len(totals.episode_overhead_s)),
+                agent_concurrency=recipe.rollout.agent_concurrency,
+                ).save(parts.run_dir / "recorded_run.json")
+    parts.logger.log(progress.step, timeline.metrics("scheduler/final/"))
+    parts.logger.image(progress.step, "scheduler/timeline", png)
+    return timeline
 
 
 def _log_samples(parts: Parts, step: int, episodes: list) -> None:
@@ -206,15 +283,20 @@ def _log_samples(parts: Parts, step: int, episodes: list) -> None:
     parts.logger.table(step, "samples", ["task_id", "answer", "reward", "error"], rows)
 
 
-def _summary(parts: Parts, progress: Progress, after: float, trained_tokens: int, wall_s: float) -> dict:
+def _summary(parts: Parts, progress: Progress, after: float, totals: Totals, timeline) -> dict:
+    wall_s = time.monotonic() - totals.started
     summary = {"steps": progress.step, "eval_accuracy_before": progress.eval_before, "eval_accuracy_after": after,
-               "wall_time_s": wall_s, "trained_tokens": trained_tokens,
-               "trained_tokens_per_s": trained_tokens / max(1e-9, wall_s),
+               "wall_time_s": wall_s, "trained_tokens": totals.trained_tokens,
+               "trained_tokens_per_s": totals.trained_tokens / max(1e-9, wall_s),
+               "policy": parts.scheduler.policy.name, "staleness": parts.scheduler.policy.staleness,
+               "bubble_ratio": timeline.bubble_ratio(), "bubble_ratio_by_phase": timeline.bubble_by_phase(),
+               "role_switches": timeline.role_switches(), "timeline_s": timeline.end - timeline.t0,
                "seed": parts.recipe.run.seed, "run_dir": str(parts.run_dir)}
     (parts.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     hint = parts.logger.finish()
     print(f"seamless run: held-out accuracy {progress.eval_before:.1%} before -> {after:.1%} after "
-          f"{progress.step} steps ({wall_s / 60:.1f} min); summary in {parts.run_dir / 'summary.json'}")
+          f"{progress.step} steps ({wall_s / 60:.1f} min, bubble ratio {summary['bubble_ratio']:.1%}, "
+          f"{summary['role_switches']} role switches); summary in {parts.run_dir / 'summary.json'}")
     if hint:
         print(f"seamless run: W&B run saved offline; upload it with: {hint}")
     return summary

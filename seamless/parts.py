@@ -1,9 +1,11 @@
 """Every part of a run, built once before the main loop and torn down in reverse order.
 
-Modes (GRPO or PPO, agent, store, number of servers) are decided here, when parts are built, so
-the loop itself has no mode flags. Each part that runs as a service (Redis, the proxy, vLLM
-servers, Ray) is stopped on the way out, also when building a later part fails, and a failure
-names the part and its log.
+Modes (GRPO or PPO, agent, store, scheduling policy) are decided here, when parts are built, so
+the loop itself has no mode flags. The recipe's `cluster` section becomes a `TagScheduler` that
+places the vLLM servers and the trainer's ranks on leased (logical) GPUs and switches their roles;
+every recipe runs through it (the tiny recipe's one [train, rollout] resource is `colocated`).
+Each part that runs as a service (Redis, the proxy, vLLM servers, Ray) is stopped on the way out,
+also when building a later part fails, and a failure names the part and its log.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from seamless.ray_cluster import start_ray, stop_ray
 from seamless.rollout.fleet import VLLMFleet
 from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.run_logger import RunLogger
+from seamless.scheduler import RayPlacement, ResourcePool, TagScheduler
+from seamless.scheduler.adapters import FleetOnLeases, TrainerOnLeases
 from seamless.services.redis_server import RedisServer
 from seamless.store import EpisodeQueue
 from seamless.trainer.trainer import Trainer
@@ -39,7 +43,13 @@ class Parts:
     proxy: ProxyProcess
     fleet: VLLMFleet
     trainer: Trainer
+    scheduler: TagScheduler
+    learner: TrainerOnLeases
+    """The trainer as the scheduler drives it (holds the last step's StepMetrics)."""
     runner: AgentRunner
+    """Runs evaluation episodes (each asyncio.run makes its own event loop)."""
+    rollout_runner: AgentRunner
+    """Runs training episodes on the background event loop of the main loop."""
     tasks: TaskSet
     episodes: EpisodeQueue
     logger: RunLogger
@@ -66,8 +76,15 @@ def resolve_model_dir(recipe: Recipe, run_dir: Path) -> Path:
     return path
 
 
-def _train_ranks(recipe: Recipe) -> int:
-    return sum(group.count for group in recipe.cluster.resources if "train" in group.tags)
+def _check_servers(recipe: Recipe, pool: ResourcePool) -> None:
+    rollout = sum(r.can_rollout for r in pool)
+    if "num_servers" in recipe.rollout.model_fields_set and recipe.rollout.num_servers != rollout:
+        raise ConfigError(f"rollout.num_servers is {recipe.rollout.num_servers} but cluster.resources has "
+                          f"{rollout} rollout-tagged resource(s), one server each; remove rollout.num_servers "
+                          "or change the counts in cluster.resources")
+    if recipe.rollout.server_urls:
+        raise ConfigError("rollout.server_urls is not supported by seamless run (its servers are placed by "
+                          "the tag scheduler); remove it")
 
 
 @contextlib.contextmanager
@@ -92,20 +109,32 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         proxy = stack.enter_context(ProxyProcess(store_url, run_dir / "proxy", prefix=prefix,
                                                  admin_key=recipe.proxy.admin_key, port=recipe.proxy.port or None,
                                                  extra_args=ProxyProcess.args_of(recipe.proxy)))
-        _step(f"starting {recipe.rollout.num_servers} vLLM server(s)")
+        pool = ResourcePool.from_cluster(recipe.cluster)
+        _check_servers(recipe, pool)
         fleet = VLLMFleet(model_dir, run_dir, ProxyAdmin(proxy.url, proxy.admin_key), config=recipe.rollout)
         stack.callback(fleet.shutdown)
-        for rid in range(recipe.rollout.num_servers):
-            fleet.add_server(None, resource_id=rid)
+        _step(f"starting the trainer on {len(pool.trainers)} rank(s)")
+        # created once for the run; the scheduler's train leases decide when the ranks compute
+        trainer = stack.enter_context(Trainer.from_recipe(recipe, model_dir, num_ranks=len(pool.trainers),
+                                                          gpus_per_rank=0))
+        learner = TrainerOnLeases(trainer, fleet, sorted(pool.trainers))
+        batch_episodes = recipe.rollout.batch_size * recipe.rollout.group_size
+        scheduler = TagScheduler(recipe.cluster, FleetOnLeases(fleet), learner, batch_episodes,
+                                 placement=RayPlacement(recipe.run.name, recipe.cluster.placement_timeout_s),
+                                 load_interval_s=0.2)
+        _step(f"placing {len(pool)} resource(s) ({recipe.cluster.policy}): starting "
+              f"{sum(r.can_rollout for r in pool)} vLLM server(s)")
+        stack.callback(scheduler.close)  # before the fleet and the trainer stop: leases go first
+        scheduler.start()
         fleet.start_supervisor()
-        _step(f"starting the trainer on {_train_ranks(recipe)} rank(s)")
-        trainer = stack.enter_context(Trainer.from_recipe(recipe, model_dir, num_ranks=_train_ranks(recipe)))
         runner = AgentRunner.from_config(proxy.url, proxy.admin_key, recipe.rollout)
+        rollout_runner = AgentRunner.from_config(proxy.url, proxy.admin_key, recipe.rollout)
         episodes = EpisodeQueue(store_url, prefix)
         stack.callback(episodes.close)
         logger = RunLogger(recipe, run_dir, resume=resume)
         yield Parts(recipe=recipe, run_dir=run_dir, model_dir=model_dir, proxy=proxy, fleet=fleet,
-                    trainer=trainer, runner=runner, tasks=load_tasks(recipe.data), episodes=episodes,
+                    trainer=trainer, scheduler=scheduler, learner=learner, runner=runner,
+                    rollout_runner=rollout_runner, tasks=load_tasks(recipe.data), episodes=episodes,
                     logger=logger)
 
 

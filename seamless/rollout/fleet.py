@@ -46,7 +46,9 @@ class _Server:
     started_at: float
     failures: int = 0
     restart_at: float = 0.0
-    state: str = "up"  # up | down (waiting to restart) | gone (gave up)
+    state: str = "up"  # up | down (waiting to restart) | gone (gave up) | parked (kept, out of rotation)
+    version: int = 0
+    """Weights the server holds."""
     tokens: int = 0
     tokens_at: float = 0.0
 
@@ -83,6 +85,8 @@ class VLLMFleet:
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._launches = 0
+        self._published = 0  # weight version the proxy stamps
+        self._warmed: set[str] = set()
 
     # membership ------------------------------------------------------------------------------
 
@@ -96,6 +100,9 @@ class VLLMFleet:
             raise ConfigError(f"add_server(version={version}) but the fleet serves version {self.version}; "
                               "servers join on the fleet's current weights")
         with self._lock:
+            if rid in self._servers and self._servers[rid].state == "parked":
+                self._unpark(self._servers[rid])
+                return self._servers[rid].url
             if rid in self._servers and self._servers[rid].state != "gone":
                 raise ConfigError(f"resource {rid} already runs a server ({self._servers[rid].url})")
             server = self._launch(rid, lease)
@@ -103,16 +110,25 @@ class VLLMFleet:
             self._event(server, "started")
             return server.url
 
-    def add_servers(self, leases: Sequence[Lease]) -> list[str]:
-        """Start several servers at once (they start in parallel)."""
+    def add_servers(self, leases: Sequence[Lease], residents: Sequence[int] = ()) -> list[str]:
+        """Start several servers at once (they start in parallel): one in each lease, and one on
+        each resource of `residents` outside any lease (asking Ray for no GPU)."""
         import ray
 
         with self._lock:
-            starting = [(lease, *self._spawn(lease.resource.id, lease)) for lease in leases]
+            starting = [(lease.resource.id, lease, *self._spawn(lease.resource.id, lease)) for lease in leases]
+            starting += [(rid, None, *self._spawn(rid, None)) for rid in residents]
+            try:  # every server up, then all warmed at once (each warm-up is mostly waiting)
+                started = ray.get([pending for *_, pending in starting], timeout=self.options.startup_timeout_s + 30)
+                self._warm([url for url, _ in started])
+            except Exception:
+                for *_, actor, _ in starting:
+                    ray.kill(actor, no_restart=True)
+                raise
             urls = []
-            for lease, actor, pending in starting:
-                server = self._finish_launch(lease.resource.id, lease, actor, pending)
-                self._servers[lease.resource.id] = server
+            for rid, lease, actor, pending in starting:
+                server = self._finish_launch(rid, lease, actor, pending)
+                self._servers[rid] = server
                 self._event(server, "started")
                 urls.append(server.url)
             return urls
@@ -132,6 +148,34 @@ class VLLMFleet:
                     log.warning("draining %s failed: %s", server.url, exc)
             self._end(server)
             self._event(server, "removed")
+
+    def park_server(self, resource_id: int) -> None:
+        """Take the server out of rotation but keep its process: unregister it from the proxy and
+        abort its in-flight requests (the proxy continues them on the other servers). A later
+        `add_server` on the same resource brings it back in milliseconds instead of a restart
+        (on GPUs this is where vLLM would sleep and free its memory for a trainer rank)."""
+        with self._lock:
+            server = self._servers.get(resource_id)
+            if server is None or server.state != "up":
+                raise ConfigError(f"no running server on resource {resource_id} to park; running: "
+                                  f"{sorted(self.servers())}")
+            self.proxy.remove_upstream(server.url)
+            post_each([server.url], "/pause", params={"mode": "abort"}, timeout_s=30)
+            server.state = "parked"
+            self._event(server, "parked")
+
+    def _unpark(self, server: _Server) -> None:
+        """Back into rotation on the fleet's current weights (loaded while still paused)."""
+        if server.version != self.version:
+            self.transport.load([server.url], self.version)
+            self._forget_cache([server.url])
+            post_each([server.url], "/update_weight_version", json={"new_version": str(self.version)})
+            server.version = self.version
+        self._publish(self.version)
+        post_each([server.url], "/resume")
+        self.proxy.add_upstream(server.url)
+        server.state = "up"
+        self._event(server, "unparked", f"weights v{self.version}")
 
     def servers(self) -> dict[int, str]:
         """URL of each running server, by resource id."""
@@ -157,15 +201,28 @@ class VLLMFleet:
 
         try:
             url, pid = ray.get(pending, timeout=self.options.startup_timeout_s + 30)
+            self._warm([url])  # a no-op for servers add_servers warmed already
             if self.version > 0:  # a server joining late loads the weights the others serve
                 self.transport.load([url], self.version)
                 post_each([url], "/update_weight_version", json={"new_version": str(self.version)})
+            self._publish(self.version)
             self.proxy.add_upstream(url)
         except Exception:
             ray.kill(actor, no_restart=True)
             raise
         now = time.monotonic()
-        return _Server(rid, lease, actor, url, pid, started_at=now, tokens_at=now)
+        return _Server(rid, lease, actor, url, pid, started_at=now, version=self.version, tokens_at=now)
+
+    def _warm(self, urls: Sequence[str]) -> None:
+        """A few small requests on each new server before it joins the proxy: vLLM on CPU runs its
+        first requests many times slower than later ones (measured with scripts/run_policies.py
+        --measure-switch), which would otherwise stall the first episodes routed to it."""
+        urls = [url for url in urls if url not in self._warmed]
+        if not urls:
+            return
+        body = {"model": self.options.served_model_name, "prompt": "1+2=", "max_tokens": 4, "logprobs": 1}
+        post_each([url for url in urls for _ in range(4)], "/v1/completions", json=body, timeout_s=300)
+        self._warmed.update(urls)
 
     def _launch(self, rid: int, lease: Lease | None) -> _Server:
         return self._finish_launch(rid, lease, *self._spawn(rid, lease))
@@ -277,13 +334,24 @@ class VLLMFleet:
                 self.proxy.resume(self.version, None)
                 raise
             self.version = version
-            salt = f"w{version}" if self.config.prefix_cache == "salt" else ""
-            _, resume_s = timed(self.proxy.resume, version, salt)
+            for server in self._servers.values():
+                if server.url in urls:
+                    server.version = version
+            _, resume_s = timed(self._publish, version)
             tokens = self._tokens(urls) - tokens_before
         return WeightUpdateMetrics(version=version, transport=self.transport.name, servers=len(urls),
                                    stage_s=stage_s, pause_s=pause_s, transfer_s=transfer_s, cache_s=cache_s,
                                    resume_s=resume_s, bytes=size, inflight_at_pause=inflight,
                                    tokens_during_update=tokens)
+
+    def _publish(self, version: int) -> None:
+        """Tell the proxy which weights its servers hold (it stamps every token with it) and resume
+        its gate; a no-op once published, so a joining server never moves the stamp back."""
+        if version == self._published:
+            return
+        salt = f"w{version}" if self.config.prefix_cache == "salt" else ""
+        self.proxy.resume(version, salt)
+        self._published = version
 
     def _forget_cache(self, urls: Sequence[str]) -> None:
         if self.config.prefix_cache != "reset":
@@ -305,11 +373,28 @@ class VLLMFleet:
     def resume(self, resource_ids: Sequence[int]) -> None:
         post_each(self._urls(resource_ids), "/resume")
 
+    def stage(self, source: WeightSource, version: int) -> int:
+        """Make `version` the fleet's weights without touching a server (rollout keeps running):
+        servers get it through `update_weights`, and parked or new ones when they (re)join."""
+        if version <= self.version:
+            raise ConfigError(f"weight version {version} is not newer than the staged {self.version}")
+        size = self.transport.stage(source, version)
+        self.version = version
+        return size
+
     def update_weights(self, version: int, resource_ids: Sequence[int]) -> None:
-        """Load the already staged `version` (see sync_weights) into these paused servers."""
+        """Load the already staged `version` (see stage) into these paused servers, then tell the
+        proxy: it stamps tokens with `version` from here on."""
+        if version != self.version:
+            raise ConfigError(f"update_weights(version={version}) but the staged version is {self.version}")
         urls = self._urls(resource_ids)
         self.transport.load(urls, version)
+        self._forget_cache(urls)
         post_each(urls, "/update_weight_version", json={"new_version": str(version)})
+        with self._lock:
+            for rid in resource_ids:
+                self._servers[rid].version = version
+        self._publish(version)
 
     def in_flight(self) -> Mapping[int, int]:
         by_url = {u["url"]: u["inflight"] for u in self.proxy.upstreams()["upstreams"]}

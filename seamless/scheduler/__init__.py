@@ -3,7 +3,8 @@ Ray (runtime.py) and a discrete-event simulator of the same policies (sim.py).
 
 Modules, one job each: resources (pool, roles), policy (decisions + PipelineState, shared by the
 real scheduler and the simulator), timeline (recording, bubble ratio, metrics), placement (Ray
-leases), protocols (what the fleet and trainer implement), runtime (TagScheduler), sim
+leases), protocols (what the fleet and trainer implement), adapters (the real VLLMFleet and
+Trainer behind the protocols; what a lease means for each), runtime (TagScheduler), sim
 (simulator), validate (fit the sim to a recorded run), plot (PNGs), report (`seamless sim`).
 Nothing here imports ray at import time.
 """

@@ -107,10 +107,14 @@ class Policy:
         self.pool = pool
         self.staleness = staleness
 
-    def new_state(self, batch_episodes: int) -> PipelineState:
+    def new_state(self, batch_episodes: int, version: int = 0) -> PipelineState:
+        """A pipeline whose weights are at `version` (a resumed or warm-started run), with nothing
+        in flight: the counters start as if `version` steps of full batches had run."""
         if batch_episodes < 1:
             raise ConfigError("a step needs at least one episode; raise rollout.batch_size")
-        return PipelineState(self.pool, batch_episodes, self.staleness, self.initial_roles())
+        done = version * batch_episodes
+        return PipelineState(self.pool, batch_episodes, self.staleness, self.initial_roles(), version=version,
+                             started=done, finished=done, consumed=done)
 
     def initial_roles(self) -> dict[int, Role]:
         raise NotImplementedError

@@ -11,7 +11,8 @@ from seamless.scheduler.placement import Lease
 
 @runtime_checkable
 class RolloutFleet(Protocol):
-    """The vLLM servers, as the scheduler sees them (one server per rollout resource)."""
+    """The vLLM servers, as the scheduler sees them (one server per rollout resource). A fleet may
+    also offer `add_servers(leases, version)`, which `start()` uses to start servers in parallel."""
 
     def add_server(self, lease: Lease, version: int) -> None:
         """Start (or wake) a server on the leased resource with weights `version`, and register it

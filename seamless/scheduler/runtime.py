@@ -2,12 +2,21 @@
 trainer group, every transition recorded in a Timeline.
 
 The main loop calls, in order: `start()`; then repeatedly `admission()` / `episodes_started(n)` /
-`episodes_finished(n)` as agents run, `observe_load()` now and then, and `step(batch)` when
-`ready_to_step()`; at the end `close()` and `save(run_dir)`.
+`episodes_finished(n)` as agents run, `observe_load()` now and then (or let `load_interval_s`
+sample it in a thread), and `step(batch)` when `ready_to_step()`; at the end `close()` and
+`save(run_dir)`. `begin_recording()` restarts the timeline (e.g. after a warm-up that is not
+part of the pipeline being measured).
+
+What a lease means: it is the resource's GPU, held by the scheduler for one role. Work of a role
+runs only while its lease is held. A rollout-only resource's server lives inside its lease; on a
+dual-tagged resource both residents (a trainer rank, a vLLM server) are created once and outlive
+the leases: the trainer rank's process group is formed once for the run, the server is parked
+(out of the proxy's rotation, paused; on GPUs asleep) while the resource holds a train lease.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,10 +47,11 @@ class TagScheduler:
 
     def __init__(self, cluster: ClusterConfig, fleet: RolloutFleet, trainer: TrainerGroup,
                  batch_episodes: int, placement: RayPlacement | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, version: int = 0,
+                 load_interval_s: float | None = None) -> None:
         self.pool = ResourcePool.from_cluster(cluster)
         self.policy = make_policy(cluster.policy, self.pool, cluster.staleness)
-        self.state: PipelineState = self.policy.new_state(batch_episodes)
+        self.state: PipelineState = self.policy.new_state(batch_episodes, version)
         self.fleet = fleet
         self.trainer = trainer
         self.placement = placement or RayPlacement(timeout_s=cluster.placement_timeout_s)
@@ -49,6 +59,10 @@ class TagScheduler:
         self._clock = clock
         self._t0 = clock()
         self.timeline = Timeline(len(self.pool), {r.id: Role.IDLE for r in self.pool})
+        self.load_interval_s = load_interval_s
+        self._sampler: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._closed = False
 
     def now(self) -> float:
         return self._clock() - self._t0
@@ -56,16 +70,68 @@ class TagScheduler:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Place every resource in its first role; rollout servers start serving."""
+        """Place every resource in its first role; rollout servers start serving (in parallel
+        when the fleet can start several at once)."""
         self.placement.check_capacity(self.pool)
+        rollout = [rid for rid, role in sorted(self.state.roles.items()) if role is Role.ROLLOUT]
+        add_many = getattr(self.fleet, "add_servers", None)
+        if add_many is not None and len(rollout) > 1:
+            leases = [self.placement.acquire(self.pool[rid], Role.ROLLOUT) for rid in rollout]
+            self.leases.update({lease.resource.id: lease for lease in leases})
+            add_many(leases, self.state.version)
+            for rid in rollout:
+                self._mark(rid, role=Role.ROLLOUT, busy=False)
         for rid, role in sorted(self.state.roles.items()):
-            self._take(rid, role)
+            if rid not in self.leases:
+                self._take(rid, role)
+        if self.load_interval_s:
+            self._stop.clear()
+            self._sampler = threading.Thread(target=self._sample, name="scheduler-load", daemon=True)
+            self._sampler.start()
+
+    def begin_recording(self, version: int | None = None) -> None:
+        """Start the timeline afresh from now, with every resource in its current role; with
+        `version`, the pipeline also restarts there, nothing in flight (weights warm-started or
+        restored before the loop)."""
+        assert not self.state.training and self.state.in_flight == 0, "begin_recording() mid-pipeline"
+        if version is not None:
+            roles = self.state.roles
+            self.state = self.policy.new_state(self.state.batch_episodes, version)
+            self.state.roles = roles
+            self.state.serving = self.state.holding(Role.ROLLOUT)
+        with self.timeline._lock:
+            self._t0 = self._clock()
+            roles = {rid: lease.role for rid, lease in self.leases.items()}
+            self.timeline = Timeline(len(self.pool), {r.id: roles.get(r.id, Role.IDLE) for r in self.pool})
+            self.timeline.begin_phase(0.0, "rollout", self.state.version)
+        self.observe_load()
+
+    def finish_recording(self) -> Timeline:
+        """Stop sampling the load and return the timeline so far, closed (leases stay held)."""
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=10)
+            self._sampler = None
+        return self.timeline.snapshot(self.now())
 
     def close(self) -> None:
-        """Stop serving and release every lease; the timeline ends here."""
+        """Stop serving and release every lease; the timeline ends here (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=10)
         for rid in sorted(self.leases):
             self._drop(rid)
         self.timeline.close(self.now())
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.load_interval_s):
+            try:
+                self.observe_load()
+            except Exception:  # a missed sample only coarsens the timeline; the next one retries
+                pass
 
     # ---- episode accounting (called by the main loop) ----------------------------------------
 
@@ -84,11 +150,13 @@ class TagScheduler:
 
     def observe_load(self) -> None:
         """Record which rollout servers are generating, from the fleet's in-flight counts."""
-        t = self.now()
         loads = self.fleet.in_flight()
-        for rid, lease in self.leases.items():
-            if lease.role is Role.ROLLOUT:
-                self.timeline.set(t, rid, busy=loads.get(rid, 0) > 0)
+        with self.timeline._lock:
+            t = self.now()
+            for rid, lease in list(self.leases.items()):
+                if lease.role is Role.ROLLOUT:
+                    # only_if: the main thread may have switched the resource since the fleet answered
+                    self.timeline.set(t, rid, busy=loads.get(rid, 0) > 0, only_if=Role.ROLLOUT)
 
     def ready_to_step(self) -> bool:
         return self.policy.step_plan(self.state) is not None
@@ -104,7 +172,7 @@ class TagScheduler:
         self.timeline.begin_phase(t_switch, "switch", plan.version)
         for rid in sorted(plan.leave_rollout):
             self._drop(rid)
-            self.timeline.set(self.now(), rid, role=Role.SWITCHING)
+            self._mark(rid, role=Role.SWITCHING)
         for rid in sorted(plan.train):
             if rid not in self.leases:
                 self._take(rid, Role.TRAIN, busy=False)
@@ -123,13 +191,11 @@ class TagScheduler:
 
     def _train(self, plan: StepPlan, batch: Any) -> dict[str, float]:
         leases = [self.leases[rid] for rid in sorted(plan.train)]
-        t = self.now()
         for rid in plan.train:
-            self.timeline.set(t, rid, role=Role.TRAIN, busy=True)
+            self._mark(rid, role=Role.TRAIN, busy=True)
         metrics = dict(self.trainer.step(leases, batch))
-        t = self.now()
         for rid in plan.train:
-            self.timeline.set(t, rid, busy=False)
+            self._mark(rid, busy=False)
         return metrics
 
     def _sync_and_return(self, plan: StepPlan, roles_after: dict[int, Role]) -> None:
@@ -137,9 +203,8 @@ class TagScheduler:
         go back to rollout leave the trainer and start serving the new version."""
         targets = sorted(self.state.sync_targets(roles_after) & self._holding(Role.ROLLOUT))
         if targets:
-            t = self.now()
             for rid in targets:
-                self.timeline.set(t, rid, busy=False)
+                self._mark(rid, busy=False)
             self.fleet.pause(targets)
             self.fleet.update_weights(plan.version, targets)
             self.fleet.resume(targets)
@@ -149,7 +214,7 @@ class TagScheduler:
                 continue
             if lease is not None:
                 self._drop(rid)
-                self.timeline.set(self.now(), rid, role=Role.SWITCHING)
+                self._mark(rid, role=Role.SWITCHING)
             self._take(rid, role, version=plan.version)
         self.observe_load()
 
@@ -166,14 +231,20 @@ class TagScheduler:
         self.leases[rid] = lease
         if role is Role.ROLLOUT:
             self.fleet.add_server(lease, self.state.version if version is None else version)
-        self.timeline.set(self.now(), rid, role=role, busy=busy)
+        self._mark(rid, role=role, busy=busy)
 
     def _drop(self, rid: int) -> None:
         lease = self.leases.pop(rid)
         if lease.role is Role.ROLLOUT:
             self.fleet.remove_server(rid)
         self.placement.release(lease)
-        self.timeline.set(self.now(), rid, role=Role.IDLE)
+        self._mark(rid, role=Role.IDLE)
+
+    def _mark(self, rid: int, role: Role | None = None, busy: bool | None = None) -> None:
+        """Record a change now (the time is read under the timeline's lock, so a sampler thread
+        never records a later time first)."""
+        with self.timeline._lock:
+            self.timeline.set(self.now(), rid, role=role, busy=busy)
 
     # ---- outputs ------------------------------------------------------------------------------
 
@@ -182,14 +253,17 @@ class TagScheduler:
         timeline = self.timeline if self.timeline.end is not None else self.timeline.snapshot(self.now())
         return timeline.metrics(prefix) | {f"{prefix}version": float(self.state.version)}
 
-    def save(self, run_dir: str | Path) -> tuple[Path, Path]:
-        """Write timeline.json and timeline.png into the run folder (call after close())."""
+    def save(self, run_dir: str | Path, timeline: Timeline | None = None) -> tuple[Path, Path]:
+        """Write timeline.json and timeline.png into the run folder (the closed `timeline`, e.g.
+        from finish_recording(), or the scheduler's own after close())."""
         from seamless.scheduler.plot import plot_timeline
 
+        timeline = timeline or self.timeline
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        json_path = self.timeline.save(run_dir / "timeline.json")
-        png_path = plot_timeline(self.timeline, run_dir / "timeline.png",
-                                 title=f"{self.policy.name}: {len(self.pool)} GPUs")
+        json_path = timeline.save(run_dir / "timeline.json")
+        png_path = plot_timeline(timeline, run_dir / "timeline.png",
+                                 title=f"{self.policy.name} (staleness {self.policy.staleness}): "
+                                       f"{len(self.pool)} GPUs")
         return json_path, png_path
 

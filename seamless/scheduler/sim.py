@@ -9,7 +9,10 @@ around them is modeled here:
   with lognormal tool latencies between them (a sequence at a tool holds no GPU);
 - prefill is charged as decode-token equivalents, again when a sequence moves to another server;
 - a step takes train_step_overhead_s + tokens / (train_tokens_per_s * trainer GPUs);
-- a role switch costs switch_s; servers without a trainer rank beside them pause weight_sync_s.
+- a role switch costs switch_s; servers without a trainer rank beside them pause weight_sync_s;
+- optionally an episode spends `episode_overhead_s` outside any LLM call (half before its first
+  call, half after its last: the harness creating the session, scoring, finishing), holding no GPU,
+  and at most `agent_concurrency` episodes run at once (the agent runner's limit; others wait).
 Left out on purpose: prefix-cache hit rates, network topology, stragglers among trainer ranks.
 """
 
@@ -97,8 +100,13 @@ class Simulation:
     """One policy on one pool: run(steps) returns a SimResult."""
 
     def __init__(self, policy: Policy, workload: SimConfig, label: str | None = None,
-                 batch_episodes: int | None = None) -> None:
+                 batch_episodes: int | None = None, episode_overhead_s: float = 0.0,
+                 agent_concurrency: int | None = None) -> None:
         self.policy = policy
+        self._overhead = episode_overhead_s / 2  # before the first call, and again after the last
+        self._agent_slots = agent_concurrency
+        self._active = 0  # episodes holding an agent slot
+        self._waiting: deque[_Episode] = deque()  # admitted, waiting for an agent slot
         self.w = workload
         self.label = label or policy.name
         self.rng = random.Random(workload.seed)
@@ -152,7 +160,20 @@ class Simulation:
             self.state.on_started()
             ep = self._new_episode()
             ep.work = self._prefill(self.w.prompt_tokens) + ep.lengths[0]
+            self._begin(ep)
+
+    def _begin(self, ep: _Episode) -> None:
+        if self._agent_slots is not None and self._active >= self._agent_slots:
+            self._waiting.append(ep)
+            return
+        self._active += 1
+        if self._overhead > 0:
+            self._at(self.now + self._overhead, "arrive", ep.id)
+        else:
             self._place(ep)
+
+    def _on_arrive(self, eid: int) -> None:
+        self._place(self._episodes[eid])
 
     def _new_episode(self) -> _Episode:
         w = self.w
@@ -177,7 +198,19 @@ class Simulation:
         if ep.turn < len(ep.lengths):
             self._at(self.now + ep.tools[ep.turn - 1], "tool_done", ep.id)
             return
+        if self._overhead > 0:
+            self._at(self.now + self._overhead, "episode_done", ep.id)
+            return
+        self._finish(ep)
+
+    def _on_episode_done(self, eid: int) -> None:
+        self._finish(self._episodes[eid])
+
+    def _finish(self, ep: _Episode) -> None:
         del self._episodes[ep.id]
+        self._active -= 1
+        if self._waiting:
+            self._begin(self._waiting.popleft())
         self.state.on_finished()
         self._ready.append(ep)
         self._try_step()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,9 +51,19 @@ class Timeline:
             rid: (roles.get(rid, Role.IDLE), False, t0) for rid in range(num_resources)}
         self._phase: tuple[str, int, float] = ("rollout", 0, t0)
         self.end: float | None = None
+        # a load sampler thread records busy/idle while the main thread switches roles
+        self._lock = threading.RLock()
 
-    def set(self, t: float, rid: int, role: Role | None = None, busy: bool | None = None) -> None:
-        """Resource `rid` holds `role` and is busy or idle from time t on (None keeps the old value)."""
+    def set(self, t: float, rid: int, role: Role | None = None, busy: bool | None = None,
+            only_if: Role | None = None) -> None:
+        """Resource `rid` holds `role` and is busy or idle from time t on (None keeps the old value);
+        with `only_if`, nothing changes unless the resource holds that role now."""
+        with self._lock:
+            if only_if is not None and self._open[rid][0] is not only_if:
+                return
+            self._set(max(t, self._open[rid][2]) if only_if is not None else t, rid, role, busy)
+
+    def _set(self, t: float, rid: int, role: Role | None, busy: bool | None) -> None:
         old_role, old_busy, since = self._open[rid]
         role = old_role if role is None else role
         busy = old_busy if busy is None else busy
@@ -70,13 +81,18 @@ class Timeline:
 
     def begin_phase(self, t: float, name: str, step: int) -> None:
         assert name in PHASES, name
-        old, old_step, since = self._phase
-        if t > since:
-            self.phases.append(PhaseSpan(old, old_step, since, t))
-        self._phase = (name, step, t)
+        with self._lock:
+            old, old_step, since = self._phase
+            if t > since:
+                self.phases.append(PhaseSpan(old, old_step, since, t))
+            self._phase = (name, step, t)
 
     def close(self, t: float) -> None:
         """End every open segment and phase at t; the timeline is complete afterwards."""
+        with self._lock:
+            self._close(t)
+
+    def _close(self, t: float) -> None:
         for rid, (role, busy, since) in self._open.items():
             if t > since:
                 self.segments.append(Segment(rid, role, busy, since, t))
@@ -87,11 +103,12 @@ class Timeline:
     def snapshot(self, t: float) -> Timeline:
         """A closed copy ending at t (the live timeline keeps recording)."""
         copy = Timeline(self.num_resources, t0=self.t0)
-        copy.segments = list(self.segments)
-        copy.phases = list(self.phases)
-        copy._open = dict(self._open)
-        copy._phase = self._phase
-        latest = max([since for _, _, since in self._open.values()] + [self._phase[2]])
+        with self._lock:
+            copy.segments = list(self.segments)
+            copy.phases = list(self.phases)
+            copy._open = dict(self._open)
+            copy._phase = self._phase
+        latest = max([since for _, _, since in copy._open.values()] + [copy._phase[2]])
         copy.close(max(t, latest))
         return copy
 

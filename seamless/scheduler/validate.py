@@ -40,6 +40,11 @@ class RecordedRun:
     """Generated tokens each step trained on (for the real tokens/s)."""
     step_context_tokens: list[int] | None = None
     """Prompt + completion tokens each step trained on (for the trainer's speed)."""
+    episode_overhead_s: float = 0.0
+    """Mean seconds an episode spent outside its LLM calls (session, scoring, finishing: the
+    harness), during which it holds no server."""
+    agent_concurrency: int | None = None
+    """Most episodes the agent runner ran at once (rollout.agent_concurrency)."""
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -66,8 +71,22 @@ class Comparison:
         return all(err <= tolerance for err in self.relative_errors())
 
 
-def _mean_span(timeline: Timeline, phase: str) -> float:
+def _window(timeline: Timeline, first: int) -> tuple[float, float]:
+    """From the end of step `first` (0: the start) to the end of the last step."""
+    ends = [p.end for p in timeline.phases if p.name == "sync"]
+    start = ends[first - 1] if first and len(ends) >= first else timeline.t0
+    return start, ends[-1] if ends else timeline.end
+
+
+def _busy_rollout(timeline: Timeline, start: float, end: float) -> float:
+    return sum(max(0.0, min(s.end, end) - max(s.start, start)) for s in timeline.segments
+               if s.busy and s.role is Role.ROLLOUT)
+
+
+def _mean_span(timeline: Timeline, phase: str, skip: int = 0) -> float:
+    """Mean length of a phase, leaving out its first `skip` occurrences (warm-up steps)."""
     spans = [p.end - p.start for p in timeline.phases if p.name == phase]
+    spans = spans[skip:] or spans
     return statistics.fmean(spans) if spans else 0.0
 
 
@@ -87,16 +106,33 @@ def _sync_pause(timeline: Timeline) -> float:
     return statistics.fmean(pauses) if pauses else 0.0
 
 
-def _calibrate_decode(run: RecordedRun, workload: SimConfig, busy_rollout: float) -> SimConfig:
+def _switch_s(timeline: Timeline, skip: int) -> float:
+    """Seconds of one role switch. The simulator charges switch_s when resources leave rollout
+    and again when they rejoin it (its sync phase lasts that long when no server loads weights
+    over the network); the real rejoin is part of the sync span, so with no network targets the
+    two spans are averaged."""
+    leave = _mean_span(timeline, "switch", skip)
+    if _sync_pause(timeline) > 0 or leave == 0:
+        return leave
+    return (leave + _mean_span(timeline, "sync", skip)) / 2
+
+
+def _calibrate_decode(run: RecordedRun, workload: SimConfig) -> SimConfig:
     """Decode speed such that the simulated run keeps rollout servers busy as many resource-seconds
-    per generated token as the real one did (bisection on a log scale; the sim is monotone in it)."""
-    target = busy_rollout / max(sum(run.completion_lengths), 1)
+    per trained token as the real one did, over the steps after the warm-up (the first steps of a
+    real run pay one-time costs, e.g. vLLM's first batches); bisection on a log scale, the sim is
+    monotone in it."""
+    first = workload.warmup_steps
+    timeline = Timeline.from_dict(run.timeline)
+    start, end = _window(timeline, first)
+    tokens = sum((run.step_tokens or [])[first:]) or sum(run.completion_lengths)
+    target = _busy_rollout(timeline, start, end) / max(tokens, 1)
     lo, hi = 1.0, 1e7
     for _ in range(30):
         mid = math.sqrt(lo * hi)
-        sim = simulate_recorded(run, workload.model_copy(update={"decode_tokens_per_s": mid}), full=True)
-        busy = sum(s.end - s.start for s in sim.timeline.segments if s.busy and s.role is Role.ROLLOUT)
-        per_token = busy / max(sim.generated_tokens, 1)
+        sim = simulate_recorded(run, workload.model_copy(update={"decode_tokens_per_s": mid}))
+        s_start, s_end = _window(sim.timeline, first)
+        per_token = _busy_rollout(sim.timeline, s_start, s_end) / max(sim.tokens_per_s * (s_end - s_start), 1e-9)
         lo, hi = (lo, mid) if per_token < target else (mid, hi)
     return workload.model_copy(update={"decode_tokens_per_s": math.sqrt(lo * hi)})
 
@@ -114,9 +150,9 @@ def fit_workload(run: RecordedRun, base: SimConfig | None = None) -> SimConfig:
     cluster = ClusterConfig.model_validate(run.cluster)
     pool = ResourcePool.from_cluster(cluster)
     logs = [math.log(max(1, n)) for n in run.completion_lengths]
-    busy_rollout = sum(s.end - s.start for s in timeline.segments if s.busy and s.role.value == "rollout")
     steps = len([p for p in timeline.phases if p.name == "train"]) or 1
-    train_s = _mean_span(timeline, "train")
+    warmup = min(base.warmup_steps, steps - 1)
+    train_s = _mean_span(timeline, "train", warmup)
     context = statistics.fmean(run.step_context_tokens) if run.step_context_tokens else 0.0
     fitted = {
         "response_median_tokens": math.exp(statistics.fmean(logs)),
@@ -124,14 +160,14 @@ def fit_workload(run: RecordedRun, base: SimConfig | None = None) -> SimConfig:
         "max_response_tokens": max(run.completion_lengths),
         "prompt_tokens": max(1, round(run.prompt_tokens)),
         "turns": run.turns, "tool_latency_s": run.tool_latency_s,
-        "switch_s": _mean_span(timeline, "switch"),
+        "switch_s": _switch_s(timeline, warmup),
         "weight_sync_s": _sync_pause(timeline),
         "train_step_overhead_s": 0.0 if context else train_s,
-        "steps": steps, "warmup_steps": min(base.warmup_steps, steps - 1),
+        "steps": steps, "warmup_steps": warmup,
     }
     if context:
         fitted["train_tokens_per_s"] = context / max(train_s, 1e-9) / len(pool.trainers)
-    return _calibrate_decode(run, base.model_copy(update=fitted), busy_rollout)
+    return _calibrate_decode(run, base.model_copy(update=fitted))
 
 
 def simulate_recorded(run: RecordedRun, workload: SimConfig, full: bool = False) -> SimResult:
@@ -142,7 +178,8 @@ def simulate_recorded(run: RecordedRun, workload: SimConfig, full: bool = False)
     cluster = ClusterConfig.model_validate(run.cluster)
     pool = ResourcePool.from_cluster(cluster)
     policy = make_policy(cluster.policy, pool, cluster.staleness)
-    return Simulation(policy, workload, batch_episodes=run.batch_episodes).run()
+    return Simulation(policy, workload, batch_episodes=run.batch_episodes,
+                      episode_overhead_s=run.episode_overhead_s, agent_concurrency=run.agent_concurrency).run()
 
 
 def compare(run: RecordedRun, base: SimConfig | None = None) -> Comparison:
@@ -150,10 +187,8 @@ def compare(run: RecordedRun, base: SimConfig | None = None) -> Comparison:
     workload = fit_workload(run, base)
     sim = simulate_recorded(run, workload)
     timeline = Timeline.from_dict(run.timeline)
-    ends = [p.end for p in timeline.phases if p.name == "sync"]
     first = workload.warmup_steps
-    start = ends[first - 1] if first else timeline.t0
-    end = ends[-1] if ends else timeline.end
+    start, end = _window(timeline, first)
     tokens = sum((run.step_tokens or [])[first:])
     return Comparison(real_bubble_ratio=timeline.bubble_ratio(start, end), sim_bubble_ratio=sim.bubble_ratio,
                       real_tokens_per_s=tokens / max(end - start, 1e-9), sim_tokens_per_s=sim.tokens_per_s)

@@ -66,7 +66,8 @@ class Trainer:
     """A DeepSpeed policy (plus reference and critic when the algorithm needs them) on N ranks."""
 
     def __init__(self, model_dir: str | Path, algorithm: AlgorithmConfig, config: TrainerConfig, num_ranks: int,
-                 dtype: str = "float32", seed: int = 0, placement_group: Any = None, first_bundle: int = 0):
+                 dtype: str = "float32", seed: int = 0, placement_group: Any = None, first_bundle: int = 0,
+                 gpus_per_rank: float = 1.0):
         import ray
 
         from transformers import AutoConfig
@@ -90,8 +91,9 @@ class Trainer:
         package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
         # num_cpus=0: a rank is bound by its (logical) GPU, and on a 2-CPU cluster each rank
-        # asking for a CPU would leave nothing for the rest
-        actor = ray.remote(num_cpus=0, num_gpus=1)(TrainWorker)
+        # asking for a CPU would leave nothing for the rest. gpus_per_rank=0: the tag scheduler
+        # holds the GPU with its leases and lets the rank compute only while it holds a train lease
+        actor = ray.remote(num_cpus=0, num_gpus=gpus_per_rank)(TrainWorker)
         self._workers = []
         for rank in range(num_ranks):
             options: dict[str, Any] = {"runtime_env": {"env_vars": env}, "name": None}

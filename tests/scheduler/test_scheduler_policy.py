@@ -109,3 +109,16 @@ def test_cluster_config_staleness_defaults_and_validation():
     assert ClusterConfig(policy="disaggregated", max_async_staleness=3).staleness == 3
     with pytest.raises(ValueError, match="cluster.max_async_staleness"):
         ClusterConfig(policy="colocated", max_async_staleness=1)
+
+
+def test_a_pipeline_that_starts_at_a_restored_version_admits_one_window():
+    """A run resumed (or warm-started) at version 7 starts with nothing in flight: the staleness
+    window, not 8 versions' worth of batches, bounds what may start."""
+    policy = make_policy("tagged", pool(*MIXED), 1)
+    state = policy.new_state(batch_episodes=8, version=7)
+    assert state.version == 7 and state.ready == 0 and state.in_flight == 0
+    assert policy.admission(state) == 16
+    state.on_started(16)
+    state.on_finished(8)
+    plan = policy.step_plan(state)
+    assert plan is not None and plan.version == 8

@@ -83,3 +83,16 @@ def test_fitting_a_recorded_timeline_recovers_bubble_and_throughput(policy, grou
                       step_tokens=sim.step_tokens[1:], step_context_tokens=sim.step_context_tokens[1:])
     comparison = compare(run, SimConfig(warmup_steps=1))
     assert comparison.within(0.2), comparison
+
+
+def test_harness_time_and_the_agent_limit_slow_rollout_and_leave_servers_idle():
+    """Episodes that spend time outside their LLM calls hold no server (more bubble, fewer tokens/s);
+    an agent limit below the batch makes episodes wait for a slot (slower still)."""
+    policy = lambda: make_policy("colocated", ResourcePool.split(2, 0.5, all_dual=True), 0)  # noqa: E731
+    flat = SMALL.model_copy(update={"response_sigma": 0.0, "switch_s": 0.0, "weight_sync_s": 0.0})
+    plain = Simulation(policy(), flat, batch_episodes=16).run()
+    harness = Simulation(policy(), flat, batch_episodes=16, episode_overhead_s=5.0).run()
+    limited = Simulation(policy(), flat, batch_episodes=16, episode_overhead_s=5.0, agent_concurrency=4).run()
+    assert harness.bubble_by_phase["rollout"] > plain.bubble_by_phase["rollout"] + 0.1
+    assert plain.tokens_per_s > harness.tokens_per_s > limited.tokens_per_s
+    assert limited.step_time_s > 3 * 5.0  # 16 episodes through 4 slots: at least 4 rounds of 5 s
