@@ -196,24 +196,31 @@ async def _open(state: ProxyState, api: Api, body: dict[str, Any],
                     await state.pool.wait_for_healthy(state.settings.failover_wait_s)
                     continue
             raise
-        sent_body = upstream_body(api, body, upstream.model, state.pool.cache_salt)
-        if api == "chat" and state.settings.token_in_token_out:
-            await _token_in(state, session_id, upstream, body, sent_body)
-        sent = json.dumps(sent_body, separators=(",", ":")).encode()
+        # counted from the pick, not from the answer: a burst of new sessions arrives before any
+        # server has answered, and must still spread over the servers (least-loaded pick)
+        upstream.inflight += 1
+        upstream.calls += 1
         try:
+            sent_body = upstream_body(api, body, upstream.model, state.pool.cache_salt)
+            if api == "chat" and state.settings.token_in_token_out:
+                await _token_in(state, session_id, upstream, body, sent_body)
+            sent = json.dumps(sent_body, separators=(",", ":")).encode()
             response = await state.upstream_http.post(upstream.url + path, sent, state.settings.upstream_timeout_s)
         except (UpstreamConnectionError, UpstreamStreamError) as exc:
+            upstream.inflight -= 1
             state.pool.mark_failed(upstream, f"{exc!r}")
             state.metrics.failovers += 1
             tried.add(upstream.url)
             state.pool.unpin(session_id)
             continue
+        except BaseException:
+            upstream.inflight -= 1
+            raise
         if response.status_code != 200:
+            upstream.inflight -= 1
             detail = await response.aread()
             await response.aclose()
             raise _upstream_error(response.status_code, detail)
-        upstream.inflight += 1
-        upstream.calls += 1
         return upstream, response
 
 
