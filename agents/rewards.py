@@ -13,19 +13,22 @@ _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
 def extract_final_integer(text: str | None) -> int | None:
-    """The integer a reply ends on: inside the last \\boxed{}, else after the last ####, else the
-    last number in the text. None when there is none, or when that number is not whole (2.5)."""
+    """The integer a reply ends on: the last number inside the last \\boxed{}, else the first number
+    after the last #### (GSM8K's `#### 72`, whatever text follows it), else the last number in
+    the text. None when there is none, or when that number is not whole (2.5)."""
     if not text:
         return None
     boxed = _BOXED.findall(text)
     if boxed:
-        text = boxed[-1]
+        numbers = _NUMBER.findall(boxed[-1])[-1:]
     elif "####" in text:
-        text = text.rsplit("####", 1)[1]
-    numbers = _NUMBER.findall(text)
+        # first, not last: a model often keeps talking after "#### 72" ("... 72 apples in 3 days")
+        numbers = _NUMBER.findall(text.rsplit("####", 1)[1])[:1]
+    else:
+        numbers = _NUMBER.findall(text)[-1:]
     if not numbers:
         return None
-    value = Fraction(numbers[-1].replace(",", ""))
+    value = Fraction(numbers[0].replace(",", ""))
     return int(value) if value.denominator == 1 else None
 
 

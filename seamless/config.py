@@ -70,18 +70,32 @@ class ModelConfig(Section):
 class DataConfig(Section):
     """Where prompts come from."""
 
-    source: Literal["arithmetic", "jsonl", "parquet"] = "arithmetic"
+    source: Literal["arithmetic", "jsonl", "parquet", "datasets"] = "arithmetic"
     """`arithmetic` generates tasks locally (no download); `jsonl`/`parquet` read `train_path` (and
-    `eval_path`); parquet needs pyarrow installed."""
+    `eval_path`); parquet needs pyarrow installed; `datasets` loads `dataset` with the Hugging Face
+    `datasets` library (installed separately), from the hub or from a `save_to_disk` folder."""
     train_path: str | None = None
     """File with one task per line/row (`prompt_key` and `answer_key` columns), when source is a file."""
     eval_path: str | None = None
     """Held-out file of the same format. Unset: the last `eval_size` tasks of a seeded shuffle of
     `train_path` are held out (and never trained on)."""
+    dataset: str | None = None
+    """source `datasets`: a hub name (e.g. `openai/gsm8k`) or a local folder written by
+    `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
+    dataset_config: str | None = None
+    """source `datasets`: the dataset's configuration name (e.g. `main` for GSM8K)."""
+    train_split: str = Field("train", min_length=1)
+    """source `datasets`: split trained on."""
+    eval_split: str | None = None
+    """source `datasets`: held-out split (e.g. `test`). Unset: the held-out tasks come out of
+    `train_split`, as for a file without `eval_path`."""
     prompt_key: str = Field("prompt", min_length=1)
     """Field holding the question (e.g. `question` for GSM8K)."""
     answer_key: str = Field("answer", min_length=1)
     """Field holding the reference answer; text after a GSM8K-style `####` is taken as the answer."""
+    prompt_template: str = "{prompt}"
+    """How a task's question becomes the prompt an agent sees; `{prompt}` is replaced by the
+    question; other braces are kept as written (e.g. `"{prompt} Put the final answer in \\boxed{}."`)."""
     max_operand: int = Field(20, ge=1)
     """Largest operand of generated arithmetic tasks."""
     operations: list[Literal["+", "-", "*"]] = Field(["+", "-"], min_length=1)
@@ -93,8 +107,14 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _paths_for_files(self) -> DataConfig:
-        if self.source != "arithmetic" and not self.train_path:
+        if self.source in ("jsonl", "parquet") and not self.train_path:
             raise ValueError(f"source is {self.source!r} but train_path is not set; set data.train_path")
+        if self.source == "datasets" and not self.dataset:
+            raise ValueError("source is 'datasets' but dataset is not set; set data.dataset to a hub name "
+                             "(e.g. openai/gsm8k) or a save_to_disk folder")
+        if "{prompt}" not in self.prompt_template:
+            raise ValueError(f"prompt_template {self.prompt_template!r} has no {{prompt}}; write where the "
+                             "question goes, e.g. '{prompt} Think step by step.'")
         return self
 
 

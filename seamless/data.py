@@ -1,4 +1,5 @@
-"""Tasks (prompts with reference answers): generated arithmetic, or read from JSONL/Parquet files.
+"""Tasks (prompts with reference answers): generated arithmetic, JSONL/Parquet files, or a
+Hugging Face `datasets` dataset (hub name or `save_to_disk` folder).
 
 `load_tasks(config)` gives a `TaskSet`: a fixed held-out list for evaluation and a train stream
 with random access by index (`train_task(i)`, `train_batch(step, size)`), so a resumed run asks
@@ -155,18 +156,65 @@ def _read_file(path: str, config: DataConfig) -> list[Task]:
     return read_parquet(path, config) if config.source == "parquet" else read_jsonl(path, config)
 
 
+def read_dataset(config: DataConfig, split: str) -> list[Task]:
+    """Tasks from one split of `config.dataset`: a `save_to_disk` folder, else a hub dataset.
+
+    `datasets` is imported only here: seamless does not install it, and nothing else needs it.
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError("data.source 'datasets' needs the Hugging Face datasets library; "
+                          "`pip install datasets`, or write the data to JSONL (scripts/prepare_gsm8k.py "
+                          "does that for GSM8K) and set data.source: jsonl") from None
+    name = config.dataset
+    where = f"data.dataset {name!r}"
+    if Path(name).is_dir():
+        loaded = datasets.load_from_disk(name)
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ConfigError(f"{where} has no split {split!r} (splits: {', '.join(loaded)}); "
+                                  "set data.train_split / data.eval_split to one of them")
+            loaded = loaded[split]
+        elif split != config.train_split:  # a bare Dataset is one split: it can only be the train split
+            raise ConfigError(f"{where} is a single Dataset without splits, so data.eval_split {split!r} "
+                              "cannot be read from it; unset data.eval_split (tasks are held out of it) "
+                              "or save a DatasetDict")
+    else:
+        try:
+            loaded = datasets.load_dataset(name, config.dataset_config, split=split)
+        except Exception as exc:  # translated: hub, network and name errors all need the user to act
+            raise ConfigError(
+                f"{where} (config {config.dataset_config!r}, split {split!r}) could not be loaded: "
+                f"{type(exc).__name__}: {exc}. Check the name, data.dataset_config and the split; "
+                "offline (HF_HUB_OFFLINE=1, set by scripts/env.sh) only datasets already in the cache "
+                "load, so download it once where there is network or point data.dataset at a "
+                "save_to_disk folder") from exc
+    tasks = [_task_from_record(row, f"{where} split {split!r} row {i}", config, i) for i, row in enumerate(loaded)]
+    if not tasks:
+        raise ConfigError(f"{where} split {split!r} has no rows")
+    return tasks
+
+
 class FileTasks:
-    """Tasks from files: the train stream walks a fresh seeded shuffle of the file every epoch."""
+    """Tasks from files or a dataset: the train stream walks a fresh seeded shuffle every epoch."""
 
     def __init__(self, config: DataConfig):
-        tasks = _read_file(config.train_path, config)
-        if config.eval_path:
-            self.eval_tasks = _read_file(config.eval_path, config)[: config.eval_size]
+        if config.source == "datasets":
+            tasks = read_dataset(config, config.train_split)
+            held = read_dataset(config, config.eval_split) if config.eval_split else None
+            origin = f"data.dataset {config.dataset} split {config.train_split}"
+        else:
+            tasks = _read_file(config.train_path, config)
+            held = _read_file(config.eval_path, config) if config.eval_path else None
+            origin = config.train_path
+        if held is not None:
+            self.eval_tasks = held[: config.eval_size]
             self._train = tasks
         else:
             if config.eval_size >= len(tasks):
                 raise ConfigError(f"data.eval_size ({config.eval_size}) leaves no training tasks in "
-                                  f"{config.train_path} ({len(tasks)} tasks); lower it or set data.eval_path")
+                                  f"{origin} ({len(tasks)} tasks); lower it or set a held-out file/split")
             shuffled = tasks[:]
             random.Random(f"file-split:{config.seed}").shuffle(shuffled)
             self.eval_tasks, self._train = shuffled[-config.eval_size:], shuffled[: -config.eval_size]
@@ -185,14 +233,21 @@ class FileTasks:
 class TaskSet:
     """Held-out tasks plus an endless, index-addressable train stream."""
 
-    def __init__(self, source: ArithmeticTasks | FileTasks):
+    def __init__(self, source: ArithmeticTasks | FileTasks, prompt_template: str = "{prompt}"):
         self._source = source
-        self.eval_tasks: list[Task] = source.eval_tasks
+        self._template = prompt_template
+        self.eval_tasks: list[Task] = [self._templated(t) for t in source.eval_tasks]
+
+    def _templated(self, task: Task) -> Task:
+        if self._template == "{prompt}":
+            return task
+        # replace, not str.format: templates may hold other braces (\boxed{})
+        return replace(task, prompt=self._template.replace("{prompt}", task.prompt))
 
     def train_task(self, index: int) -> Task:
         if index < 0:
             raise ValueError(f"train task index must be >= 0, got {index}")
-        return self._source.train_task(index)
+        return self._templated(self._source.train_task(index))
 
     def train_batch(self, step: int, batch_size: int) -> list[Task]:
         """The `batch_size` tasks of training step `step` (0-based); the same for the same step."""
@@ -206,8 +261,8 @@ class TaskSet:
 
 
 def load_tasks(config: DataConfig) -> TaskSet:
-    """The recipe's tasks: generated arithmetic, or the configured files."""
+    """The recipe's tasks: generated arithmetic, the configured files, or a `datasets` dataset."""
     if config.source == "arithmetic":
-        return TaskSet(ArithmeticTasks(config))
-    return TaskSet(FileTasks(config))
+        return TaskSet(ArithmeticTasks(config), config.prompt_template)
+    return TaskSet(FileTasks(config), config.prompt_template)
 

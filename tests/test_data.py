@@ -1,4 +1,7 @@
 import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,8 +86,94 @@ def test_missing_and_empty_files(tmp_path):
         DataConfig(source="jsonl")
 
 
-def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path):
+def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch):
     # seamless does not install pyarrow; reading Parquet must say what to do instead of crashing
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # as if not installed, also where it is
     (tmp_path / "t.parquet").write_bytes(b"PAR1")
     with pytest.raises(ConfigError, match="needs pyarrow; `pip install pyarrow`, or convert the file to JSONL"):
         read_parquet(tmp_path / "t.parquet")
+
+def test_prompt_template_wraps_every_prompt_and_needs_the_placeholder(tmp_path):
+    path = _write(tmp_path / "t.jsonl", [json.dumps({"prompt": f"q{i}", "answer": str(i)}) for i in range(4)])
+    config = DataConfig(source="jsonl", train_path=str(path), eval_size=1,
+                        prompt_template="{prompt} Put the answer in \\boxed{}.")
+    tasks = load_tasks(config)
+    assert tasks.eval_tasks[0].prompt.endswith(" Put the answer in \\boxed{}.")
+    assert {tasks.train_task(i).prompt for i in range(3)} == \
+        {f"q{i} Put the answer in \\boxed{{}}." for i in range(4)} - {tasks.eval_tasks[0].prompt}
+    assert load_tasks(DataConfig(prompt_template="Q: {prompt}")).train_task(0).prompt.startswith("Q: What is ")
+    with pytest.raises(ValueError, match="prompt_template 'Solve it.' has no {prompt}"):
+        DataConfig(prompt_template="Solve it.")
+
+
+def test_datasets_source_needs_a_dataset_name():
+    with pytest.raises(ValueError, match="dataset is not set; set data.dataset"):
+        DataConfig(source="datasets")
+
+
+def test_datasets_source_without_the_library_says_how_to_get_it(monkeypatch):
+    # seamless does not install `datasets`; the source must say what to do instead of crashing
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed, also where it is
+    with pytest.raises(ConfigError, match="needs the Hugging Face datasets library; `pip install datasets`"):
+        load_tasks(DataConfig(source="datasets", dataset="openai/gsm8k", dataset_config="main"))
+
+
+GSM8K_ROWS = [{"question": f"Tom has {i} apples and buys {i} more. How many now?",
+               "answer": f"{i}+{i}=<<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"} for i in range(12)]
+
+
+def test_datasets_source_reads_splits_of_a_saved_dataset_dict(tmp_path):
+    datasets = pytest.importorskip("datasets")  # not installed by seamless; the test above covers that
+    folder = tmp_path / "gsm8k"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(GSM8K_ROWS[:10]),
+                          "test": datasets.Dataset.from_list(GSM8K_ROWS[10:])}).save_to_disk(str(folder))
+    config = DataConfig(source="datasets", dataset=str(folder), eval_split="test", prompt_key="question",
+                        eval_size=5)
+    tasks = load_tasks(config)
+    assert [(t.prompt[:14], t.answer) for t in tasks.eval_tasks] == [("Tom has 10 app", "20"), ("Tom has 11 app", "22")]
+    train = [tasks.train_task(i) for i in range(10)]
+    assert sorted(int(t.answer) for t in train) == [2 * i for i in range(10)]
+    with pytest.raises(ConfigError, match="has no split 'validation' \\(splits: train, test\\)"):
+        load_tasks(config.model_copy(update={"eval_split": "validation"}))
+
+
+def test_datasets_source_holds_out_of_a_single_saved_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    folder = tmp_path / "one"
+    datasets.Dataset.from_list(GSM8K_ROWS).save_to_disk(str(folder))
+    tasks = load_tasks(DataConfig(source="datasets", dataset=str(folder), prompt_key="question", eval_size=4))
+    held = {t.task_id for t in tasks.eval_tasks}
+    assert len(held) == 4 and not held & {tasks.train_task(i).task_id for i in range(8)}
+    with pytest.raises(ConfigError, match="single Dataset without splits"):
+        load_tasks(DataConfig(source="datasets", dataset=str(folder), prompt_key="question", eval_split="test"))
+
+
+def test_datasets_source_explains_a_dataset_that_cannot_be_loaded(tmp_path):
+    pytest.importorskip("datasets")
+    with pytest.raises(ConfigError, match="could not be loaded.*HF_HUB_OFFLINE"):
+        load_tasks(DataConfig(source="datasets", dataset=str(tmp_path / "no-such-dataset"), dataset_config="main"))
+
+
+def test_prepare_gsm8k_writes_task_files_the_jsonl_source_reads(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    import subprocess
+
+    folder = tmp_path / "gsm8k"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(GSM8K_ROWS[:10]),
+                          "test": datasets.Dataset.from_list(GSM8K_ROWS[10:])}).save_to_disk(str(folder))
+    repo = Path(__file__).resolve().parents[1]
+    script = repo / "scripts" / "prepare_gsm8k.py"
+    # this checkout's seamless, also where the venv's editable install points at another one
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "out"), "--dataset", str(folder)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "wrote 10 tasks" in done.stdout and "wrote 2 tasks" in done.stdout
+    first = json.loads((tmp_path / "out" / "train.jsonl").read_text().splitlines()[0])
+    assert first["task_id"] == "gsm8k-train-0" and first["answer"] == "0" and first["prompt"].startswith("Tom has 0")
+    tasks = load_tasks(DataConfig(source="jsonl", train_path=str(tmp_path / "out" / "train.jsonl"),
+                                  eval_path=str(tmp_path / "out" / "test.jsonl"), eval_size=5))
+    assert [t.answer for t in tasks.eval_tasks] == ["20", "22"]
+    failed = subprocess.run([sys.executable, str(script), str(tmp_path / "x"), "--dataset", str(folder),
+                             "--splits", "validation"], capture_output=True, text=True, timeout=60, env=env)
+    assert failed.returncode == 2 and "has no split 'validation'" in failed.stderr

@@ -1,0 +1,96 @@
+"""Every shipped recipe validates, and the cluster files parse and agree with the recipes and keys."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from seamless.config import Recipe, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+CLUSTER = REPO / "cluster"
+CLUSTER_FILES = sorted(p for p in CLUSTER.iterdir() if p.is_file())
+# a dotted recipe key given as an override (cluster.address=auto) or named in prose (`store.url`)
+_SECTIONS = "|".join(Recipe.model_fields)
+_KEY = re.compile(r"\b((?:%s)(?:\.[a-z_]+)+)=|`((?:%s)(?:\.[a-z_]+)+)`" % (_SECTIONS, _SECTIONS))
+
+
+def test_there_are_cpu_and_gpu_recipes():
+    names = {p.name for p in RECIPES}
+    assert {"grpo_tiny_cpu.yaml", "ppo_tiny_cpu.yaml", "grpo_calculator_tiny_cpu.yaml"} <= names
+    assert any("qwen" in n for n in names)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_validates(path):
+    recipe = load_recipe(path)
+    assert recipe.run.name != "run", "give every recipe its own run.name (it names the run folder)"
+    if recipe.model.path:  # a real model is a GPU recipe: bf16 and NCCL weight sync
+        assert recipe.model.dtype == "bfloat16" and recipe.rollout.weight_sync == "nccl"
+
+
+def test_calculator_recipe_serves_tool_calls():
+    recipe = load_recipe(REPO / "recipes" / "grpo_calculator_tiny_cpu.yaml")
+    assert recipe.rollout.agent == "calculator" and recipe.rollout.max_turns >= 2
+    args = recipe.rollout.extra_server_args
+    assert "--enable-auto-tool-choice" in args and args[args.index("--tool-call-parser") + 1] == "hermes"
+
+
+def test_tagged_layout_multiplexes_half_the_gpus():
+    recipe = load_recipe(REPO / "recipes" / "grpo_qwen2.5-1.5b_gsm8k_tagged_8gpu.yaml")
+    assert recipe.cluster.policy == "tagged" and recipe.cluster.num_gpus == 8
+    assert sorted((g.count, tuple(g.tags)) for g in recipe.cluster.resources) == [
+        (4, ("rollout",)), (4, ("train", "rollout"))]
+
+
+@pytest.mark.parametrize("path", [p for p in CLUSTER_FILES if p.suffix == ".yaml"], ids=lambda p: p.name)
+def test_cluster_yaml_parses(path):
+    documents = list(yaml.safe_load_all(path.read_text()))
+    assert documents and all(isinstance(d, dict) for d in documents)
+
+
+def test_kuberay_manifest_is_a_rayjob_with_gpus():
+    job = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert "cluster.address=auto" in job["spec"]["entrypoint"]
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]
+    limits = head["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == head["rayStartParams"]["num-gpus"]
+
+
+def test_slurm_script_is_valid_bash():
+    done = subprocess.run(["bash", "-n", str(CLUSTER / "slurm.sbatch")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
+def test_cluster_files_name_recipes_that_exist(path):
+    named = set(re.findall(r"recipes/[\w.\-]+\.yaml", path.read_text()))
+    missing = [n for n in named if not (REPO / n).is_file()]
+    assert not missing, f"{path.name} names recipes that do not exist: {missing}"
+
+
+def _has_key(dotted: str) -> bool:
+    model: type[BaseModel] = Recipe
+    for part in dotted.split("."):
+        field = model.model_fields.get(part) if model else None
+        if field is None:
+            return False
+        model = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+    return True
+
+
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
+def test_cluster_files_use_real_recipe_keys(path):
+    keys = {a or b for a, b in _KEY.findall(path.read_text())}
+    unknown = sorted(k for k in keys if not _has_key(k))
+    assert not unknown, f"{path.name} sets keys no recipe has: {unknown}"
+
+
+def test_key_check_can_fail():
+    assert _has_key("cluster.address") and _has_key("store.url")
+    assert not _has_key("cluster.adress") and not _has_key("store.url.host")
