@@ -3,7 +3,9 @@
 Services (Redis, vLLM, the proxy) are started through `ManagedProcess` so that:
 - a crash while starting is reported with the tail of the service's log, never a hang;
 - stopping ends the service and every process it spawned (the whole process group), by PID;
-- a service still running when the Python process exits is stopped by an atexit hook.
+- a service still running when the Python process exits is stopped by an atexit hook;
+- a service never outlives the process that started it, even one ended by SIGKILL (no atexit
+  hook runs then): a small watchdog (services/watchdog.py) stops its process group.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +25,7 @@ import httpx
 from seamless.errors import ServiceError
 
 LOG_TAIL_LINES = 40
+_WATCHDOG = str(Path(__file__).with_name("watchdog.py"))
 
 _running: set[ManagedProcess] = set()
 
@@ -62,6 +66,8 @@ class ManagedProcess:
         self.env = env
         self.cwd = cwd
         self._popen: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._lifeline: int | None = None  # write end of the watchdog's pipe; only this process holds it
 
     @property
     def pid(self) -> int:
@@ -77,6 +83,23 @@ class ManagedProcess:
                                            stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
                                            start_new_session=True)
         _running.add(self)
+        self._start_watchdog()
+
+    def _start_watchdog(self, grace_s: float = 10.0) -> None:
+        """A watchdog that stops the service's group once this process is gone (see watchdog.py).
+
+        Both pipe ends are close-on-exec, so the service and every other child never hold the
+        write end; the watchdog gets only the read end. It runs in a session of its own, so a
+        signal to our process group (a terminal's Ctrl-C, `kill -9 -PGID`) leaves it to clean up."""
+        read_end, self._lifeline = os.pipe()
+        try:
+            with open(self.log_path, "ab") as log:
+                self._watchdog = subprocess.Popen(
+                    [sys.executable, "-I", "-S", _WATCHDOG, str(read_end), str(self.pid), str(grace_s)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=(read_end,),
+                    start_new_session=True)
+        finally:
+            os.close(read_end)
 
     def exit_code(self) -> int | None:
         """None while running; the exit code once it ended."""
@@ -105,6 +128,7 @@ class ManagedProcess:
         if self._popen is None:
             return
         _running.discard(self)
+        self._stop_watchdog()  # first, so that it never races this stop
         pgid = self._popen.pid  # leader of its own session, so its pgid is its pid
         if self._popen.poll() is None:
             _signal_group(pgid, signal.SIGTERM)
@@ -118,6 +142,16 @@ class ManagedProcess:
             self._popen.wait(timeout=5)
         except subprocess.TimeoutExpired as exc:
             raise ServiceError(f"{self.name} (pid {pgid}) did not stop after SIGKILL") from exc
+
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
+            self._watchdog = None
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
