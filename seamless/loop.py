@@ -34,6 +34,8 @@ class Progress:
     trained_entry_ids: list[str] = field(default_factory=list)
     """Stream entries trained since the run began (acknowledged or not)."""
     unacked: list[EpisodeEntry] = field(default_factory=list)
+    backlog: list[EpisodeEntry] = field(default_factory=list)
+    """Finished episodes a killed run left untrained in the stream; they join the next step."""
     eval_before: float | None = None
     in_train_step: bool = False
 
@@ -53,8 +55,8 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
             for step in bar:
                 _one_step(parts, progress, step, bar, totals)
         except KeyboardInterrupt:
-            if progress.in_train_step:  # the weights may hold half a step: keep the last checkpoint
-                print("\nseamless run: interrupted inside a training step; the last checkpoint stands", flush=True)
+            if progress.in_train_step:  # half a step, or a step not logged yet: keep the last checkpoint
+                print("\nseamless run: interrupted inside a step; the last checkpoint stands", flush=True)
             else:
                 print("\nseamless run: interrupted; saving a checkpoint first", flush=True)
                 _checkpoint(parts, progress)
@@ -71,23 +73,26 @@ def _one_step(parts: Parts, progress: Progress, step: int, bar: tqdm, totals: di
     episodes = _rollout(parts, step)
     # 2. take the finished episodes from the stream, merged into training sequences
     entries, sequences = _collect(parts, progress, len(episodes))
-    # 3. one RL step; progress moves with the weights, so an interrupt checkpoints a consistent pair
+    # 3. one RL step; progress moves with the weights, so an interrupt checkpoints a consistent pair.
+    #    The step stays open until its row is logged: a checkpoint never holds a step whose row is
+    #    missing, so the logged curve has no gap after a resume (a step cut off before its
+    #    checkpoint is trained again and logged twice, the later row being the one that counts)
     progress.in_train_step = True
     metrics = parts.trainer.train_step(sequences)
     progress.step = step + 1
     progress.trained_entry_ids += [e.entry_id for e in entries]
     progress.unacked += entries
-    progress.in_train_step = False
     # 4. push the new weights to the rollout servers (in-flight calls span the update);
     #    nothing to push when the filters left nothing to train on
     update = parts.fleet.sync_weights(parts.trainer, parts.trainer.version) if metrics else None
-    # 5. checkpoint, then acknowledge what it includes
-    if progress.step % recipe.trainer.checkpoint_every == 0 or progress.step == recipe.trainer.total_steps:
-        _checkpoint(parts, progress)
-    # 6. log, and evaluate every N steps
+    # 5. log
     totals["trained_tokens"] += sum(s.num_generated for s in sequences)
     row = _step_metrics(episodes, sequences, metrics, update, totals["trained_tokens"], totals["started"])
     parts.logger.log(progress.step, row)
+    progress.in_train_step = False
+    # 6. checkpoint, then acknowledge what it includes; evaluate every N steps
+    if progress.step % recipe.trainer.checkpoint_every == 0 or progress.step == recipe.trainer.total_steps:
+        _checkpoint(parts, progress)
     if progress.step % recipe.trainer.eval_every == 0 and progress.step < recipe.trainer.total_steps:
         _evaluate(parts, step=progress.step, label=f"step{progress.step}")
     if progress.step % recipe.logging.wandb.sample_table_every == 0:
@@ -129,8 +134,9 @@ async def _run_groups(parts: Parts, tasks: list) -> list:
 
 
 def _collect(parts: Parts, progress: Progress, expected: int) -> tuple[list[EpisodeEntry], list[TrainingSequence]]:
-    """`expected` finished episodes from the stream (replayed ones first), as sequences."""
-    entries: list[EpisodeEntry] = []
+    """`expected` finished episodes from the stream, as sequences; a killed run's backlog joins them."""
+    entries, progress.backlog = progress.backlog, []
+    expected += len(entries)
     trained = set(progress.trained_entry_ids)
     while len(entries) < expected:
         batch = parts.episodes.take(expected - len(entries), block_ms=5000)
@@ -159,12 +165,25 @@ def _restore(parts: Parts) -> Progress:
         path = latest_checkpoint(parts.checkpoint_dir)
     except Exception:
         print("seamless run: no checkpoint to resume from yet; starting from the beginning")
-        return Progress()
+        return _take_backlog(parts, Progress())
     extra = parts.trainer.load_checkpoint(path)
     progress = Progress(step=extra["step"], trained_entry_ids=list(extra["trained_entry_ids"]),
                         eval_before=extra.get("eval_before"))
     parts.fleet.sync_weights(parts.trainer, parts.trainer.version)
     print(f"seamless run: resumed from {path} at step {progress.step} (weights version {parts.trainer.version})")
+    return _take_backlog(parts, progress)
+
+
+def _take_backlog(parts: Parts, progress: Progress) -> Progress:
+    """Sort what the killed run left in the stream: entries the checkpoint already trained are only
+    acknowledged (at the next checkpoint); the others (trained after the checkpoint, or finished
+    and never trained) join the next step, so none is lost and none is left over at the end."""
+    trained = set(progress.trained_entry_ids)
+    for entry in parts.episodes.backlog():
+        (progress.unacked if entry.entry_id in trained else progress.backlog).append(entry)
+    if progress.backlog:
+        print(f"seamless run: {len(progress.backlog)} finished episode(s) from before the restart "
+              f"join step {progress.step + 1}")
     return progress
 
 

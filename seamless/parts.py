@@ -9,7 +9,9 @@ names the part and its log.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,6 +76,7 @@ def _train_ranks(recipe: Recipe) -> int:
 def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
     """Start Ray, the store, the proxy, the rollout fleet, the trainer and the agent runner."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_run_dir_lock(run_dir))
         _step("starting Ray")
         sigterm = signal.getsignal(signal.SIGTERM)
         if start_ray(num_gpus=recipe.cluster.num_gpus, num_cpus=recipe.cluster.num_cpus,
@@ -106,6 +109,25 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         yield Parts(recipe=recipe, run_dir=run_dir, model_dir=model_dir, proxy=proxy, fleet=fleet,
                     trainer=trainer, runner=runner, tasks=load_tasks(recipe.data), episodes=episodes,
                     logger=logger)
+
+
+@contextlib.contextmanager
+def _run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """One live run per folder: two would share the private Redis's files and the checkpoints.
+
+    The kernel drops an flock however its holder ends (kill -9 too), so a folder is never left
+    locked by a dead run, and `--resume` of a killed run always gets it."""
+    path = run_dir / "run.lock"
+    with open(path, "a+") as handle:  # close-on-exec: the services started below never hold it
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{run_dir} is in use by a running seamless run (pid {path.read_text().strip()}); "
+                              "wait for it to end or stop it, or pass another --run-dir") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
 
 
 def _step(what: str) -> None:
