@@ -82,4 +82,4 @@ def test_a_service_dies_with_its_owner_even_after_sigkill(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _gone_within(service_pid, seconds=5) and _gone_within(grandchild, seconds=5)
-    assert "is gone; stopping its process group" in log.read_text()
+    assert "is gone; stopping them" in log.read_text()

@@ -62,7 +62,8 @@ def test_a_server_left_by_a_killed_run_is_stopped_and_its_data_kept(tmp_path):
         RedisServer(tmp_path / "redis").start()  # its owner still runs: refuse, touch nothing
     with redis.Redis.from_url(url) as client:
         assert client.ping()  # its socket is still there
-    watchdogs = [p for p in psutil.Process(owner.pid).children() if "watchdog.py" in " ".join(p.cmdline())]
+    watchdogs = [p for p in psutil.process_iter(["cmdline"])
+                 if "watchdog.py" in " ".join(p.info["cmdline"] or []) and f"-{pid}" in (p.info["cmdline"] or [])]
     for process in [*watchdogs, psutil.Process(owner.pid)]:
         process.send_signal(signal.SIGKILL)
     owner.wait()
