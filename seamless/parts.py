@@ -26,6 +26,7 @@ from seamless.ray_cluster import start_ray, stop_ray
 from seamless.rollout.fleet import VLLMFleet
 from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.run_logger import RunLogger
+from seamless.services.process import dead_services
 from seamless.services.redis_server import RedisServer
 from seamless.store import EpisodeQueue
 from seamless.trainer.trainer import Trainer
@@ -106,9 +107,17 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         episodes = EpisodeQueue(store_url, prefix)
         stack.callback(episodes.close)
         logger = RunLogger(recipe, run_dir, resume=resume)
-        yield Parts(recipe=recipe, run_dir=run_dir, model_dir=model_dir, proxy=proxy, fleet=fleet,
-                    trainer=trainer, runner=runner, tasks=load_tasks(recipe.data), episodes=episodes,
-                    logger=logger)
+        try:
+            yield Parts(recipe=recipe, run_dir=run_dir, model_dir=model_dir, proxy=proxy, fleet=fleet,
+                        trainer=trainer, runner=runner, tasks=load_tasks(recipe.data), episodes=episodes,
+                        logger=logger)
+        except Exception as exc:
+            # a service that died (Redis, the proxy) is what made the loop fail, whatever the error
+            # it surfaced as (a refused connection): name it and show its log
+            dead = dead_services()
+            if dead:
+                raise dead[0] from exc
+            raise
 
 
 @contextlib.contextmanager
