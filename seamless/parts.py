@@ -97,7 +97,7 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
                                                  admin_key=recipe.proxy.admin_key))
         _step(f"starting {recipe.rollout.num_servers} vLLM server(s)")
         fleet = VLLMFleet(model_dir, run_dir, ProxyAdmin(proxy.url, proxy.admin_key), config=recipe.rollout)
-        stack.callback(fleet.shutdown)
+        stack.callback(_shutdown_fleet, fleet)
         for rid in range(recipe.rollout.num_servers):
             fleet.add_server(None, resource_id=rid)
         fleet.start_supervisor()
@@ -118,6 +118,17 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
             if dead:
                 raise dead[0] from exc
             raise
+
+
+def _shutdown_fleet(fleet: VLLMFleet) -> None:
+    """Stop the rollout servers. With the proxy dead they cannot be unregistered from it, and that
+    error must not replace the one that names the dead proxy (Ray's shutdown, later, ends them)."""
+    try:
+        fleet.shutdown()
+    except Exception as exc:
+        if not dead_services():
+            raise
+        log.warning("stopping the rollout servers: %s", exc)
 
 
 @contextlib.contextmanager
