@@ -1,16 +1,16 @@
 """Added latency and requests/s of the seamless proxy, beside direct calls and LiteLLM's proxy.
 
-All three are measured in one run against the same fast local upstream (an OpenAI-compatible
+All are measured in one run against the same fast local upstream (an OpenAI-compatible
 fake that answers instantly with 8 tokens, token ids and logprobs, streamed or not), so the
 numbers differ only by what sits in between. The seamless proxy records every call in its
 private Redis (recording on, as in training).
 
     .venv/bin/python scripts/bench_proxy.py [--requests 400] [--concurrency 32] [--seconds 10]
-        [--litellm .bench/litellm/bin/litellm]     # install: python -m venv .bench/litellm &&
+        [--workers 2] [--litellm .bench/litellm/bin/litellm]     # install: python -m venv .bench/litellm &&
                                                    #   .bench/litellm/bin/pip install 'litellm[proxy]'
 
 Prints p50/p99 latency of sequential calls, the added latency over direct calls, and
-requests/s at the given concurrency. This machine is noisy: compare within one run.
+requests/s at the given concurrency, for the proxy with one worker and with `--workers N`. This machine is noisy: compare within one run.
 """
 
 from __future__ import annotations
@@ -142,6 +142,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--litellm", help="path of LiteLLM's `litellm` CLI (a separate venv)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="also measure `seamless proxy --workers N` (0 or 1 to skip)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="seamless-bench-proxy-"))
@@ -165,6 +167,14 @@ def main() -> int:
 
         targets = {"direct": (upstream_url + "/v1/chat/completions", "none"),
                    "seamless": (session["base_url"] + "/chat/completions", session["api_key"])}
+        if args.workers > 1:
+            multi = ProxyProcess(redis_server.url, work / "proxy-multi", upstreams=[upstream_url], prefix="bench-multi",
+                                 extra_args=["--workers", str(args.workers)]).start()
+            started.append(multi)
+            multi_session = httpx.post(f"{multi.url}/sessions", json={},
+                                       headers={"Authorization": f"Bearer {multi.admin_key}"}).json()
+            targets[f"seamless x{args.workers}"] = (multi_session["base_url"] + "/chat/completions",
+                                                    multi_session["api_key"])
         if args.litellm:
             litellm_port = free_port()
             (work / "litellm.yaml").write_text(json.dumps({"model_list": [{
@@ -187,9 +197,9 @@ def main() -> int:
         turns = int(httpx.get(f"{proxy.url}/metrics").text.split('kind="completion"} ')[1].split()[0]) // 8
 
         base50, base99, _ = rows["direct"]
-        print(f"\n{'target':<10} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'req/s':>8}")
+        print(f"\n{'target':<12} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'req/s':>8}")
         for name, (p50, p99, rps) in rows.items():
-            print(f"{name:<10} {p50:8.2f} {p99:8.2f} {p50 - base50:10.2f} {p99 - base99:10.2f} {rps:8.0f}")
+            print(f"{name:<12} {p50:8.2f} {p99:8.2f} {p50 - base50:10.2f} {p99 - base99:10.2f} {rps:8.0f}")
         if "litellm" in rows:
             print(f"\nseamless / litellm requests/s: {rows['seamless'][2] / rows['litellm'][2]:.2f}x")
         print(f"seamless recorded {turns} turns in Redis during the run")

@@ -7,6 +7,8 @@ agents get the same fields as environment variables (`ctx.env()`).
 
 from __future__ import annotations
 
+import functools
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Union
@@ -47,8 +49,11 @@ class AgentContext:
         """An `openai.AsyncOpenAI` on this session (retries off: the runner owns the time budget)."""
         import openai
 
+        # a client of its own (agents close it), but not a TLS context of its own: building one
+        # took 32 ms of CPU per client here, 4 s of every 128-episode step of the tiny recipe
+        http = openai.DefaultAsyncHttpxClient(verify=_tls_context(), timeout=self.timeout_s)
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0,
-                                  timeout=self.timeout_s)
+                                  timeout=self.timeout_s, http_client=http)
 
     def env(self, task: Task) -> dict[str, str]:
         """Environment variables a shell agent gets (the task without its answer)."""
@@ -65,6 +70,11 @@ class AgentContext:
             "SEAMLESS_TOP_P": repr(self.sampling.top_p),
             "SEAMLESS_MAX_TURNS": str(self.max_turns),
         }
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
 
 
 AgentFn = Callable[[Task, AgentContext], Union[str, Awaitable[str]]]

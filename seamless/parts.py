@@ -94,7 +94,8 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         prefix = recipe.store.key_prefix or recipe.run.name
         _step("starting the trajectory manager")
         proxy = stack.enter_context(ProxyProcess(store_url, run_dir / "proxy", prefix=prefix,
-                                                 admin_key=recipe.proxy.admin_key))
+                                                 admin_key=recipe.proxy.admin_key, port=recipe.proxy.port or None,
+                                                 extra_args=ProxyProcess.args_of(recipe.proxy)))
         _step(f"starting {recipe.rollout.num_servers} vLLM server(s)")
         fleet = VLLMFleet(model_dir, run_dir, ProxyAdmin(proxy.url, proxy.admin_key), config=recipe.rollout)
         stack.callback(_shutdown_fleet, fleet)

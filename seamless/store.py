@@ -3,9 +3,10 @@
 Keys (all under the run's prefix `P`):
 
     P:session:{sid}     hash   api_key, status (open|finished), created_at, finished_at, group_id,
-                               task_id, metadata (JSON), reward, turn_rewards (JSON), num_turns
+                               task_id, metadata (JSON), reward, turn_rewards (JSON)
     P:apikey:{key}      string session id of an agent key (Bearer auth lookup)
-    P:turns:{sid}       list   one binary-encoded Turn per element, in call order
+    P:turns:{sid}       list   one binary-encoded Turn per element, in call order (one RPUSH per
+                               call, atomic: its length is the session's number of turns)
     P:episodes          stream one entry per finished session: {session_id}; the trainer reads it
                                with the consumer group `trainer` and acknowledges after use
 
@@ -123,7 +124,7 @@ class SessionRecord:
     num_turns: int
 
     @classmethod
-    def from_hash(cls, sid: str, fields: dict[bytes, bytes]) -> SessionRecord:
+    def from_hash(cls, sid: str, fields: dict[bytes, bytes], num_turns: int) -> SessionRecord:
         get = lambda name: fields.get(name.encode(), b"").decode() or None  # noqa: E731
         try:
             return cls(session_id=sid, api_key=get("api_key") or "", status=get("status") or "open",
@@ -131,7 +132,7 @@ class SessionRecord:
                        task_id=get("task_id"), metadata=json.loads(get("metadata") or "{}"),
                        reward=float(r) if (r := get("reward")) is not None else None,
                        turn_rewards=json.loads(t) if (t := get("turn_rewards")) else None,
-                       num_turns=int(get("num_turns") or 0))
+                       num_turns=num_turns)
         except (ValueError, TypeError) as exc:
             raise CorruptRecord(f"session {sid} hash does not decode ({exc})") from exc
 
@@ -153,7 +154,7 @@ class TraceStore:
 
     async def create_session(self, sid: str, api_key: str, group_id: str | None, task_id: str | None,
                              metadata: dict[str, Any]) -> None:
-        fields = {"api_key": api_key, "status": "open", "created_at": time.time(), "num_turns": 0,
+        fields = {"api_key": api_key, "status": "open", "created_at": time.time(),
                   "metadata": json.dumps(metadata)}
         if group_id is not None:
             fields["group_id"] = group_id
@@ -165,21 +166,22 @@ class TraceStore:
             await pipe.execute()
 
     async def session(self, sid: str) -> SessionRecord:
-        fields = await self.redis.hgetall(self.keys.session(sid))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.session(sid))
+            pipe.llen(self.keys.turns(sid))
+            fields, num_turns = await pipe.execute()
         if not fields:
             raise UnknownSession(f"no session {sid!r} in this run; create one with POST /sessions")
-        return SessionRecord.from_hash(sid, fields)
+        return SessionRecord.from_hash(sid, fields, num_turns)
 
     async def session_of_key(self, api_key: str) -> str | None:
         sid = await self.redis.get(self.keys.apikey(api_key))
         return sid.decode() if sid else None
 
     async def append_turns(self, sid: str, turns: list[tuple[Turn, dict[str, Any] | None]]) -> None:
-        """Record the turns of one call (one per choice) atomically."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(self.keys.turns(sid), *[encode_turn(t, r) for t, r in turns])
-            pipe.hincrby(self.keys.session(sid), "num_turns", len(turns))
-            await pipe.execute()
+        """Record the turns of one call (one per choice) atomically: one RPUSH, one round trip on
+        every agent call's critical path."""
+        await self.redis.rpush(self.keys.turns(sid), *[encode_turn(t, r) for t, r in turns])
 
     async def turns(self, sid: str) -> list[Turn]:
         blobs = await self.redis.lrange(self.keys.turns(sid), 0, -1)
@@ -288,7 +290,7 @@ class EpisodeQueue:
             fields, blobs = pipe.execute()
         if not fields:
             raise UnknownSession(f"episode {session_id} has no session record (expired? raise store.retention_s)")
-        record = SessionRecord.from_hash(session_id, fields)
+        record = SessionRecord.from_hash(session_id, fields, len(blobs))
         turns = [decode_turn(blob, i)[0] for i, blob in enumerate(blobs)]
         sequences, branches = merge_turns(turns, reward=record.reward or 0.0, group_id=record.group_id,
                                           task_id=record.task_id)

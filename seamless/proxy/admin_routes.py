@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from seamless.proxy.auth import require_admin
+from seamless.proxy.control import ControlKeys
 from seamless.proxy.errors import ApiError, parse_json_object, translate
+from seamless.proxy.metrics import Metrics
 from seamless.proxy.state import ProxyState, new_key
 from seamless.trajectory import merge_turns
 
@@ -128,7 +132,7 @@ async def pause(request: Request) -> Response:
     mode = body.get("mode", "keep")
     if mode not in ("keep", "abort"):
         raise ApiError(400, "'mode' must be 'keep' (freeze in-flight calls) or 'abort'", param="mode")
-    await state.pool.pause(mode)
+    await state.control.pause(mode)
     return JSONResponse({"paused": True, "mode": mode, "weight_version": state.pool.version})
 
 
@@ -143,7 +147,7 @@ async def resume(request: Request) -> Response:
     salt = body.get("cache_salt")
     if salt is not None and not isinstance(salt, str):
         raise ApiError(400, "'cache_salt' must be a string (\"\" turns salting off)", param="cache_salt")
-    await state.pool.resume(version, salt)
+    await state.control.resume(version, salt)
     return JSONResponse({"paused": False, "weight_version": state.pool.version,
                          "cache_salt": state.pool.cache_salt})
 
@@ -166,7 +170,7 @@ async def add_upstream(request: Request) -> Response:
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ApiError(400, "'url' must be the http(s) base URL of a vLLM server, e.g. http://127.0.0.1:8000",
                        param="url")
-    upstream = await _state(request).pool.add(url)
+    upstream = await _state(request).control.add(url)
     return JSONResponse(upstream.as_dict(), status_code=201)
 
 
@@ -177,7 +181,7 @@ async def remove_upstream(request: Request) -> Response:
     url = body.get("url") or request.query_params.get("url")
     if not isinstance(url, str):
         raise ApiError(400, "give the server's 'url' (JSON body or ?url=)", param="url")
-    if not _state(request).pool.remove(url):
+    if not await _state(request).control.remove(url):
         raise ApiError(404, f"no upstream {url} is registered", "not_found_error")
     return JSONResponse({"removed": url})
 
@@ -189,11 +193,17 @@ async def health(request: Request) -> Response:
     ok = await state.store.ping()
     return JSONResponse({"status": "ok" if ok and healthy else "degraded", "store": ok,
                          "healthy_upstreams": healthy, "upstreams": len(state.pool.upstreams),
-                         "paused": state.pool.paused, "weight_version": state.pool.version})
+                         "paused": state.pool.paused, "weight_version": state.pool.version,
+                         "worker": os.getpid()})
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     state = _state(request)
-    return PlainTextResponse(state.metrics.render([u.as_dict() for u in state.pool.upstreams.values()]),
+    metrics = state.metrics
+    if state.settings.workers > 1:  # every worker's counters: the others' last shared, this one's now
+        shared = await state.store.redis.hgetall(ControlKeys(state.settings.key_prefix).metrics)
+        others = [json.loads(v) for k, v in shared.items() if k.decode() != str(os.getpid())]
+        metrics = Metrics.total([*others, metrics.snapshot()])
+    return PlainTextResponse(metrics.render([u.as_dict() for u in state.pool.upstreams.values()]),
                              media_type="text/plain; version=0.0.4")

@@ -1,47 +1,77 @@
-"""The proxy's ASGI app: state made in the lifespan, routes, one exception mapping."""
+"""The proxy's ASGI app: state made in the lifespan, routes, one exception mapping; the agents'
+POST routes in front of FastAPI (see openai_routes.AgentAPI)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI
 
 from seamless.proxy import admin_routes, openai_routes
+from seamless.proxy.control import ControlBus, ControlKeys, ControlOp
 from seamless.proxy.errors import handle_exception
-from seamless.proxy.state import ProxySettings, ProxyState
-from seamless.proxy.upstreams import UpstreamPool
+from seamless.proxy.state import SETTINGS_ENV, ProxySettings, ProxyState
+from seamless.proxy.upstream_http import UpstreamHTTP
+from seamless.proxy.upstreams import PoolControl, UpstreamPool
 from seamless.store import TraceStore
 
 log = logging.getLogger("seamless.proxy")
 
 
-def create_app(settings: ProxySettings) -> FastAPI:
+def app_from_environment() -> openai_routes.AgentAPI:
+    """The app of one worker of `seamless proxy --workers N` (uvicorn's factory)."""
+    settings = json.loads(os.environ[SETTINGS_ENV])
+    return create_app(ProxySettings(**settings | {"upstreams": tuple(settings["upstreams"])}))
+
+
+def create_app(settings: ProxySettings) -> openai_routes.AgentAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # one client for every upstream call; pool sized for hundreds of concurrent sessions
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        # httpx for control traffic (health, pause/resume); agent calls go through UpstreamHTTP
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         async with httpx.AsyncClient(limits=limits, timeout=settings.upstream_timeout_s) as client:
             store = TraceStore(settings.store_url, settings.key_prefix)
             pool = UpstreamPool(client)
-            state = ProxyState(settings=settings, store=store, client=client, pool=pool)
+            bus = ControlBus(store.redis, settings.key_prefix, settings.workers, pool.apply)
+            upstream_http = UpstreamHTTP()
+            state = ProxyState(settings=settings, store=store, client=client, pool=pool,
+                               upstream_http=upstream_http, control=PoolControl(pool, bus))
             app.state.proxy = state
             try:
                 await store.ping()
-                for url in settings.upstreams:
-                    await pool.add(url)
                 async with asyncio.TaskGroup() as tasks:
+                    listening = tasks.create_task(bus.listen())
+                    await bus.ready()  # the shared pool state is applied before any request is served
+                    for url in settings.upstreams:  # every worker registers these itself
+                        op = ControlOp("add", url=url.rstrip("/"), model=await pool.probe(url.rstrip("/")))
+                        await pool.apply(op)
+                        await bus.remember(op)
                     health = tasks.create_task(pool.health_loop(settings.health_interval_s))
+                    shared = tasks.create_task(_share_metrics(state)) if settings.workers > 1 else None
                     yield
-                    health.cancel()
+                    for task in (health, listening, shared):
+                        if task is not None:
+                            task.cancel()
             finally:
+                await upstream_http.aclose()
                 await store.close()
 
     app = FastAPI(title="seamless trajectory manager", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(openai_routes.router)
     app.include_router(admin_routes.router)
     app.add_exception_handler(Exception, handle_exception)
-    return app
+    return openai_routes.AgentAPI(app)
+
+
+async def _share_metrics(state: ProxyState) -> None:
+    """With several workers, each keeps its counters in Redis so /metrics on any of them sums all."""
+    while True:
+        await state.store.redis.hset(ControlKeys(state.settings.key_prefix).metrics, str(os.getpid()),
+                                     json.dumps(state.metrics.snapshot()))
+        await asyncio.sleep(min(1.0, state.settings.health_interval_s))

@@ -11,10 +11,14 @@ from seamless.proxy.errors import ApiError
 from seamless.proxy.state import ProxyState
 
 
-def bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def bearer_of(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value."""
+    scheme, _, token = (header or "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def bearer(request: Request) -> str | None:
+    return bearer_of(request.headers.get("authorization"))
 
 
 def is_admin(state: ProxyState, key: str | None) -> bool:
@@ -27,9 +31,9 @@ def require_admin(state: ProxyState, request: Request) -> None:
                             "(--admin-key or SEAMLESS_ADMIN_KEY)", "authentication_error")
 
 
-async def agent_session(state: ProxyState, request: Request, path_session: str | None) -> str:
-    """The session a call belongs to: from the path (key must match it) or from the agent key."""
-    key = bearer(request)
+async def agent_session(state: ProxyState, key: str | None, path_session: str | None) -> str:
+    """The session a call with bearer `key` belongs to: from the path (key must match it) or from
+    the agent key."""
     if key is None:
         raise ApiError(401, "missing 'Authorization: Bearer <session api_key>'; use the api_key that "
                             "POST /sessions returned (OPENAI_API_KEY)", "authentication_error")

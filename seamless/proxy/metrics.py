@@ -18,6 +18,10 @@ class Metrics:
     sessions_created: int = 0
     sessions_finished: int = 0
     failovers: int = 0
+    token_in_prompts: int = 0
+    """Chat calls sent with a prompt spliced from recorded token ids (proxy.token_in_token_out)."""
+    token_in_fallbacks: int = 0
+    """Chat calls that continued a recorded call but had to be rendered by the server instead."""
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(_LATENCY_BUCKETS_S) + 1))
     latency_sum_s: float = 0.0
 
@@ -25,6 +29,25 @@ class Metrics:
         self.requests[(route, status)] += 1
         self.latency_counts[bisect.bisect_left(_LATENCY_BUCKETS_S, seconds)] += 1
         self.latency_sum_s += seconds
+
+    def snapshot(self) -> dict:
+        """The counters as JSON-ready data (for summing several workers)."""
+        data = {k: v for k, v in vars(self).items() if k not in ("requests", "errors")}
+        return data | {"requests": [[r, s, n] for (r, s), n in self.requests.items()], "errors": dict(self.errors)}
+
+    @classmethod
+    def total(cls, snapshots: list[dict]) -> Metrics:
+        """The sum of several workers' snapshots."""
+        total = cls()
+        for snap in snapshots:
+            for route, status, n in snap["requests"]:
+                total.requests[(route, status)] += n
+            total.errors.update(snap["errors"])
+            total.latency_counts = [a + b for a, b in zip(total.latency_counts, snap["latency_counts"])]
+            for name, value in snap.items():
+                if name not in ("requests", "errors", "latency_counts"):
+                    setattr(total, name, getattr(total, name) + value)
+        return total
 
     @property
     def sessions_open(self) -> int:
@@ -51,6 +74,9 @@ class Metrics:
                   f"seamless_proxy_sessions_open {self.sessions_open}",
                   "# TYPE seamless_proxy_failovers_total counter",
                   f"seamless_proxy_failovers_total {self.failovers}",
+                  "# TYPE seamless_proxy_token_in_prompts_total counter",
+                  f'seamless_proxy_token_in_prompts_total{{outcome="spliced"}} {self.token_in_prompts}',
+                  f'seamless_proxy_token_in_prompts_total{{outcome="rendered"}} {self.token_in_fallbacks}',
                   "# TYPE seamless_proxy_upstream_healthy gauge"]
         lines += [f'seamless_proxy_upstream_healthy{{url="{u["url"]}"}} {int(u["healthy"])}' for u in upstreams]
         lines.append("# TYPE seamless_proxy_upstream_inflight gauge")

@@ -4,6 +4,10 @@ Each call is forwarded to the session's rollout server as a stream with token id
 recorded as turns once it completes (before the agent sees the end of the response, so a turn
 the agent got is always in the store), and answered in the shape the agent asked for. A call
 the agent abandons (disconnect) records nothing.
+
+The two POST routes are served by `AgentAPI`, a bare ASGI app in front of FastAPI: they carry
+every agent call, and FastAPI's request, routing and response layers cost more than the proxy's
+own work on them. Everything else (models, sessions, admin) is a FastAPI route.
 """
 
 from __future__ import annotations
@@ -11,23 +15,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from seamless.errors import UpstreamUnavailable
-from seamless.proxy import continuation
-from seamless.proxy.auth import agent_session
+from seamless.proxy import continuation, tito
+from seamless.proxy.auth import agent_session, bearer_of
 from seamless.proxy.errors import ApiError, parse_json_object, translate
 from seamless.proxy.recording import AgentWants, Api, CallRecorder, upstream_body
 from seamless.proxy.state import ProxyState
+from seamless.proxy.upstream_http import UpstreamConnectionError, UpstreamResponse, UpstreamStreamError
 from seamless.proxy.upstreams import Upstream
 
 router = APIRouter()
+log = logging.getLogger("seamless.proxy")
+
+_AGENT_POST = re.compile(r"^(?:/sessions/([^/]+))?/v1/(chat/completions|completions)$")
+_JSON = [(b"content-type", b"application/json")]
 
 
 class _UpstreamFailed(Exception):
@@ -38,63 +49,111 @@ def _state(request: Request) -> ProxyState:
     return request.app.state.proxy
 
 
-@router.post("/v1/chat/completions")
-@router.post("/sessions/{session_id}/v1/chat/completions")
-async def chat_completions(request: Request, session_id: str | None = None) -> Response:
-    return await _call(request, "chat", session_id)
-
-
-@router.post("/v1/completions")
-@router.post("/sessions/{session_id}/v1/completions")
-async def completions(request: Request, session_id: str | None = None) -> Response:
-    return await _call(request, "completion", session_id)
-
-
 @router.get("/v1/models")
 @router.get("/sessions/{session_id}/v1/models")
 async def models(request: Request, session_id: str | None = None) -> Response:
     state = _state(request)
-    await agent_session(state, request, session_id)
+    await agent_session(state, bearer_of(request.headers.get("authorization")), session_id)
     names = sorted({u.model for u in state.pool.upstreams.values()})
     return JSONResponse({"object": "list", "data": [
         {"id": name, "object": "model", "created": 0, "owned_by": "seamless"} for name in names]})
 
 
-async def _call(request: Request, api: Api, path_session: str | None) -> Response:
-    state = _state(request)
+class AgentAPI:
+    """POST chat/completions and completions (at /v1 and under a session's base URL); any other
+    request goes on to `app`, the FastAPI app whose lifespan makes the proxy's state."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = _AGENT_POST.match(scope["path"])
+            if match is not None:
+                api: Api = "chat" if match.group(2) == "chat/completions" else "completion"
+                await _call(self.app.state.proxy, api, match.group(1), scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _call(state: ProxyState, api: Api, path_session: str | None, scope: dict, receive: Callable,
+                send: Callable) -> None:
     started = time.perf_counter()
     route = "chat" if api == "chat" else "completions"
+    headers = dict(scope["headers"])
     try:
-        session_id = await agent_session(state, request, path_session)
-        body = await _read_body(request, state.settings.max_body_bytes)
+        session_id = await agent_session(state, bearer_of(headers.get(b"authorization", b"").decode("latin-1")),
+                                         path_session)
+        body = await _read_body(headers.get(b"content-length"), receive, state.settings.max_body_bytes)
         _validate(api, body)
         wants = AgentWants.of(body)
         await state.pool.wait_running()
         if wants.stream:
             upstream, response = await _open(state, api, body, session_id)
-            return StreamingResponse(_stream_to_agent(state, api, body, wants, session_id, upstream, response),
-                                     media_type="text/event-stream")
+            stream = _stream_to_agent(state, api, body, wants, session_id, upstream, response)
+            await _send_stream(stream, receive, send)
+            state.metrics.observe(route, 200, time.perf_counter() - started)
+            return
         recorder = await _complete(state, api, body, session_id)
         state.metrics.observe(route, 200, time.perf_counter() - started)
-        return JSONResponse(recorder.response(wants))
+        await _send_json(send, 200, recorder.response(wants))
     except Exception as exc:  # every failure becomes an OpenAI-shaped error
         error = translate(exc)
         state.metrics.observe(route, error.status, time.perf_counter() - started)
         state.metrics.errors[error.type] += 1
-        return error.response()
+        await _send_json(send, error.status, error.body())
 
 
-async def _read_body(request: Request, limit: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
+async def _send_json(send: Callable, status: int, payload: dict[str, Any]) -> None:
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*_JSON, (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _send_stream(stream: AsyncIterator[bytes], receive: Callable, send: Callable) -> None:
+    """SSE to the agent. A disconnect stops the stream, which closes the upstream call (the
+    server aborts the request) and records nothing."""
+
+    async def pump() -> None:
+        async with contextlib.aclosing(stream) as parts:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+            async for part in parts:
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    pumping = asyncio.ensure_future(pump())
+    watching = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pumping, watching):
+            task.cancel()
+        await asyncio.gather(pumping, watching, return_exceptions=True)
+    if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
+        # the response has started, so no error response can follow: log our bug, end the stream
+        log.error("streaming to the agent failed", exc_info=pumping.exception())
+
+
+async def _read_body(declared: bytes | None, receive: Callable, limit: int) -> dict[str, Any]:
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body is {declared} bytes; the limit is {limit} "
+        raise ApiError(413, f"request body is {declared.decode()} bytes; the limit is {limit} "
                             "(proxy.max_body_bytes)")
     raw = bytearray()
-    async for part in request.stream():
-        raw += part
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "the client disconnected while sending the request")
+        raw += message.get("body", b"")
         if len(raw) > limit:
             raise ApiError(413, f"request body exceeds {limit} bytes (proxy.max_body_bytes)")
-    return parse_json_object(bytes(raw))
+        if not message.get("more_body"):
+            return parse_json_object(bytes(raw))
 
 
 def _validate(api: Api, body: dict[str, Any]) -> None:
@@ -123,7 +182,7 @@ def _validate(api: Api, body: dict[str, Any]) -> None:
 
 
 async def _open(state: ProxyState, api: Api, body: dict[str, Any],
-                session_id: str) -> tuple[Upstream, httpx.Response]:
+                session_id: str) -> tuple[Upstream, UpstreamResponse]:
     """Start the upstream stream on the session's server, failing over while none has answered."""
     path = "/v1/chat/completions" if api == "chat" else "/v1/completions"
     tried: set[str] = set()
@@ -137,12 +196,13 @@ async def _open(state: ProxyState, api: Api, body: dict[str, Any],
                     await state.pool.wait_for_healthy(state.settings.failover_wait_s)
                     continue
             raise
-        request = state.client.build_request(
-            "POST", upstream.url + path, json=upstream_body(api, body, upstream.model, state.pool.cache_salt),
-            timeout=httpx.Timeout(state.settings.upstream_timeout_s, connect=5.0))
+        sent_body = upstream_body(api, body, upstream.model, state.pool.cache_salt)
+        if api == "chat" and state.settings.token_in_token_out:
+            await _token_in(state, session_id, upstream, body, sent_body)
+        sent = json.dumps(sent_body, separators=(",", ":")).encode()
         try:
-            response = await state.client.send(request, stream=True)
-        except httpx.TransportError as exc:
+            response = await state.upstream_http.post(upstream.url + path, sent, state.settings.upstream_timeout_s)
+        except (UpstreamConnectionError, UpstreamStreamError) as exc:
             state.pool.mark_failed(upstream, f"{exc!r}")
             state.metrics.failovers += 1
             tried.add(upstream.url)
@@ -157,6 +217,21 @@ async def _open(state: ProxyState, api: Api, body: dict[str, Any],
         return upstream, response
 
 
+async def _token_in(state: ProxyState, session_id: str, upstream: Upstream, body: dict[str, Any],
+                    sent_body: dict[str, Any]) -> None:
+    """Give the server the prompt as token ids when this call continues a recorded one."""
+    recorded = await state.store.turns_with_requests(session_id)
+    try:
+        ids = await tito.prompt_ids(state.client, upstream.url, upstream.model, body, recorded)
+    except (tito.TemplateDrift, httpx.HTTPError, KeyError, ValueError) as exc:
+        state.metrics.token_in_fallbacks += 1
+        log.info("session %s: rendering this call's prompt from messages (%s)", session_id, exc)
+        return
+    if ids is not None:
+        state.metrics.token_in_prompts += 1
+        sent_body["kv_transfer_params"] = {**(body.get("kv_transfer_params") or {}), "prompt_token_ids": ids}
+
+
 def _upstream_error(status: int, detail: bytes) -> ApiError:
     """The server refused the request (prompt too long, bad token ids, ...): pass its reason on."""
     try:
@@ -169,7 +244,7 @@ def _upstream_error(status: int, detail: bytes) -> ApiError:
     return ApiError(status, message or f"rejected by the rollout server ({status})")
 
 
-async def _chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+async def _chunks(response: UpstreamResponse) -> AsyncIterator[dict[str, Any]]:
     """Parsed SSE chunks of an upstream stream, until [DONE].
 
     Events are split on raw bytes (vLLM sends one `data: {...}` line per event): several times
@@ -193,8 +268,8 @@ async def _chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
                 if "error" in chunk and "choices" not in chunk:
                     raise _stream_error(chunk["error"])
                 yield chunk
-    except httpx.TransportError as exc:
-        raise _UpstreamFailed(repr(exc)) from exc
+    except UpstreamStreamError as exc:
+        raise _UpstreamFailed(str(exc)) from exc
     if not done:
         raise _UpstreamFailed("the stream ended without [DONE]")
 
@@ -225,7 +300,7 @@ async def _complete(state: ProxyState, api: Api, body: dict[str, Any], session_i
     return recorder
 
 
-async def _fold(state: ProxyState, session_id: str, upstream: Upstream, response: httpx.Response,
+async def _fold(state: ProxyState, session_id: str, upstream: Upstream, response: UpstreamResponse,
                 recorder: CallRecorder) -> AsyncIterator[dict[str, Any]]:
     """The upstream's chunks, each folded into the recorder (stamped with the pool's version) first."""
     async with _upstream_call(state, session_id, upstream, response):
@@ -236,7 +311,7 @@ async def _fold(state: ProxyState, session_id: str, upstream: Upstream, response
 
 @contextlib.asynccontextmanager
 async def _upstream_call(state: ProxyState, session_id: str, upstream: Upstream,
-                         response: httpx.Response) -> AsyncIterator[None]:
+                         response: UpstreamResponse) -> AsyncIterator[None]:
     """What ends every upstream call: a broken server leaves the rotation (and the session's pin),
     and the response is closed, which on a client disconnect also aborts the server's request."""
     try:
@@ -279,7 +354,7 @@ async def _continue_aborted(state: ProxyState, api: Api, body: dict[str, Any], s
                         "weight updates; lower the update rate or use partial_rollout=keep", "upstream_error")
 
 
-async def _fold_continuation(state: ProxyState, session_id: str, upstream: Upstream, response: httpx.Response,
+async def _fold_continuation(state: ProxyState, session_id: str, upstream: Upstream, response: UpstreamResponse,
                              recorder: CallRecorder, api: Api, index: int, call_id: str) -> AsyncIterator[dict[str, Any]]:
     async with _upstream_call(state, session_id, upstream, response):
         async for chunk in _chunks(response):
@@ -291,7 +366,7 @@ async def _fold_continuation(state: ProxyState, session_id: str, upstream: Upstr
 
 
 async def _stream_to_agent(state: ProxyState, api: Api, body: dict[str, Any], wants: AgentWants,
-                           session_id: str, upstream: Upstream, response: httpx.Response) -> AsyncIterator[bytes]:
+                           session_id: str, upstream: Upstream, response: UpstreamResponse) -> AsyncIterator[bytes]:
     recorder = CallRecorder(api, session_id, upstream.url)
 
     def sse(chunk: dict[str, Any] | None) -> bytes:

@@ -7,6 +7,8 @@ user runs alone, and the rest of seamless talks to it only over HTTP.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -14,8 +16,10 @@ import time
 from pathlib import Path
 
 
+from seamless.config import ProxyConfig
 from seamless.errors import ConfigError
-from seamless.proxy.state import ProxySettings, new_key
+from seamless.proxy.control import ControlKeys
+from seamless.proxy.state import SETTINGS_ENV, ProxySettings, new_key
 from seamless.services.process import ManagedProcess, free_port, http_ok
 
 
@@ -33,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", help="folder for the private Redis (default runs/proxy-<time>)")
     parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
     parser.add_argument("--health-interval", type=float, default=2.0, help="seconds between health checks")
+    parser.add_argument("--upstream-timeout", type=float, default=600.0,
+                        help="longest an upstream call may take, in seconds")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes serving the port (more requests/s; admin changes reach all)")
+    parser.add_argument("--token-in-token-out", action="store_true",
+                        help="build each continuing chat call's prompt from the recorded token ids plus "
+                             "the new messages, so multi-turn agents never see re-tokenization drift")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -59,16 +70,39 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"seamless proxy: admin key (generated): {admin_key}", flush=True)
     settings = ProxySettings(store_url=store_url, key_prefix=args.prefix, admin_key=admin_key,
                              upstreams=tuple(args.upstream), max_body_bytes=args.max_body_bytes,
-                             health_interval_s=args.health_interval)
+                             health_interval_s=args.health_interval,
+                             upstream_timeout_s=args.upstream_timeout,
+                             token_in_token_out=args.token_in_token_out, workers=args.workers)
     print(f"seamless proxy: serving on http://{args.host}:{port} (store {store_url})", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give at least 1")
+    _forget_previous_proxy(store_url, args.prefix)
+    # keep idle connections far longer than clients do (httpx drops its own after 5 s): a server
+    # closing one just as a client reuses it fails that request with a ReadError (seen once in a
+    # 40-step benchmark, on POST /finish after a training step)
+    serve = dict(host=args.host, port=port, log_level="warning", access_log=False, loop="uvloop",
+                 http="httptools", timeout_graceful_shutdown=5, timeout_keep_alive=120)
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=port, log_level="warning",
-                    access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
+        if args.workers == 1:
+            uvicorn.run(create_app(settings), **serve)
+        else:  # uvicorn starts (and restarts) the workers; each builds the app from the settings
+            os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
+            uvicorn.run("seamless.proxy.app:app_from_environment", factory=True, workers=args.workers, **serve)
     finally:
         if redis_server is not None:
             redis_server.stop()
     return 0
+
+
+def _forget_previous_proxy(store_url: str, prefix: str) -> None:
+    """A proxy starts with an empty pool: drop the upstreams, gate and counters that a previous
+    proxy of this prefix left in Redis (a worker that restarts keeps them)."""
+    import redis
+
+    keys = ControlKeys(prefix)
+    with redis.Redis.from_url(store_url) as client:
+        client.delete(keys.state, keys.upstreams, keys.metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +125,12 @@ class ProxyProcess:
         for url in upstreams:
             argv += ["--upstream", url]
         self._process = ManagedProcess(f"seamless proxy ({self.url})", argv, self.work_dir / "proxy.log")
+
+    @staticmethod
+    def args_of(config: ProxyConfig) -> list[str]:
+        """Command-line flags carrying a recipe's `proxy` section to the proxy process."""
+        args = ["--max-body-bytes", str(config.max_body_bytes), "--upstream-timeout", repr(config.upstream_timeout_s)]
+        return args + (["--token-in-token-out"] if config.token_in_token_out else [])
 
     @property
     def url(self) -> str:

@@ -8,8 +8,13 @@ from dataclasses import dataclass, field
 import httpx
 
 from seamless.proxy.metrics import Metrics
-from seamless.proxy.upstreams import UpstreamPool
+from seamless.proxy.upstream_http import UpstreamHTTP
+from seamless.proxy.upstreams import PoolControl, UpstreamPool
 from seamless.store import TraceStore
+
+
+SETTINGS_ENV = "SEAMLESS_PROXY_SETTINGS"
+"""How `seamless proxy --workers N` hands its settings (JSON) to the worker processes."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,10 @@ class ProxySettings:
     health_interval_s: float = 2.0
     failover_wait_s: float = 30.0
     """How long a call waits for some server to become healthy before answering 503."""
+    workers: int = 1
+    """Processes serving the port; admin changes reach all of them (control.py)."""
+    token_in_token_out: bool = False
+    """Send continuing chat calls with a prompt spliced from recorded token ids (see tito.py)."""
 
 
 def new_key() -> str:
@@ -36,6 +45,8 @@ class ProxyState:
     store: TraceStore
     client: httpx.AsyncClient
     pool: UpstreamPool
+    upstream_http: UpstreamHTTP
+    control: PoolControl
     metrics: Metrics = field(default_factory=Metrics)
     session_of_key: dict[str, str] = field(default_factory=dict)
     """Cache of agent key -> session id (the store is the source of truth)."""

@@ -4,7 +4,9 @@ Sessions are sticky (every call of an episode goes to the same server, so its pr
 reused); a new session goes to the healthy server with the fewest calls in flight. A server that
 fails a call or a health check is taken out of rotation and its sessions are re-pinned on their
 next call. Pausing gates new calls (they wait, they do not fail) and pauses every server;
-resuming stamps the new weight version first, so tokens that arrive afterwards carry it.
+resuming stamps the new weight version first, so tokens that arrive afterwards carry it. Those
+changes reach every worker's pool as ControlOps (`apply`); `PoolControl` below orders them with
+the calls to the servers.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Literal
 import httpx
 
 from seamless.errors import UpstreamUnavailable
+from seamless.proxy.control import ControlBus, ControlOp
 
 log = logging.getLogger("seamless.proxy")
 
@@ -67,31 +70,39 @@ class UpstreamPool:
 
     # membership -----------------------------------------------------------------------------
 
-    async def add(self, url: str) -> Upstream:
-        """Register a server; asks it for its model name, so it must be up."""
-        url = url.rstrip("/")
+    async def probe(self, url: str) -> str:
+        """The model a server serves; it must be up and answer GET /v1/models."""
         try:
             response = await self.client.get(f"{url}/v1/models", timeout=self.control_timeout_s)
             response.raise_for_status()
-            model = response.json()["data"][0]["id"]
+            return response.json()["data"][0]["id"]
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
             raise UpstreamUnavailable(f"upstream {url} did not answer GET /v1/models ({exc!r}); "
                                       "is it a running vLLM server?") from exc
-        upstream = self.upstreams.get(url) or Upstream(url=url, model=model)
-        upstream.model, upstream.healthy = model, True
-        self.upstreams[url] = upstream
-        if self.paused:  # a server joining during a weight update must not generate on old weights
-            await self._control(upstream, "pause", params={"mode": self.pause_mode})
-        async with self._changed:
-            self._changed.notify_all()
-        return upstream
 
-    def remove(self, url: str) -> bool:
-        url = url.rstrip("/")
-        removed = self.upstreams.pop(url, None) is not None
-        for sid in [s for s, u in self.pins.items() if u == url]:
-            del self.pins[sid]
-        return removed
+    async def apply(self, op: ControlOp) -> None:
+        """A change every worker makes to its own pool (control.py publishes it to all)."""
+        if op.kind == "add":
+            upstream = self.upstreams.get(op.url) or Upstream(url=op.url, model=op.model)
+            upstream.model, upstream.healthy = op.model, True
+            self.upstreams[op.url] = upstream
+            async with self._changed:
+                self._changed.notify_all()
+        elif op.kind == "remove":
+            self.upstreams.pop(op.url, None)
+            for sid in [s for s, u in self.pins.items() if u == op.url]:
+                del self.pins[sid]
+        elif op.kind == "gate":
+            self.paused, self.pause_mode = bool(op.paused), op.mode or "keep"
+            if self.paused:
+                self._running.clear()
+            else:
+                self._running.set()
+        elif op.kind == "version":
+            if op.version is not None:
+                self.version = op.version
+            if op.cache_salt is not None:
+                self.cache_salt = op.cache_salt or None  # "" turns salting off
 
     def unpin(self, session_id: str) -> None:
         self.pins.pop(session_id, None)
@@ -155,20 +166,12 @@ class UpstreamPool:
         """Block a new call while rollout is paused for a weight update."""
         await self._running.wait()
 
-    async def pause(self, mode: PauseMode = "keep") -> None:
-        self.paused, self.pause_mode = True, mode
-        self._running.clear()
+    async def pause_servers(self, mode: PauseMode, only: str | None = None) -> None:
         await asyncio.gather(*(self._control(u, "pause", params={"mode": mode})
-                               for u in self.upstreams.values() if u.healthy))
+                               for u in self.upstreams.values() if u.healthy and only in (None, u.url)))
 
-    async def resume(self, version: int | None = None, cache_salt: str | None = None) -> None:
-        if version is not None:
-            self.version = version  # before /resume: tokens arriving from now on are the new version
-        if cache_salt is not None:
-            self.cache_salt = cache_salt or None  # "" turns salting off
+    async def resume_servers(self) -> None:
         await asyncio.gather(*(self._control(u, "resume") for u in self.upstreams.values() if u.healthy))
-        self.paused = False
-        self._running.set()
 
     async def _control(self, upstream: Upstream, route: str, params: dict | None = None) -> None:
         try:
@@ -177,3 +180,37 @@ class UpstreamPool:
             response.raise_for_status()
         except httpx.HTTPError as exc:
             self.mark_failed(upstream, f"POST /{route} failed: {exc!r}")
+
+
+class PoolControl:
+    """The admin operations on the pool, in the order that keeps every worker consistent: shared
+    state first (all workers applied it), then the servers."""
+
+    def __init__(self, pool: UpstreamPool, bus: ControlBus) -> None:
+        self.pool = pool
+        self.bus = bus
+
+    async def add(self, url: str) -> Upstream:
+        url = url.rstrip("/")
+        model = await self.pool.probe(url)
+        await self.bus.broadcast(ControlOp("add", url=url, model=model))
+        if self.pool.paused:  # a server joining during a weight update must not generate on old weights
+            await self.pool.pause_servers(self.pool.pause_mode, only=url)
+        return self.pool.upstreams[url]
+
+    async def remove(self, url: str) -> bool:
+        url = url.rstrip("/")
+        known = url in self.pool.upstreams
+        if known:
+            await self.bus.broadcast(ControlOp("remove", url=url))
+        return known
+
+    async def pause(self, mode: PauseMode = "keep") -> None:
+        await self.bus.broadcast(ControlOp("gate", paused=True, mode=mode))
+        await self.pool.pause_servers(mode)
+
+    async def resume(self, version: int | None = None, cache_salt: str | None = None) -> None:
+        # every worker stamps the new version before any server produces a token with it
+        await self.bus.broadcast(ControlOp("version", version=version, cache_salt=cache_salt))
+        await self.pool.resume_servers()
+        await self.bus.broadcast(ControlOp("gate", paused=False, mode=self.pool.pause_mode))
