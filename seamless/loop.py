@@ -40,6 +40,8 @@ class Progress:
     trained_entry_ids: list[str] = field(default_factory=list)
     """Stream entries trained since the run began (acknowledged or not)."""
     unacked: list[EpisodeEntry] = field(default_factory=list)
+    backlog: list[EpisodeEntry] = field(default_factory=list)
+    """Finished episodes a killed run left untrained in the stream; they join the next step."""
     eval_before: float | None = None
     in_train_step: bool = False
     held: dict[str, list[tuple[EpisodeEntry, Trajectory]]] = field(default_factory=dict)
@@ -93,8 +95,8 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
                     if scheduler.ready_to_step():
                         _one_step(parts, progress, bar, totals)
         except KeyboardInterrupt:
-            if progress.in_train_step:  # the weights may hold half a step: keep the last checkpoint
-                print("\nseamless run: interrupted inside a training step; the last checkpoint stands", flush=True)
+            if progress.in_train_step:  # half a step, or a step not logged yet: keep the last checkpoint
+                print("\nseamless run: interrupted inside a step; the last checkpoint stands", flush=True)
             else:
                 print("\nseamless run: interrupted; saving a checkpoint first", flush=True)
                 _checkpoint(parts, progress)
@@ -122,20 +124,23 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
     sequences = [s for t in trajectories for s in t.sequences]
     # 3b. through the scheduler: dual resources leave rollout, the trainer steps, the new weights
     #     reach the servers, roles switch back; progress moves with the weights, so an interrupt
-    #     checkpoints a consistent pair
+    #     checkpoints a consistent pair. The step stays open until its row is logged: a checkpoint
+    #     never holds a step whose row is missing, so the logged curve has no gap after a resume
+    #     (a step cut off before its checkpoint is trained again and logged twice, the later row
+    #     being the one that counts)
     progress.in_train_step = True
     report = parts.scheduler.step(sequences)
     progress.step += 1
     progress.trained_entry_ids += [e.entry_id for e in entries]
     progress.unacked += entries
-    progress.in_train_step = False
-    # 4. checkpoint, then acknowledge what it includes
-    if progress.step % recipe.trainer.checkpoint_every == 0 or progress.step == recipe.trainer.total_steps:
-        _checkpoint(parts, progress)
-    # 5. log, and evaluate every N steps
+    # 4. log
     _record(totals, trajectories)
     row = _step_metrics(parts, trajectories, totals, report)
     parts.logger.log(progress.step, row)
+    progress.in_train_step = False
+    # 5. checkpoint, then acknowledge what it includes; evaluate every N steps
+    if progress.step % recipe.trainer.checkpoint_every == 0 or progress.step == recipe.trainer.total_steps:
+        _checkpoint(parts, progress)
     if progress.step % recipe.trainer.eval_every == 0 and progress.step < recipe.trainer.total_steps:
         _evaluate(parts, step=progress.step, label=f"step{progress.step}")
     if progress.step % recipe.logging.wandb.sample_table_every == 0:
@@ -171,8 +176,18 @@ def _collect(parts: Parts, progress: Progress) -> tuple[list[EpisodeEntry], list
     groups not complete yet are held for a later step (asynchronous policies finish groups of the
     next batch while this one trains)."""
     rollout = parts.recipe.rollout
+    # a killed run's finished, untrained episodes join this step whole or not: their group's other
+    # members died with it, and waiting for them would hold the episodes (unacknowledged) forever
+    leftover: set[str] = set()
+    for entry in progress.backlog:
+        trajectory = parts.episodes.trajectory(entry.session_id)
+        group = trajectory.group_id or entry.session_id
+        progress.held.setdefault(group, []).append((entry, trajectory))
+        leftover.add(group)
+    progress.backlog = []
     trained = set(progress.trained_entry_ids)
-    complete = lambda: [g for g, members in progress.held.items() if len(members) >= rollout.group_size]  # noqa: E731
+    complete = lambda: [g for g, members in progress.held.items()  # noqa: E731
+                        if len(members) >= rollout.group_size and g not in leftover]
     while len(complete()) < rollout.batch_size:
         batch = parts.episodes.take(rollout.batch_size * rollout.group_size, block_ms=5000)
         if not batch:
@@ -184,7 +199,7 @@ def _collect(parts: Parts, progress: Progress) -> tuple[list[EpisodeEntry], list
                 continue
             trajectory = parts.episodes.trajectory(entry.session_id)
             progress.held.setdefault(trajectory.group_id or entry.session_id, []).append((entry, trajectory))
-    taken = [progress.held.pop(g) for g in complete()[: rollout.batch_size]]
+    taken = [progress.held.pop(g) for g in [*complete()[: rollout.batch_size], *leftover]]
     return [e for members in taken for e, _ in members], [t for members in taken for _, t in members]
 
 
@@ -201,12 +216,25 @@ def _restore(parts: Parts) -> Progress:
         path = latest_checkpoint(parts.checkpoint_dir)
     except Exception:
         print("seamless run: no checkpoint to resume from yet; starting from the beginning")
-        return Progress()
+        return _take_backlog(parts, Progress())
     extra = parts.trainer.load_checkpoint(path)
     progress = Progress(step=extra["step"], trained_entry_ids=list(extra["trained_entry_ids"]),
                         eval_before=extra.get("eval_before"))
     parts.fleet.sync_weights(parts.trainer, parts.trainer.version)
     print(f"seamless run: resumed from {path} at step {progress.step} (weights version {parts.trainer.version})")
+    return _take_backlog(parts, progress)
+
+
+def _take_backlog(parts: Parts, progress: Progress) -> Progress:
+    """Sort what the killed run left in the stream: entries the checkpoint already trained are only
+    acknowledged (at the next checkpoint); the others (trained after the checkpoint, or finished
+    and never trained) join the next step, so none is lost and none is left over at the end."""
+    trained = set(progress.trained_entry_ids)
+    for entry in parts.episodes.backlog():
+        (progress.unacked if entry.entry_id in trained else progress.backlog).append(entry)
+    if progress.backlog:
+        print(f"seamless run: {len(progress.backlog)} finished episode(s) from before the restart "
+              f"join step {progress.step + 1}")
     return progress
 
 

@@ -11,7 +11,9 @@ also when building a later part fails, and a failure names the part and its log.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.run_logger import RunLogger
 from seamless.scheduler import RayPlacement, ResourcePool, TagScheduler
 from seamless.scheduler.adapters import FleetOnLeases, TrainerOnLeases
+from seamless.services.process import dead_services
 from seamless.services.redis_server import RedisServer
 from seamless.store import EpisodeQueue
 from seamless.trainer.trainer import Trainer
@@ -91,6 +94,7 @@ def _check_servers(recipe: Recipe, pool: ResourcePool) -> None:
 def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
     """Start Ray, the store, the proxy, the rollout fleet, the trainer and the agent runner."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_run_dir_lock(run_dir))
         _step("starting Ray")
         sigterm = signal.getsignal(signal.SIGTERM)
         if start_ray(num_gpus=recipe.cluster.num_gpus, num_cpus=recipe.cluster.num_cpus,
@@ -112,7 +116,7 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         pool = ResourcePool.from_cluster(recipe.cluster)
         _check_servers(recipe, pool)
         fleet = VLLMFleet(model_dir, run_dir, ProxyAdmin(proxy.url, proxy.admin_key), config=recipe.rollout)
-        stack.callback(fleet.shutdown)
+        stack.callback(_shutdown_fleet, fleet)
         _step(f"starting the trainer on {len(pool.trainers)} rank(s)")
         # created once for the run; the scheduler's train leases decide when the ranks compute
         trainer = stack.enter_context(Trainer.from_recipe(recipe, model_dir, num_ranks=len(pool.trainers),
@@ -132,10 +136,48 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         episodes = EpisodeQueue(store_url, prefix)
         stack.callback(episodes.close)
         logger = RunLogger(recipe, run_dir, resume=resume)
-        yield Parts(recipe=recipe, run_dir=run_dir, model_dir=model_dir, proxy=proxy, fleet=fleet,
-                    trainer=trainer, scheduler=scheduler, learner=learner, runner=runner,
-                    rollout_runner=rollout_runner, tasks=load_tasks(recipe.data), episodes=episodes,
-                    logger=logger)
+        try:
+            yield Parts(recipe=recipe, run_dir=run_dir, model_dir=model_dir, proxy=proxy, fleet=fleet,
+                        trainer=trainer, scheduler=scheduler, learner=learner, runner=runner,
+                        rollout_runner=rollout_runner, tasks=load_tasks(recipe.data), episodes=episodes,
+                        logger=logger)
+        except Exception as exc:
+            # a service that died (Redis, the proxy) is what made the loop fail, whatever the error
+            # it surfaced as (a refused connection): name it and show its log
+            dead = dead_services()
+            if dead:
+                raise dead[0] from exc
+            raise
+
+
+def _shutdown_fleet(fleet: VLLMFleet) -> None:
+    """Stop the rollout servers. With the proxy dead they cannot be unregistered from it, and that
+    error must not replace the one that names the dead proxy (Ray's shutdown, later, ends them)."""
+    try:
+        fleet.shutdown()
+    except Exception as exc:
+        if not dead_services():
+            raise
+        log.warning("stopping the rollout servers: %s", exc)
+
+
+@contextlib.contextmanager
+def _run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """One live run per folder: two would share the private Redis's files and the checkpoints.
+
+    The kernel drops an flock however its holder ends (kill -9 too), so a folder is never left
+    locked by a dead run, and `--resume` of a killed run always gets it."""
+    path = run_dir / "run.lock"
+    with open(path, "a+") as handle:  # close-on-exec: the services started below never hold it
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{run_dir} is in use by a running seamless run (pid {path.read_text().strip()}); "
+                              "wait for it to end or stop it, or pass another --run-dir") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
 
 
 def _step(what: str) -> None:

@@ -4,6 +4,12 @@ Measured here (Ray 2.60): by default a local Ray binds its GCS, raylets and work
 interface; with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 and node IP 127.0.0.1 every listening socket
 is on loopback. On a machine without GPUs, `num_gpus` gives logical GPUs: actors that ask for one
 see CUDA_VISIBLE_DEVICES set as on a real node, which is how the tag scheduler is tested on CPU.
+
+When the driver of a local cluster dies by SIGKILL, Ray ends its GCS and raylet with it (they are
+started with a parent-death signal) and its workers follow within seconds, but the raylet's
+dashboard and runtime-env agents were measured to linger about a minute (they try to report the
+raylet's death to the GCS that is gone). A watchdog (services/watchdog.py) stops every process
+`ray.init` started as soon as the driver is gone.
 """
 
 from __future__ import annotations
@@ -12,8 +18,13 @@ import os
 import tempfile
 from pathlib import Path
 
+import psutil
+
+from seamless.services.process import Watchdog, process_target
+
 # Ray puts unix sockets under its temp dir; sun_path is limited to 107 bytes
 _MAX_RAY_TEMP_DIR = 60
+_watchdog = None  # of the local cluster this process started
 
 
 def start_ray(num_gpus: int, num_cpus: int | None = None, temp_dir: str | Path | None = None,
@@ -39,14 +50,23 @@ def start_ray(num_gpus: int, num_cpus: int | None = None, temp_dir: str | Path |
     if temp_dir is None or len(str(temp_dir)) > _MAX_RAY_TEMP_DIR:
         temp_dir = tempfile.mkdtemp(prefix="seamless-ray-")
     Path(temp_dir).mkdir(parents=True, exist_ok=True)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
              _node_ip_address="127.0.0.1", _temp_dir=str(temp_dir), log_to_driver=True,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}})
+    global _watchdog
+    started = [process_target(p.pid) for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    # a short grace: the agents ignore SIGTERM for about 10 s, and no Ray process keeps data we need
+    _watchdog = Watchdog([t for t in started if t], Path(temp_dir) / "seamless-watchdog.log", grace_s=2.0)
     return True
 
 
 def stop_ray() -> None:
     import ray
 
+    global _watchdog
     if ray.is_initialized():
         ray.shutdown()
+    if _watchdog is not None:
+        _watchdog.stop()
+        _watchdog = None

@@ -248,16 +248,30 @@ class EpisodeQueue:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._replay_pending = True
+        # where the replay of entries delivered to a previous life stands: reading pending entries
+        # from "0" again would return the same ones until they are acknowledged (a resumed run that
+        # takes twice before its next checkpoint would get duplicates, or spin forever on entries
+        # it skips), so each read continues after the last pending id it returned
+        self._replay_after: str | None = "0"
 
-    def take(self, count: int, block_ms: int = 1000) -> list[EpisodeEntry]:
-        """Up to `count` entries: unacknowledged ones from a previous life first, then new ones."""
-        if self._replay_pending:
-            pending = self._read("0", count, block_ms=None)
+    def take(self, count: int, block_ms: int | None = 1000) -> list[EpisodeEntry]:
+        """Up to `count` entries: unacknowledged ones from a previous life first (each once), then
+        new ones; `block_ms=None` never waits."""
+        if self._replay_after is not None:
+            pending = self._read(self._replay_after, count, block_ms=None)
             if pending:
+                self._replay_after = pending[-1].entry_id
                 return pending
-            self._replay_pending = False
+            self._replay_after = None
         return self._read(">", count, block_ms)
+
+    def backlog(self) -> list[EpisodeEntry]:
+        """Every entry waiting now (replayed and new), without blocking: what a previous life of
+        the run left in the stream, read before this life adds its own."""
+        entries: list[EpisodeEntry] = []
+        while batch := self.take(1000, block_ms=None):
+            entries += batch
+        return entries
 
     def _read(self, start: str, count: int, block_ms: int | None) -> list[EpisodeEntry]:
         reply = self.redis.xreadgroup(CONSUMER_GROUP, self.consumer, {self.keys.episodes: start},

@@ -52,3 +52,28 @@ async def test_session_lifecycle_and_episode_stream_with_replay(redis_server):
     assert queue.take(10, block_ms=50) == []
     assert 0 < queue.redis.ttl(queue.keys.session("s1")) <= 60
     queue.close()
+
+
+async def test_replayed_entries_come_back_once_each_until_acknowledged(redis_server):
+    # a resumed trainer may take several times before its next checkpoint acknowledges anything:
+    # each entry left pending by the previous life must come back exactly once, then new ones
+    prefix = "test-store-replay"
+    store = TraceStore(redis_server.url, prefix)
+    for i in range(5):
+        await store.create_session(f"s{i}", f"key{i}", "g", "t", {})
+        if i < 3:
+            await store.finish(f"s{i}")
+    queue = EpisodeQueue(redis_server.url, prefix)
+    assert len(queue.take(3, block_ms=100)) == 3  # delivered, never acknowledged: the trainer dies
+    queue.close()
+    for i in (3, 4):
+        await store.finish(f"s{i}")
+    await store.close()
+
+    queue = EpisodeQueue(redis_server.url, prefix)
+    taken = [queue.take(2, block_ms=100) for _ in range(4)]
+    assert [[e.session_id for e in batch] for batch in taken] == [["s0", "s1"], ["s2"], ["s3", "s4"], []]
+    queue.close()
+    queue = EpisodeQueue(redis_server.url, prefix)  # another life: all five are pending now
+    assert [e.session_id for e in queue.backlog()] == [f"s{i}" for i in range(5)]
+    queue.close()

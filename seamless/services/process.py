@@ -3,7 +3,9 @@
 Services (Redis, vLLM, the proxy) are started through `ManagedProcess` so that:
 - a crash while starting is reported with the tail of the service's log, never a hang;
 - stopping ends the service and every process it spawned (the whole process group), by PID;
-- a service still running when the Python process exits is stopped by an atexit hook.
+- a service still running when the Python process exits is stopped by an atexit hook;
+- a service never outlives the process that started it, even one ended by SIGKILL (no atexit
+  hook runs then): a small watchdog (services/watchdog.py) stops its process group.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +25,7 @@ import httpx
 from seamless.errors import ServiceError
 
 LOG_TAIL_LINES = 40
+_WATCHDOG = str(Path(__file__).with_name("watchdog.py"))
 
 _running: set[ManagedProcess] = set()
 
@@ -62,6 +66,7 @@ class ManagedProcess:
         self.env = env
         self.cwd = cwd
         self._popen: subprocess.Popen[bytes] | None = None
+        self._watchdog: Watchdog | None = None
 
     @property
     def pid(self) -> int:
@@ -77,6 +82,8 @@ class ManagedProcess:
                                            stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
                                            start_new_session=True)
         _running.add(self)
+        # the whole group: vLLM's engine process is a child of the server, in its group
+        self._watchdog = Watchdog([f"-{self.pid}"], self.log_path)
 
     def exit_code(self) -> int | None:
         """None while running; the exit code once it ended."""
@@ -105,6 +112,7 @@ class ManagedProcess:
         if self._popen is None:
             return
         _running.discard(self)
+        self._stop_watchdog()  # first, so that it never races this stop
         pgid = self._popen.pid  # leader of its own session, so its pgid is its pid
         if self._popen.poll() is None:
             _signal_group(pgid, signal.SIGTERM)
@@ -118,6 +126,56 @@ class ManagedProcess:
             self._popen.wait(timeout=5)
         except subprocess.TimeoutExpired as exc:
             raise ServiceError(f"{self.name} (pid {pgid}) did not stop after SIGKILL") from exc
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+
+
+class Watchdog:
+    """A process that stops `targets` once this process is gone, however it ends (watchdog.py).
+
+    `targets` are `-PGID` (a process group) or `PID@START` (see `process_target`). Both ends of
+    its pipe are close-on-exec, so no other child ever holds the write end; the watchdog gets
+    the read end only. It runs detached, in a session of its own, so a signal to our process
+    group (a terminal's Ctrl-C, `kill -9 -PGID`) or to our children leaves it there to clean up."""
+
+    def __init__(self, targets: list[str], log_path: Path, grace_s: float = 10.0):
+        read_end, self._lifeline = os.pipe()
+        try:
+            with open(log_path, "ab") as log:
+                launcher = subprocess.Popen(
+                    [sys.executable, "-I", "-S", _WATCHDOG, str(read_end), str(grace_s), *targets],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=(read_end,),
+                    start_new_session=True)
+            launcher.wait()  # it forks the watchdog and exits at once
+        finally:
+            os.close(read_end)
+
+    def stop(self) -> None:
+        """Send the watchdog away without it touching its targets (their owner stops them itself)."""
+        if self._lifeline is not None:
+            try:
+                os.write(self._lifeline, b"q")
+            except BrokenPipeError:  # it left already (its targets ended)
+                pass
+            os.close(self._lifeline)
+            self._lifeline = None
+
+
+def process_target(pid: int) -> str | None:
+    """`PID@START` for a running process (START from /proc/PID/stat guards against a reused id)."""
+    try:
+        return f"{pid}@{Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return None
+
+
+def dead_services() -> list[ServiceError]:
+    """A report for each service this process started and did not stop that is no longer running."""
+    return [proc.crash_report(f"exited with code {code} while it was still needed")
+            for proc in sorted(_running, key=lambda p: p.name) if (code := proc.exit_code()) is not None]
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

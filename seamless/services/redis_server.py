@@ -3,14 +3,17 @@
 Used when the recipe sets no `store.url`. It listens on a unix socket in the run folder (no TCP
 port at all), or on 127.0.0.1 where the socket path would be too long for the OS. Data is
 persisted with an append-only file in the run folder, so a run killed and resumed finds its
-episodes again.
+episodes again. A server that a killed run left behind (its watchdog killed as well) is stopped
+before a new one opens the same files: two servers appending to one AOF would corrupt it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
+import time
 from pathlib import Path
 
 import redis
@@ -69,6 +72,7 @@ class RedisServer:
 
     def start(self, timeout_s: float = 30.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_stale_server()  # before anything here is touched (the socket below)
         argv = [find_redis_server(),
                 "--bind", "127.0.0.1", "--port", str(self._port),
                 "--dir", str(self.data_dir),
@@ -76,15 +80,46 @@ class RedisServer:
                 "--appendonly", "yes" if self.persist else "no",
                 "--appendfsync", "everysec",
                 "--protected-mode", "yes",
-                "--daemonize", "no"]
+                "--daemonize", "no",
+                "--pidfile", str(self._pid_file)]  # removed by redis on a clean exit
         if self._socket_path:
             if self._socket_path.exists():
                 self._socket_path.unlink()  # left by a killed run; redis would refuse to bind
             argv += ["--unixsocket", str(self._socket_path), "--unixsocketperm", "700"]
         self._process = ManagedProcess("redis-server", argv, self.data_dir / "redis.log")
         self._process.start()
+        (self.data_dir / "redis.owner").write_text(str(os.getpid()))  # see _stop_stale_server
         self._process.wait_until(self._answers_ping, timeout_s, poll_s=0.02)
         return self
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.data_dir / "redis.pid"
+
+    def _stop_stale_server(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM (it writes its AOF, then exits) a redis-server still serving this folder whose
+        owner is gone; refuse to start while the process that started it still runs."""
+        try:
+            pid = int(self._pid_file.read_text())
+            # redis works in its --dir: a live process whose cwd is this folder is that server, not
+            # an unrelated process that reuses the id
+            if Path(f"/proc/{pid}/cwd").resolve() != self.data_dir:
+                return
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            owner = int((self.data_dir / "redis.owner").read_text())
+        except (OSError, ValueError):  # no pid file, the process is gone, or not ours to inspect
+            return
+        if parent == owner:  # still the child of the process that started it: that one still runs
+            raise ServiceError(f"redis-server (pid {pid}) of a running process (pid {owner}) serves "
+                               f"{self.data_dir}; stop that process first, or use another run folder")
+        os.kill(pid, signal.SIGTERM)
+        print(f"seamless: stopping redis-server (pid {pid}), left serving {self.data_dir} by a run that is gone",
+              file=sys.stderr, flush=True)
+        deadline = time.monotonic() + timeout_s
+        while Path(f"/proc/{pid}/cwd").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if Path(f"/proc/{pid}/cwd").exists():
+            os.kill(pid, signal.SIGKILL)
 
     def _answers_ping(self) -> bool:
         try:

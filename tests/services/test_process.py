@@ -56,3 +56,30 @@ def _gone_within(pid: int, seconds: float) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def test_a_service_dies_with_its_owner_even_after_sigkill(tmp_path):
+    # the owner starts a service whose child is a grandchild in the same group, then is SIGKILLed:
+    # no atexit hook runs, and only the watchdog can stop both
+    import os
+    import signal
+    import subprocess
+
+    log = tmp_path / "svc.log"
+    service = ("import subprocess, sys, time;"
+               "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+               "print('grandchild', p.pid, flush=True); time.sleep(60)")
+    owner = ("import sys, time; from pathlib import Path; from seamless.services.process import ManagedProcess;"
+             f"p = ManagedProcess('svc', [sys.executable, '-c', {service!r}], Path({str(log)!r})); p.start();"
+             "print(p.pid, flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", owner], stdout=subprocess.PIPE, text=True)
+    service_pid = int(proc.stdout.readline())
+    deadline = time.monotonic() + 30
+    while "grandchild" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    words = log.read_text().split()
+    grandchild = int(words[words.index("grandchild") + 1])
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _gone_within(service_pid, seconds=5) and _gone_within(grandchild, seconds=5)
+    assert "is gone; stopping them" in log.read_text()
