@@ -12,7 +12,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from seamless.proxy.auth import require_admin
-from seamless.proxy.control import ControlKeys
 from seamless.proxy.errors import ApiError, parse_json_object, translate
 from seamless.proxy.metrics import Metrics
 from seamless.proxy.state import ProxyState, new_key
@@ -202,7 +201,7 @@ async def metrics(request: Request) -> Response:
     state = _state(request)
     metrics = state.metrics
     if state.settings.workers > 1:  # every worker's counters: the others' last shared, this one's now
-        shared = await state.store.redis.hgetall(ControlKeys(state.settings.key_prefix).metrics)
+        shared = await state.store.redis.hgetall(state.control.bus.keys.metrics)
         others = [json.loads(v) for k, v in shared.items() if k.decode() != str(os.getpid())]
         metrics = Metrics.total([*others, metrics.snapshot()])
     return PlainTextResponse(metrics.render([u.as_dict() for u in state.pool.upstreams.values()]),

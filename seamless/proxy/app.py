@@ -14,7 +14,7 @@ import httpx
 from fastapi import FastAPI
 
 from seamless.proxy import admin_routes, openai_routes
-from seamless.proxy.control import ControlBus, ControlKeys, ControlOp
+from seamless.proxy.control import ControlBus, ControlOp
 from seamless.proxy.errors import handle_exception
 from seamless.proxy.state import SETTINGS_ENV, ProxySettings, ProxyState
 from seamless.proxy.upstream_http import UpstreamHTTP
@@ -48,8 +48,8 @@ def create_app(settings: ProxySettings) -> openai_routes.AgentAPI:
                 async with asyncio.TaskGroup() as tasks:
                     listening = tasks.create_task(bus.listen())
                     await bus.ready()  # the shared pool state is applied before any request is served
-                    for url in settings.upstreams:  # every worker registers these itself
-                        op = ControlOp("add", url=url.rstrip("/"), model=await pool.probe(url.rstrip("/")))
+                    for url in (u.rstrip("/") for u in settings.upstreams):  # every worker registers these itself
+                        op = ControlOp("add", url=url, model=await pool.probe(url))
                         await pool.apply(op)
                         await bus.remember(op)
                     health = tasks.create_task(pool.health_loop(settings.health_interval_s))
@@ -72,6 +72,6 @@ def create_app(settings: ProxySettings) -> openai_routes.AgentAPI:
 async def _share_metrics(state: ProxyState) -> None:
     """With several workers, each keeps its counters in Redis so /metrics on any of them sums all."""
     while True:
-        await state.store.redis.hset(ControlKeys(state.settings.key_prefix).metrics, str(os.getpid()),
+        await state.store.redis.hset(state.control.bus.keys.metrics, str(os.getpid()),
                                      json.dumps(state.metrics.snapshot()))
         await asyncio.sleep(min(1.0, state.settings.health_interval_s))

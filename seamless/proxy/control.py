@@ -82,10 +82,6 @@ class ControlBus:
         self.timeout_s = timeout_s
         self._subscribed = asyncio.Event()
 
-    async def reset(self) -> None:
-        """A proxy that starts anew forgets the previous proxy's pool (the launcher calls this once)."""
-        await self.redis.delete(self.keys.state, self.keys.upstreams)
-
     async def listen(self) -> None:
         """Apply the stored state, then every published op, acknowledging each; runs until cancelled."""
         pubsub = self.redis.pubsub()
