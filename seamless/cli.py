@@ -12,7 +12,14 @@ from seamless.errors import ConfigError, SeamlessError
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    # parse_known_args, then take stray KEY=VALUE words as overrides: argparse alone rejects
+    # `seamless run R.yaml --run-dir D a.b=1` (positionals after an option), which users type
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray_overrides = [word for word in extra if "=" in word and not word.startswith("-")]
+        if stray_overrides != extra or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *stray_overrides]
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

@@ -33,6 +33,15 @@ def test_invalid_override_is_an_error_that_names_the_key(capsys):
     assert "rollout.batch_size: Input should be greater than or equal to 1 (got -1)" in err
 
 
+def test_overrides_may_follow_options(capsys):
+    recipe = str(REPO / "recipes/grpo_tiny_cpu.yaml")
+    assert main(["sim", recipe, "--json", "cluster.sim.gpus=[4]", "cluster.sim.steps=3"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["sim", recipe, "--json", "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
 def test_config_prints_the_resolved_recipe(capsys):
     assert main(["config", str(REPO / "recipes/grpo_tiny_cpu.yaml"), "trainer.total_steps=7"]) == 0
     assert "total_steps: 7" in capsys.readouterr().out
