@@ -95,6 +95,9 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
     """Start Ray, the store, the proxy, the rollout fleet, the trainer and the agent runner."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(_run_dir_lock(run_dir))
+        # the data first: a bad data section (missing file, eval_size too large) fails in a second,
+        # not after a minute of starting services
+        tasks = load_tasks(recipe.data)
         _step("starting Ray")
         sigterm = signal.getsignal(signal.SIGTERM)
         if start_ray(num_gpus=recipe.cluster.num_gpus, num_cpus=recipe.cluster.num_cpus,
@@ -139,7 +142,7 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         try:
             yield Parts(recipe=recipe, run_dir=run_dir, model_dir=model_dir, proxy=proxy, fleet=fleet,
                         trainer=trainer, scheduler=scheduler, learner=learner, runner=runner,
-                        rollout_runner=rollout_runner, tasks=load_tasks(recipe.data), episodes=episodes,
+                        rollout_runner=rollout_runner, tasks=tasks, episodes=episodes,
                         logger=logger)
         except Exception as exc:
             # a service that died (Redis, the proxy) is what made the loop fail, whatever the error
