@@ -2,7 +2,7 @@
 
 Each line is {"task_id", "prompt", "answer", "metadata"}: the question, and the final number of
 the reference solution (the text after its "####"), ready for `data.source: jsonl`. Needs the
-Hugging Face `datasets` library (`pip install datasets`; seamless does not install it) and, for
+Hugging Face `datasets` library (the extra `seamless[datasets]`, installed by setup.sh) and, for
 the hub, network: run it once where there is some (HF_HUB_OFFLINE=0), then copy the files.
 
     .venv/bin/python scripts/prepare_gsm8k.py data/gsm8k

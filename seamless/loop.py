@@ -28,6 +28,7 @@ from seamless.parts import Parts, build_parts
 from seamless.scheduler.validate import RecordedRun
 from seamless.store import EpisodeEntry
 from seamless.trainer.trainer import latest_checkpoint
+from seamless.traces import drop_steps_after, write_step
 from seamless.types import Trajectory
 from seamless.warmup import warmup_sequences
 
@@ -133,7 +134,8 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
     progress.step += 1
     progress.trained_entry_ids += [e.entry_id for e in entries]
     progress.unacked += entries
-    # 4. log
+    # 4. log: the step's traces (replacing those of a killed run's cut-off step), then its row
+    write_step(parts.run_dir, progress.step, [e.entry_id for e in entries], trajectories)
     _record(totals, trajectories)
     row = _step_metrics(parts, trajectories, totals, report)
     parts.logger.log(progress.step, row)
@@ -229,6 +231,8 @@ def _take_backlog(parts: Parts, progress: Progress) -> Progress:
     """Sort what the killed run left in the stream: entries the checkpoint already trained are only
     acknowledged (at the next checkpoint); the others (trained after the checkpoint, or finished
     and never trained) join the next step, so none is lost and none is left over at the end."""
+    # steps after the checkpoint are trained again: their old trace files would count episodes twice
+    drop_steps_after(parts.run_dir, progress.step)
     trained = set(progress.trained_entry_ids)
     for entry in parts.episodes.backlog():
         (progress.unacked if entry.entry_id in trained else progress.backlog).append(entry)

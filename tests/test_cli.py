@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from seamless.cli import main
+from seamless.traces import read_traces
 
 REPO = Path(__file__).parents[1]
 
@@ -75,6 +76,15 @@ def test_run_trains_resumes_and_writes_a_summary(tmp_path, capsys):
     steps = [r for r in rows if "rollout/reward_mean" in r]
     assert [r["step"] for r in steps] == [1, 2]
     assert all("train/policy_loss" in r and "train/mismatch_mean_abs" in r for r in steps)
+    # the trace export: every trained episode of every step, with the tokens the trainer saw
+    traced = list(read_traces(run_dir))
+    assert [t.step for t in traced] == [1] * 4 + [2] * 4
+    assert len({t.session_id for t in traced}) == 8
+    for step_row in steps:
+        sequences = [s for t in traced if t.step == step_row["step"] for s in t.sequences]
+        assert len(sequences) == step_row["train/num_sequences"]
+        assert sum(map(len, (s.token_ids for s in sequences))) == step_row["train/num_tokens"]
+        assert all(v >= 1 for s in sequences for v, m in zip(s.weight_versions, s.loss_mask) if m)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1].endswith("2")
     assert (run_dir / "wandb").is_dir()
     out = capsys.readouterr().out

@@ -112,9 +112,9 @@ def test_datasets_source_needs_a_dataset_name():
 
 
 def test_datasets_source_without_the_library_says_how_to_get_it(monkeypatch):
-    # seamless does not install `datasets`; the source must say what to do instead of crashing
+    # `datasets` is an optional extra; without it the source must say what to do instead of crashing
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed, also where it is
-    with pytest.raises(ConfigError, match="needs the Hugging Face datasets library; `pip install datasets`"):
+    with pytest.raises(ConfigError, match="needs the Hugging Face datasets library; `pip install 'seamless\\[datasets\\]'`"):
         load_tasks(DataConfig(source="datasets", dataset="openai/gsm8k", dataset_config="main"))
 
 
@@ -122,11 +122,29 @@ GSM8K_ROWS = [{"question": f"Tom has {i} apples and buys {i} more. How many now?
                "answer": f"{i}+{i}=<<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"} for i in range(12)]
 
 
+def save_dataset(tmp_path: Path, name: str, splits: dict[str, list[dict]] | None = None,
+                 rows: list[dict] | None = None) -> Path:
+    """A `save_to_disk` folder, as a user who downloaded a dataset once would have.
+
+    Built from parquet files: `Dataset.from_list` fingerprints the in-memory table with dill, which
+    fails on datasets 5.2 with pyarrow >= 24 (`Can't pickle <class 'MonthDayNano'>`).
+    """
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = {}
+    for split, split_rows in (splits or {"train": rows}).items():
+        files[split] = str(tmp_path / f"{name}-{split}.parquet")
+        pq.write_table(pa.Table.from_pylist(split_rows), files[split])
+    loaded = datasets.load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "hf-cache"))
+    folder = tmp_path / name
+    (loaded if splits else loaded["train"]).save_to_disk(str(folder))
+    return folder
+
+
 def test_datasets_source_reads_splits_of_a_saved_dataset_dict(tmp_path):
-    datasets = pytest.importorskip("datasets")  # not installed by seamless; the test above covers that
-    folder = tmp_path / "gsm8k"
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(GSM8K_ROWS[:10]),
-                          "test": datasets.Dataset.from_list(GSM8K_ROWS[10:])}).save_to_disk(str(folder))
+    folder = save_dataset(tmp_path, "gsm8k", splits={"train": GSM8K_ROWS[:10], "test": GSM8K_ROWS[10:]})
     config = DataConfig(source="datasets", dataset=str(folder), eval_split="test", prompt_key="question",
                         eval_size=5)
     tasks = load_tasks(config)
@@ -138,9 +156,7 @@ def test_datasets_source_reads_splits_of_a_saved_dataset_dict(tmp_path):
 
 
 def test_datasets_source_holds_out_of_a_single_saved_dataset(tmp_path):
-    datasets = pytest.importorskip("datasets")
-    folder = tmp_path / "one"
-    datasets.Dataset.from_list(GSM8K_ROWS).save_to_disk(str(folder))
+    folder = save_dataset(tmp_path, "one", rows=GSM8K_ROWS)
     tasks = load_tasks(DataConfig(source="datasets", dataset=str(folder), prompt_key="question", eval_size=4))
     held = {t.task_id for t in tasks.eval_tasks}
     assert len(held) == 4 and not held & {tasks.train_task(i).task_id for i in range(8)}
@@ -149,18 +165,14 @@ def test_datasets_source_holds_out_of_a_single_saved_dataset(tmp_path):
 
 
 def test_datasets_source_explains_a_dataset_that_cannot_be_loaded(tmp_path):
-    pytest.importorskip("datasets")
     with pytest.raises(ConfigError, match="could not be loaded.*HF_HUB_OFFLINE"):
         load_tasks(DataConfig(source="datasets", dataset=str(tmp_path / "no-such-dataset"), dataset_config="main"))
 
 
 def test_prepare_gsm8k_writes_task_files_the_jsonl_source_reads(tmp_path):
-    datasets = pytest.importorskip("datasets")
     import subprocess
 
-    folder = tmp_path / "gsm8k"
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(GSM8K_ROWS[:10]),
-                          "test": datasets.Dataset.from_list(GSM8K_ROWS[10:])}).save_to_disk(str(folder))
+    folder = save_dataset(tmp_path, "gsm8k", splits={"train": GSM8K_ROWS[:10], "test": GSM8K_ROWS[10:]})
     repo = Path(__file__).resolve().parents[1]
     script = repo / "scripts" / "prepare_gsm8k.py"
     # this checkout's seamless, also where the venv's editable install points at another one

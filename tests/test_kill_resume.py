@@ -22,6 +22,7 @@ import psutil
 import redis
 
 from seamless.services.redis_server import RedisServer
+from seamless.traces import read_traces
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "grpo_tiny_cpu.yaml"
@@ -95,6 +96,11 @@ def test_sigkill_mid_run_then_resume_loses_and_trains_twice_nothing(tmp_path: Pa
     # the killed run finished 3 steps' worth at least, the resumed run 2 more
     assert len(finished) >= (3 + 2) * EPISODES_PER_STEP
     assert len(trained) == len(finished), f"{len(finished)} finished episodes, {len(trained)} trained"
+    # the trace export says the same: one file per step, every trained episode in exactly one
+    traced = list(read_traces(run_dir))
+    assert sorted({t.step for t in traced}) == list(range(1, TOTAL_STEPS + 1))
+    assert sorted(t.entry_id for t in traced) == sorted(trained)
+    assert len({t.session_id for t in traced}) == len(traced) == len(finished)
 
 
 def _seamless_run(args: list[str], out: Path) -> subprocess.Popen:
