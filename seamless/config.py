@@ -469,7 +469,7 @@ class RunConfig(Section):
     root_dir: str = "runs"
     """Parent folder of run folders."""
     seed: int = 0
-    """Global seed."""
+    """Seed of the run: the trainer's, and data.seed and model.tiny.seed where those are not set."""
 
 
 class Recipe(Section):
@@ -519,7 +519,25 @@ def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         raw = loaded or {}
     for override in overrides:
         apply_override(raw, override)
+    _spread_run_seed(raw)
     return validate_recipe(raw, source=str(path) if path else "defaults")
+
+
+def _spread_run_seed(raw: dict[str, Any]) -> None:
+    """`run.seed` is the seed of the whole run: it also seeds the task draw and split (data.seed)
+    and the tiny model's tokenizer and weights (model.tiny.seed) where those are not set, so
+    `run.seed=1` gives a different run, not only a different sampling order."""
+    run = raw.get("run")
+    seed = run.get("seed") if isinstance(run, dict) else None
+    if seed is None:
+        return
+    data = raw.setdefault("data", {})
+    if isinstance(data, dict):
+        data.setdefault("seed", seed)
+    model = raw.setdefault("model", {})
+    tiny = model.setdefault("tiny", {}) if isinstance(model, dict) else None
+    if isinstance(tiny, dict):
+        tiny.setdefault("seed", seed)
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:

@@ -82,3 +82,13 @@ def test_resolved_recipe_round_trips(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(recipe.to_yaml())
     assert load_recipe(path) == recipe
+
+
+def test_run_seed_seeds_the_data_and_the_tiny_model_unless_they_are_set():
+    recipe = Path(__file__).parents[1] / "recipes/grpo_tiny_cpu.yaml"
+    seeded = load_recipe(recipe, ["run.seed=3"])
+    assert (seeded.run.seed, seeded.data.seed, seeded.model.tiny.seed) == (3, 3, 3)
+    pinned = load_recipe(recipe, ["run.seed=3", "data.seed=7", "model.tiny.seed=8"])
+    assert (pinned.data.seed, pinned.model.tiny.seed) == (7, 8)
+    defaults = load_recipe(None, ["run.seed=4"])
+    assert (defaults.data.seed, defaults.model.tiny.seed) == (4, 4)
