@@ -120,10 +120,10 @@ class ProxyProcess:
         self.admin_key = admin_key or new_key()
         self.port = port or free_port()
         self.work_dir = Path(work_dir)
-        argv = [sys.executable, "-m", "seamless.proxy", "--port", str(self.port), "--redis", store_url,
-                "--prefix", prefix, "--admin-key", self.admin_key, *extra_args]
-        for url in upstreams:
-            argv += ["--upstream", url]
+        # KEY=VALUE form: a generated key may start with "-", which argparse would take for a flag
+        argv = [sys.executable, "-m", "seamless.proxy", f"--port={self.port}", f"--redis={store_url}",
+                f"--prefix={prefix}", f"--admin-key={self.admin_key}", *extra_args]
+        argv += [f"--upstream={url}" for url in upstreams]
         self._process = ManagedProcess(f"seamless proxy ({self.url})", argv, self.work_dir / "proxy.log")
 
     @staticmethod

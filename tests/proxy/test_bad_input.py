@@ -95,3 +95,18 @@ def test_a_client_that_disconnects_mid_stream_records_nothing(proxy, session):
     assert reply.status_code == 200
     turns = Admin(proxy).trajectory(session["session_id"])["turns"]
     assert [len(t["completion_token_ids"]) for t in turns] == [2]
+
+
+def test_a_generated_key_that_starts_with_a_dash_still_reaches_the_proxy(tmp_path):
+    # secrets.token_urlsafe starts with "-" once in 64 keys; argparse took "--admin-key -x..." for
+    # a missing value and the proxy exited (seen as a resumed run dying in CI)
+    import argparse
+
+    from seamless.proxy.server import ProxyProcess, add_arguments
+
+    process = ProxyProcess("redis://127.0.0.1:1", tmp_path, upstreams=["http://127.0.0.1:2"],
+                           prefix="-run", admin_key="-Xk3y")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(process._process.argv[3:])
+    assert (args.admin_key, args.prefix, args.upstream) == ("-Xk3y", "-run", ["http://127.0.0.1:2"])
