@@ -459,6 +459,9 @@ class LoggingConfig(Section):
     """Console log level."""
     wandb: WandbConfig = WandbConfig()
     """Weights & Biases settings."""
+    traces: bool = True
+    """Write every trained episode, token by token, to `<run>/traces/step-N.jsonl` (about 21 bytes
+    per token as measured on the tiny recipes: turn off for long runs of large batches)."""
 
 
 class RunConfig(Section):

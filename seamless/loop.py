@@ -135,7 +135,8 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
     progress.trained_entry_ids += [e.entry_id for e in entries]
     progress.unacked += entries
     # 4. log: the step's traces (replacing those of a killed run's cut-off step), then its row
-    write_step(parts.run_dir, progress.step, [e.entry_id for e in entries], trajectories)
+    if recipe.logging.traces:
+        write_step(parts.run_dir, progress.step, [e.entry_id for e in entries], trajectories)
     _record(totals, trajectories)
     row = _step_metrics(parts, trajectories, totals, report)
     parts.logger.log(progress.step, row)
