@@ -30,7 +30,7 @@ from seamless.store import EpisodeEntry
 from seamless.trainer.trainer import latest_checkpoint
 from seamless.traces import drop_steps_after, write_step
 from seamless.types import Trajectory
-from seamless.warmup import warmup_sequences
+from seamless.warmup import supervised_warmup
 
 
 @dataclass
@@ -162,11 +162,7 @@ def _warm_start(parts: Parts) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(parts.model_dir)
-    stream = parts.tasks.train_stream(start=10_000_000)  # far from the RL tasks of early steps
-    losses = []
-    for _ in tqdm(range(warm.steps), desc="warm-up (SFT)", unit="step", dynamic_ncols=True):
-        tasks = [next(stream) for _ in range(warm.batch_size)]
-        losses.append(parts.trainer.sft_step(warmup_sequences(tasks, tokenizer, parts.recipe.rollout.agent)).loss)
+    losses = supervised_warmup(parts.trainer, parts.tasks, tokenizer, warm, parts.recipe.rollout.agent)
     # the warm-started weights are a version of their own: rollout after this is never stamped 0
     parts.trainer.version += 1
     parts.fleet.sync_weights(parts.trainer, parts.trainer.version)

@@ -12,11 +12,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from typing import Any
+
 from seamless.agent_specs import agents_package
-from seamless.data import Task
+from seamless.config import SftWarmupConfig
+from seamless.data import Task, TaskSet
 from seamless.types import NO_VERSION, TrainingSequence
 
 IM_END = "<|im_end|>"
+WARMUP_STREAM_START = 10_000_000
+"""Index in the train stream where the warm-up draws its tasks: far from the RL tasks of early
+steps (step k trains on tasks k*B .. k*B+B-1)."""
 
 
 def _render(tokenizer, messages: list[dict], tools: list[dict] | None, generation_prompt: bool) -> str:
@@ -89,3 +95,15 @@ def warmup_sequences(tasks: Sequence[Task], tokenizer, agent: str = "math") -> l
                          "(for a custom agent, skip the supervised warm-up)")
     build = _BUILDERS[agent]
     return [build(task, tokenizer) for task in tasks]
+
+
+def supervised_warmup(trainer: Any, tasks: TaskSet, tokenizer, warm: SftWarmupConfig, agent: str,
+                      progress: bool = True) -> list[float]:
+    """`warm.steps` supervised steps of `trainer` (a seamless Trainer) on the agent's warm-start
+    sequences; the loss of each step."""
+    from tqdm import tqdm
+
+    stream = tasks.train_stream(start=WARMUP_STREAM_START)
+    steps = tqdm(range(warm.steps), desc="warm-up (SFT)", unit="step", dynamic_ncols=True, disable=not progress)
+    return [trainer.sft_step(warmup_sequences([next(stream) for _ in range(warm.batch_size)], tokenizer, agent)).loss
+            for _ in steps]
