@@ -42,11 +42,9 @@ from seamless.errors import ConfigError  # noqa: E402
 
 TRL_SITE = REPO / ".bench" / "trl" / "site"
 # TRL and what .venv lacks for it, as pip resolves them against .venv (transformers 5.19,
-# torch 2.13 CPU); installed with --no-deps so that no second torch or transformers comes along
-TRL_PACKAGES = ("trl==1.16.0", "accelerate==1.15.0", "datasets==5.2.0", "multiprocess==0.70.19", "pandas==3.1.1",
-                "pyarrow==26.0.1", "python-dateutil==4.0.0", "tzdata==2026.6")
-# where `seamless run` draws its warm-up tasks (seamless/loop.py: far from the RL tasks of early steps)
-WARMUP_STREAM_START = 10_000_000
+# torch 2.13 CPU; datasets 5.2 and its pyarrow/pandas come with the seamless[datasets] extra);
+# installed with --no-deps so that no second torch or transformers comes along
+TRL_PACKAGES = ("trl==1.16.0", "accelerate==1.15.0")
 
 
 @dataclass(frozen=True)
@@ -151,19 +149,18 @@ def warm_up(recipe: Recipe, out: Path) -> tuple[Path, str]:
     from transformers import AutoTokenizer
 
     from seamless.ray_cluster import start_ray, stop_ray
+    from seamless.scheduler import ResourcePool
     from seamless.trainer import Trainer
-    from seamless.warmup import warmup_sequences
+    from seamless.warmup import supervised_warmup
 
-    ranks = sum(group.count for group in recipe.cluster.resources if "train" in group.tags)
+    ranks = len(ResourcePool.from_cluster(recipe.cluster).trainers)
     started = time.monotonic()
     start_ray(num_gpus=recipe.cluster.num_gpus, num_cpus=recipe.cluster.num_cpus)
     try:
         with Trainer.from_recipe(recipe, base, num_ranks=ranks) as trainer:
             tokenizer = AutoTokenizer.from_pretrained(base)
-            stream = load_tasks(recipe.data).train_stream(start=WARMUP_STREAM_START)
-            losses = [trainer.sft_step(warmup_sequences([next(stream) for _ in range(warm.batch_size)], tokenizer,
-                                                        recipe.rollout.agent)).loss
-                      for _ in range(warm.steps)]
+            losses = supervised_warmup(trainer, load_tasks(recipe.data), tokenizer, warm, recipe.rollout.agent,
+                                       progress=False)
             folder = trainer.export_hf(out / "warm")
     finally:
         stop_ray()
@@ -175,7 +172,6 @@ def warm_up(recipe: Recipe, out: Path) -> tuple[Path, str]:
 
 def run_seamless(recipe_path: str, overrides: list[str], out: Path, timeout_s: float) -> SideResult:
     run_dir = out / "seamless"
-    # overrides before --run-dir: argparse takes no positionals after an option's value
     cmd = [sys.executable, "-m", "seamless.cli", "run", recipe_path, *overrides, "--run-dir", str(run_dir)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     print("$ " + " ".join(cmd), flush=True)
