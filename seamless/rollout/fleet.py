@@ -167,10 +167,7 @@ class VLLMFleet:
     def _unpark(self, server: _Server) -> None:
         """Back into rotation on the fleet's current weights (loaded while still paused)."""
         if server.version != self.version:
-            self.transport.load([server.url], self.version)
-            self._forget_cache([server.url])
-            post_each([server.url], "/update_weight_version", json={"new_version": str(self.version)})
-            server.version = self.version
+            self._load([server.url], self.version)
         self._publish(self.version)
         post_each([server.url], "/resume")
         self.proxy.add_upstream(server.url)
@@ -326,23 +323,30 @@ class VLLMFleet:
             tokens_before = self._tokens(urls)
             _, pause_s = timed(self.proxy.pause, self.config.partial_rollout)
             try:
-                _, transfer_s = timed(self.transport.load, urls, version)
-                _, cache_s = timed(self._forget_cache, urls)
-                post_each(urls, "/update_weight_version", json={"new_version": str(version)})
+                transfer_s, cache_s = self._load(urls, version)
             except Exception:
                 # never leave agents waiting on a failed update; tokens keep the old stamp
                 self.proxy.resume(self.version, None)
                 raise
             self.version = version
-            for server in self._servers.values():
-                if server.url in urls:
-                    server.version = version
             _, resume_s = timed(self._publish, version)
             tokens = self._tokens(urls) - tokens_before
         return WeightUpdateMetrics(version=version, transport=self.transport.name, servers=len(urls),
                                    stage_s=stage_s, pause_s=pause_s, transfer_s=transfer_s, cache_s=cache_s,
                                    resume_s=resume_s, bytes=size, inflight_at_pause=inflight,
                                    tokens_during_update=tokens)
+
+    def _load(self, urls: Sequence[str], version: int) -> tuple[float, float]:
+        """Put the staged `version` into these paused servers: weights, prefix cache (reset or left
+        to the salt), vLLM's version stamp. Seconds of the transfer and of the cache reset."""
+        _, transfer_s = timed(self.transport.load, urls, version)
+        _, cache_s = timed(self._forget_cache, urls)
+        post_each(urls, "/update_weight_version", json={"new_version": str(version)})
+        with self._lock:
+            for server in self._servers.values():
+                if server.url in urls:
+                    server.version = version
+        return transfer_s, cache_s
 
     def _publish(self, version: int) -> None:
         """Tell the proxy which weights its servers hold (it stamps every token with it) and resume
@@ -387,13 +391,7 @@ class VLLMFleet:
         proxy: it stamps tokens with `version` from here on."""
         if version != self.version:
             raise ConfigError(f"update_weights(version={version}) but the staged version is {self.version}")
-        urls = self._urls(resource_ids)
-        self.transport.load(urls, version)
-        self._forget_cache(urls)
-        post_each(urls, "/update_weight_version", json={"new_version": str(version)})
-        with self._lock:
-            for rid in resource_ids:
-                self._servers[rid].version = version
+        self._load(self._urls(resource_ids), version)
         self._publish(version)
 
     def in_flight(self) -> Mapping[int, int]:
