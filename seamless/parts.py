@@ -48,7 +48,7 @@ class Parts:
     trainer: Trainer
     scheduler: TagScheduler
     learner: TrainerOnLeases
-    """The trainer as the scheduler drives it (holds the last step's StepMetrics)."""
+    """The trainer as the scheduler drives it (it times how long each step's weights took to stage)."""
     runner: AgentRunner
     """Runs evaluation episodes (each asyncio.run makes its own event loop)."""
     rollout_runner: AgentRunner

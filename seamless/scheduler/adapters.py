@@ -19,6 +19,7 @@ only what a lease means for each (the scheduler never reaches into either).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -85,19 +86,15 @@ class TrainerOnLeases:
         self.trainer = trainer
         self.fleet = fleet
         self.ranks_on = tuple(sorted(ranks_on))
-        self.last_metrics: Any = None
-        """The trainer's StepMetrics of the last step (None when it trained on nothing)."""
         self.last_stage_s = 0.0
+        """Seconds the last step's weights took to stage with the fleet (logged as sync/stage_s)."""
 
     def step(self, leases: Sequence[Lease], batch: Any) -> Mapping[str, float]:
         held = tuple(sorted(lease.resource.id for lease in leases))
         assert held == self.ranks_on, f"train leases on {held}, but the trainer's ranks sit on {self.ranks_on}"
-        import time
-
         metrics = self.trainer.train_step(batch)
         if metrics is None:
             self.trainer.version += 1
-        self.last_metrics = metrics
         started = time.monotonic()
         self.fleet.stage(self.trainer, self.trainer.version)
         self.last_stage_s = time.monotonic() - started

@@ -170,11 +170,8 @@ def fit_workload(run: RecordedRun, base: SimConfig | None = None) -> SimConfig:
     return _calibrate_decode(run, base.model_copy(update=fitted))
 
 
-def simulate_recorded(run: RecordedRun, workload: SimConfig, full: bool = False) -> SimResult:
-    """The recorded run's pool, policy and batch size, on the fitted workload (`full`: report over
-    every step, no warm-up left out)."""
-    if full:
-        workload = workload.model_copy(update={"warmup_steps": 0})
+def simulate_recorded(run: RecordedRun, workload: SimConfig) -> SimResult:
+    """The recorded run's pool, policy and batch size, on the fitted workload."""
     cluster = ClusterConfig.model_validate(run.cluster)
     pool = ResourcePool.from_cluster(cluster)
     policy = make_policy(cluster.policy, pool, cluster.staleness)
