@@ -99,7 +99,7 @@ class TagScheduler:
             self.state = self.policy.new_state(self.state.batch_episodes, version)
             self.state.roles = roles
             self.state.serving = self.state.holding(Role.ROLLOUT)
-        with self.timeline._lock:
+        with self.timeline.lock:
             self._t0 = self._clock()
             roles = {rid: lease.role for rid, lease in self.leases.items()}
             self.timeline = Timeline(len(self.pool), {r.id: roles.get(r.id, Role.IDLE) for r in self.pool})
@@ -151,7 +151,7 @@ class TagScheduler:
     def observe_load(self) -> None:
         """Record which rollout servers are generating, from the fleet's in-flight counts."""
         loads = self.fleet.in_flight()
-        with self.timeline._lock:
+        with self.timeline.lock:
             t = self.now()
             for rid, lease in list(self.leases.items()):
                 if lease.role is Role.ROLLOUT:
@@ -243,7 +243,7 @@ class TagScheduler:
     def _mark(self, rid: int, role: Role | None = None, busy: bool | None = None) -> None:
         """Record a change now (the time is read under the timeline's lock, so a sampler thread
         never records a later time first)."""
-        with self.timeline._lock:
+        with self.timeline.lock:
             self.timeline.set(self.now(), rid, role=role, busy=busy)
 
     # ---- outputs ------------------------------------------------------------------------------

@@ -51,14 +51,15 @@ class Timeline:
             rid: (roles.get(rid, Role.IDLE), False, t0) for rid in range(num_resources)}
         self._phase: tuple[str, int, float] = ("rollout", 0, t0)
         self.end: float | None = None
-        # a load sampler thread records busy/idle while the main thread switches roles
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
+        """Held by every change here; a caller holds it too to read its clock and record in one go
+        (a load sampler thread records busy/idle while the main thread switches roles)."""
 
     def set(self, t: float, rid: int, role: Role | None = None, busy: bool | None = None,
             only_if: Role | None = None) -> None:
         """Resource `rid` holds `role` and is busy or idle from time t on (None keeps the old value);
         with `only_if`, nothing changes unless the resource holds that role now."""
-        with self._lock:
+        with self.lock:
             if only_if is not None and self._open[rid][0] is not only_if:
                 return
             self._set(max(t, self._open[rid][2]) if only_if is not None else t, rid, role, busy)
@@ -81,7 +82,7 @@ class Timeline:
 
     def begin_phase(self, t: float, name: str, step: int) -> None:
         assert name in PHASES, name
-        with self._lock:
+        with self.lock:
             old, old_step, since = self._phase
             if t > since:
                 self.phases.append(PhaseSpan(old, old_step, since, t))
@@ -89,7 +90,7 @@ class Timeline:
 
     def close(self, t: float) -> None:
         """End every open segment and phase at t; the timeline is complete afterwards."""
-        with self._lock:
+        with self.lock:
             self._close(t)
 
     def _close(self, t: float) -> None:
@@ -103,7 +104,7 @@ class Timeline:
     def snapshot(self, t: float) -> Timeline:
         """A closed copy ending at t (the live timeline keeps recording)."""
         copy = Timeline(self.num_resources, t0=self.t0)
-        with self._lock:
+        with self.lock:
             copy.segments = list(self.segments)
             copy.phases = list(self.phases)
             copy._open = dict(self._open)
