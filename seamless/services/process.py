@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from seamless.errors import ServiceError
+from seamless.services.watchdog import proc_stat
 
 LOG_TAIL_LINES = 40
 _WATCHDOG = str(Path(__file__).with_name("watchdog.py"))
@@ -166,10 +167,8 @@ class Watchdog:
 
 def process_target(pid: int) -> str | None:
     """`PID@START` for a running process (START from /proc/PID/stat guards against a reused id)."""
-    try:
-        return f"{pid}@{Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]}"
-    except (OSError, IndexError):
-        return None
+    fields = proc_stat(pid)
+    return f"{pid}@{fields[19]}" if fields and len(fields) > 19 else None
 
 
 def dead_services() -> list[ServiceError]:

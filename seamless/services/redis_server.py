@@ -20,6 +20,7 @@ import redis
 
 from seamless.errors import ServiceError
 from seamless.services.process import ManagedProcess, free_port
+from seamless.services.watchdog import proc_stat
 
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL
 _MAX_UNIX_SOCKET_PATH = 100
@@ -105,7 +106,10 @@ class RedisServer:
             # an unrelated process that reuses the id
             if Path(f"/proc/{pid}/cwd").resolve() != self.data_dir:
                 return
-            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            fields = proc_stat(pid)
+            if fields is None:
+                return
+            parent = int(fields[1])
             owner = int((self.data_dir / "redis.owner").read_text())
         except (OSError, ValueError):  # no pid file, the process is gone, or not ours to inspect
             return

@@ -33,8 +33,10 @@ import sys
 import time
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state is [0], pgrp [2], start time [19])."""
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state is [0], parent pid [1], pgrp [2],
+    start time [19]); None once the process is gone. Also used by services.process and
+    services.redis_server (this file stays stdlib-only: it runs as `python -I -S watchdog.py`)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()
@@ -51,14 +53,14 @@ def _group_alive(pgid: int) -> bool:
     if not os.path.isdir("/proc"):
         return True
     for entry in os.listdir("/proc"):
-        fields = _stat(int(entry)) if entry.isdigit() else None
+        fields = proc_stat(int(entry)) if entry.isdigit() else None
         if fields and int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
 
 
 def _process_alive(pid: int, start: str) -> bool:
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return bool(fields) and fields[0] != "Z" and fields[19] == start
 
 
