@@ -73,7 +73,8 @@ class DataConfig(Section):
     source: Literal["arithmetic", "jsonl", "parquet", "datasets"] = "arithmetic"
     """`arithmetic` generates tasks locally (no download); `jsonl`/`parquet` read `train_path` (and
     `eval_path`); parquet needs pyarrow installed; `datasets` loads `dataset` with the Hugging Face
-    `datasets` library (installed separately), from the hub or from a `save_to_disk` folder."""
+    `datasets` library (the `seamless[datasets]` extra, which setup.sh installs), from the hub or
+    from a `save_to_disk` folder."""
     train_path: str | None = None
     """File with one task per line/row (`prompt_key` and `answer_key` columns), when source is a file."""
     eval_path: str | None = None

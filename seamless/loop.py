@@ -29,7 +29,7 @@ from seamless.scheduler.validate import RecordedRun
 from seamless.store import EpisodeEntry
 from seamless.trainer.trainer import latest_checkpoint
 from seamless.traces import drop_steps_after, write_step
-from seamless.types import Trajectory
+from seamless.types import TrainingSequence, Trajectory
 from seamless.warmup import supervised_warmup
 
 
@@ -137,8 +137,8 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
     # 4. log: the step's traces (replacing those of a killed run's cut-off step), then its row
     if recipe.logging.traces:
         write_step(parts.run_dir, progress.step, [e.entry_id for e in entries], trajectories)
-    _record(totals, trajectories)
-    row = _step_metrics(parts, trajectories, totals, report)
+    _record(totals, trajectories, sequences)
+    row = _step_metrics(parts, trajectories, sequences, totals, report)
     parts.logger.log(progress.step, row)
     progress.in_train_step = False
     # 5. checkpoint, then acknowledge what it includes; evaluate every N steps
@@ -254,7 +254,7 @@ def _evaluate(parts: Parts, step: int, label: str) -> float:
     return report.accuracy
 
 
-def _record(totals: Totals, trajectories: list[Trajectory]) -> None:
+def _record(totals: Totals, trajectories: list[Trajectory], sequences: list[TrainingSequence]) -> None:
     """What the sim-vs-real comparison needs from a step (validate.RecordedRun)."""
     for trajectory in trajectories:
         totals.completion_lengths += [len(turn.completion_token_ids) for turn in trajectory.turns]
@@ -265,15 +265,14 @@ def _record(totals: Totals, trajectories: list[Trajectory]) -> None:
         if wall is not None and trajectory.turns:
             in_calls = sum(max(0.0, t.ended_at - t.started_at) for t in trajectory.turns)
             totals.episode_overhead_s.append(max(0.0, wall - in_calls))
-    sequences = [s for t in trajectories for s in t.sequences]
     totals.step_tokens.append(sum(s.num_generated for s in sequences))
     totals.step_context_tokens.append(sum(len(s.token_ids) for s in sequences))
     totals.trained_tokens += totals.step_tokens[-1]
 
 
-def _step_metrics(parts: Parts, trajectories: list[Trajectory], totals: Totals, report) -> dict:
+def _step_metrics(parts: Parts, trajectories: list[Trajectory], sequences: list[TrainingSequence],
+                  totals: Totals, report) -> dict:
     rewards = [t.reward for t in trajectories]
-    sequences = [s for t in trajectories for s in t.sequences]
     mean = sum(rewards) / len(rewards)
     row = {"rollout/reward_mean": mean,
            "rollout/reward_std": (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5,
