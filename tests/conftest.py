@@ -99,3 +99,25 @@ def proxy(redis_server, vllm_server, session_dir: Path):
     with ProxyProcess(redis_server.url, session_dir / "proxy", upstreams=[vllm_server.url],
                       prefix="test", extra_args=["--health-interval", "0.5"]) as process:
         yield process
+
+
+@pytest.fixture(scope="session")
+def tool_vllm_server(tiny_model_dir: Path, session_dir: Path):
+    """A vLLM server with vLLM's hermes tool-call parser (tool_choice auto/required/named), as agent
+    frameworks need it; a second server, so the plain one keeps testing the no-parser path."""
+    from seamless.services.vllm_server import VLLMServer, VLLMServerOptions
+
+    options = VLLMServerOptions(served_model_name="tiny", max_model_len=1024,
+                                extra_args=["--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
+    with VLLMServer(tiny_model_dir, session_dir / "vllm-tools", options) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tool_proxy(redis_server, tool_vllm_server, session_dir: Path):
+    """The trajectory manager in front of the tool-parsing server."""
+    from seamless.proxy.server import ProxyProcess
+
+    with ProxyProcess(redis_server.url, session_dir / "tool-proxy", upstreams=[tool_vllm_server.url],
+                      prefix="tools", extra_args=["--health-interval", "0.5"]) as process:
+        yield process

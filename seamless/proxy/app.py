@@ -13,9 +13,12 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI
 
-from seamless.proxy import admin_routes, openai_routes
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from seamless.proxy import admin_routes, openai_routes, vllm_routes
 from seamless.proxy.control import ControlBus, ControlOp
-from seamless.proxy.errors import handle_exception
+from seamless.proxy.errors import handle_exception, handle_http_exception, handle_validation_error
 from seamless.proxy.state import SETTINGS_ENV, ProxySettings, ProxyState
 from seamless.proxy.upstream_http import UpstreamHTTP
 from seamless.proxy.upstreams import PoolControl, UpstreamPool
@@ -65,7 +68,10 @@ def create_app(settings: ProxySettings) -> openai_routes.AgentAPI:
     app = FastAPI(title="seamless trajectory manager", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(openai_routes.router)
     app.include_router(admin_routes.router)
+    app.include_router(vllm_routes.router)
     app.add_exception_handler(Exception, handle_exception)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
     return openai_routes.AgentAPI(app)
 
 

@@ -8,6 +8,8 @@ import logging
 import redis
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse
 
 from seamless.errors import SeamlessError, UnknownSession, UpstreamUnavailable
@@ -64,3 +66,16 @@ def translate(exc: Exception) -> ApiError:
 
 async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
     return translate(exc).response()
+
+
+async def handle_http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Routing errors (unknown route, wrong method) in the OpenAI shape, like every other error."""
+    if exc.status_code == 404:
+        return ApiError(404, f"no route {request.method} {request.url.path} on the seamless proxy; agents use "
+                             "/v1/chat/completions, /v1/completions, /v1/responses, /v1/models under their "
+                             "session's base URL", "not_found_error").response()
+    return ApiError(exc.status_code, str(exc.detail)).response()
+
+
+async def handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return ApiError(400, f"invalid request: {exc.errors()}").response()

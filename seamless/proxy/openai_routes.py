@@ -26,7 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from seamless.errors import UpstreamUnavailable
-from seamless.proxy import continuation, tito
+from seamless.proxy import continuation, episodes, responses_api, tito
 from seamless.proxy.auth import agent_session, bearer_of
 from seamless.proxy.errors import ApiError, parse_json_object, translate
 from seamless.proxy.recording import AgentWants, Api, CallRecorder, upstream_body
@@ -37,8 +37,11 @@ from seamless.proxy.upstreams import Upstream
 router = APIRouter()
 log = logging.getLogger("seamless.proxy")
 
-_AGENT_POST = re.compile(r"^(?:/sessions/([^/]+))?/v1/(chat/completions|completions)$")
+_AGENT_POST = re.compile(r"^(?:/sessions/([^/]+))?/v1/(chat/completions|completions|responses)$")
+_ROUTES = {"chat/completions": "chat", "completions": "completions", "responses": "responses"}
 _JSON = [(b"content-type", b"application/json")]
+_NO_DERENDER: set[str] = set()  # servers without /v1/chat/completions/derender
+_RESPONSE_TTL_S = 24 * 3600  # how long previous_response_id can refer to a response
 
 
 class _UpstreamFailed(Exception):
@@ -52,11 +55,22 @@ def _state(request: Request) -> ProxyState:
 @router.get("/v1/models")
 @router.get("/sessions/{session_id}/v1/models")
 async def models(request: Request, session_id: str | None = None) -> Response:
+    """The models as the servers report them (max_model_len included), one entry per model."""
     state = _state(request)
     await agent_session(state, bearer_of(request.headers.get("authorization")), session_id)
-    names = sorted({u.model for u in state.pool.upstreams.values()})
-    return JSONResponse({"object": "list", "data": [
-        {"id": name, "object": "model", "created": 0, "owned_by": "seamless"} for name in names]})
+    entries: dict[str, dict[str, Any]] = {}
+    for upstream in [u for u in state.pool.upstreams.values() if u.healthy]:
+        if upstream.model in entries:
+            continue
+        try:
+            reply = await state.client.get(f"{upstream.url}/v1/models", timeout=10.0)
+            entries.update({m["id"]: m for m in reply.json()["data"]})
+        except (httpx.HTTPError, KeyError, TypeError, ValueError):
+            continue  # the health check will take it out; another server may answer
+    for upstream in state.pool.upstreams.values():  # servers that did not answer: their name at least
+        entries.setdefault(upstream.model, {"id": upstream.model, "object": "model", "created": 0,
+                                            "owned_by": "vllm"})
+    return JSONResponse({"object": "list", "data": [entries[k] for k in sorted(entries)]})
 
 
 class AgentAPI:
@@ -70,38 +84,91 @@ class AgentAPI:
         if scope["type"] == "http" and scope["method"] == "POST":
             match = _AGENT_POST.match(scope["path"])
             if match is not None:
-                api: Api = "chat" if match.group(2) == "chat/completions" else "completion"
-                await _call(self.app.state.proxy, api, match.group(1), scope, receive, send)
+                await _call(self.app.state.proxy, _ROUTES[match.group(2)], match.group(1), scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-async def _call(state: ProxyState, api: Api, path_session: str | None, scope: dict, receive: Callable,
+async def _call(state: ProxyState, route: str, path_session: str | None, scope: dict, receive: Callable,
                 send: Callable) -> None:
     started = time.perf_counter()
-    route = "chat" if api == "chat" else "completions"
     headers = dict(scope["headers"])
     try:
         session_id = await agent_session(state, bearer_of(headers.get(b"authorization", b"").decode("latin-1")),
                                          path_session)
+        session_id = await episodes.resolve(state, session_id, headers.get(episodes.HEADER))
         body = await _read_body(headers.get(b"content-length"), receive, state.settings.max_body_bytes)
-        _validate(api, body)
-        wants = AgentWants.of(body)
-        await state.pool.wait_running()
-        if wants.stream:
-            upstream, response = await _open(state, api, body, session_id)
-            stream = _stream_to_agent(state, api, body, wants, session_id, upstream, response)
-            await _send_stream(stream, receive, send)
-            state.metrics.observe(route, 200, time.perf_counter() - started)
-            return
-        recorder = await _complete(state, api, body, session_id)
+        if route == "responses":
+            await _responses(state, session_id, body, receive, send)
+        else:
+            await _chat_or_completion("chat" if route == "chat" else "completion", state, session_id, body,
+                                      receive, send)
         state.metrics.observe(route, 200, time.perf_counter() - started)
-        await _send_json(send, 200, recorder.response(wants))
     except Exception as exc:  # every failure becomes an OpenAI-shaped error
         error = translate(exc)
         state.metrics.observe(route, error.status, time.perf_counter() - started)
         state.metrics.errors[error.type] += 1
         await _send_json(send, error.status, error.body())
+
+
+async def _chat_or_completion(api: Api, state: ProxyState, session_id: str, body: dict[str, Any],
+                              receive: Callable, send: Callable) -> None:
+    _validate(api, body)
+    wants = AgentWants.of(body)
+    await state.pool.wait_running()
+    if wants.stream:
+        upstream, response = await _open(state, api, body, session_id)
+        shape = _ChatSSE(wants)
+        await _send_stream(_stream_to_agent(state, api, body, session_id, upstream, response, shape), receive, send)
+        return
+    recorder = await _complete(state, api, body, session_id)
+    await _send_json(send, 200, await _answer(state, api, body, recorder, wants))
+
+
+async def _responses(state: ProxyState, session_id: str, body: dict[str, Any], receive: Callable,
+                     send: Callable) -> None:
+    """POST /v1/responses: run as the chat call vLLM's Responses route would make (responses_api)."""
+    history = await _stored_response(state, session_id, body.get("previous_response_id"))
+    chat = responses_api.to_chat(body, history)
+    _validate("chat", chat)
+    response_id = responses_api.new_id("resp")
+    await state.pool.wait_running()
+    if body.get("stream"):
+        upstream, response = await _open(state, "chat", chat, session_id)
+        shape = _ResponsesSSE(state, session_id, body, chat, response_id)
+        await _send_stream(_stream_to_agent(state, "chat", chat, session_id, upstream, response, shape), receive, send)
+        return
+    recorder = await _complete(state, "chat", chat, session_id)
+    wants = AgentWants(model=body.get("model"), stream=False, logprobs=True, token_ids=False, usage=True)
+    result = responses_api.from_chat(body, response_id, await _answer(state, "chat", chat, recorder, wants))
+    await _store_response(state, session_id, body, chat, result)
+    await _send_json(send, 200, result)
+
+
+def _response_key(state: ProxyState, session_id: str, response_id: str) -> str:
+    # under the session: a response id from another session is simply not found
+    return f"{state.settings.key_prefix}:responses:{session_id}:{response_id}"
+
+
+async def _stored_response(state: ProxyState, session_id: str, response_id: Any) -> list[dict[str, Any]] | None:
+    if response_id is None:
+        return None
+    if not isinstance(response_id, str):
+        raise ApiError(400, "'previous_response_id' must be a string", param="previous_response_id")
+    raw = await state.store.redis.get(_response_key(state, session_id, response_id))
+    if raw is None:
+        raise ApiError(404, f"response {response_id!r} is not stored in this session (was it made with "
+                            "store=false, or by another session?)", "not_found_error", param="previous_response_id")
+    return json.loads(raw)
+
+
+async def _store_response(state: ProxyState, session_id: str, body: dict[str, Any], chat: dict[str, Any],
+                          result: dict[str, Any]) -> None:
+    if body.get("store", True) is False:
+        return
+    history = responses_api.history_of(chat, result["output"])
+    await state.store.redis.set(_response_key(state, session_id, result["id"]), json.dumps(history),
+                                ex=_RESPONSE_TTL_S)
 
 
 async def _send_json(send: Callable, status: int, payload: dict[str, Any]) -> None:
@@ -179,6 +246,13 @@ def _validate(api: Api, body: dict[str, Any]) -> None:
             raise ApiError(400, f"'{name}' has the wrong type ({type(value).__name__})", param=name)
     if isinstance(body.get("n"), int) and body["n"] < 1:
         raise ApiError(400, "'n' must be at least 1", param="n")
+    if body.get("stream_options") and not body.get("stream"):
+        # vLLM refuses it too; the proxy streams from vLLM either way, so it must check for itself
+        raise ApiError(400, "Stream options can only be defined when `stream=True`.", param="stream_options")
+    if body.get("prompt_logprobs") not in (None, 0):
+        raise ApiError(400, "'prompt_logprobs' is not served through the seamless proxy (it records every call "
+                            "from vLLM's stream, which has no prompt logprobs); for scoring use echo=true with "
+                            "logprobs, which gives the prompt's logprobs", param="prompt_logprobs")
 
 
 async def _open(state: ProxyState, api: Api, body: dict[str, Any],
@@ -291,7 +365,7 @@ async def _complete(state: ProxyState, api: Api, body: dict[str, Any], session_i
     """A whole call for a non-streaming agent; retried on another server if one dies mid-call."""
     while True:
         upstream, response = await _open(state, api, body, session_id)
-        recorder = CallRecorder(api, session_id, upstream.url)
+        recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")))
         try:
             async with contextlib.aclosing(_fold(state, session_id, upstream, response, recorder)) as chunks:
                 async for _ in chunks:
@@ -341,6 +415,7 @@ async def _continue_aborted(state: ProxyState, api: Api, body: dict[str, Any], s
         pending = continuation.aborted(recorder)
         if not pending:
             return
+        recorder.continued = True
         await state.pool.wait_running()
         for index in pending:
             sent = continuation.continuation_body(api, body, recorder, index)
@@ -372,41 +447,132 @@ async def _fold_continuation(state: ProxyState, session_id: str, upstream: Upstr
             yield shaped
 
 
-async def _stream_to_agent(state: ProxyState, api: Api, body: dict[str, Any], wants: AgentWants,
-                           session_id: str, upstream: Upstream, response: UpstreamResponse) -> AsyncIterator[bytes]:
-    recorder = CallRecorder(api, session_id, upstream.url)
+class _ChatSSE:
+    """The chat/completions stream as the agent asked for it: vLLM's chunks less what the proxy added."""
 
-    def sse(chunk: dict[str, Any] | None) -> bytes:
-        shown = None if chunk is None else recorder.agent_chunk(chunk, wants)
-        return b"" if shown is None else b"data: " + json.dumps(shown, separators=(",", ":")).encode() + b"\n\n"
+    def __init__(self, wants: AgentWants) -> None:
+        self.wants = wants
 
+    def start(self, recorder: CallRecorder) -> list[bytes]:
+        self.recorder = recorder
+        return []
+
+    def chunk(self, chunk: dict[str, Any] | None) -> list[bytes]:
+        shown = None if chunk is None else self.recorder.agent_chunk(chunk, self.wants)
+        return [] if shown is None else [b"data: " + json.dumps(shown, separators=(",", ":")).encode() + b"\n\n"]
+
+    async def end(self, continued: bool) -> list[bytes]:
+        usage = []
+        if continued and self.wants.usage:  # the continuation hid the partial usage: send the call's
+            usage = self.chunk({"id": (self.recorder.first_chunk or {}).get("id", ""), "choices": [],
+                                "usage": self.recorder.usage})
+        return [*usage, b"data: [DONE]\n\n"]
+
+    def error(self, error: ApiError) -> bytes:
+        return b"data: " + json.dumps(error.body()).encode() + b"\n\n"
+
+
+class _ResponsesSSE:
+    """The Responses event stream of a chat stream (responses_api.EventStream)."""
+
+    def __init__(self, state: ProxyState, session_id: str, body: dict[str, Any], chat: dict[str, Any],
+                 response_id: str) -> None:
+        self.state, self.session_id, self.body, self.chat = state, session_id, body, chat
+        self.events = responses_api.EventStream(body, response_id)
+
+    def start(self, recorder: CallRecorder) -> list[bytes]:
+        self.recorder = recorder
+        return self.events.start()
+
+    def chunk(self, chunk: dict[str, Any] | None) -> list[bytes]:
+        return [] if chunk is None else self.events.feed(chunk)
+
+    async def end(self, continued: bool) -> list[bytes]:
+        events, response = self.events.finish(self.recorder.usage)
+        await _store_response(self.state, self.session_id, self.body, self.chat, response)
+        return events
+
+    def error(self, error: ApiError) -> bytes:
+        return b"event: error\ndata: " + json.dumps({"type": "error", "sequence_number": self.events.sequence,
+                                                      **error.body()["error"]}).encode() + b"\n\n"
+
+
+async def _stream_to_agent(state: ProxyState, api: Api, body: dict[str, Any], session_id: str, upstream: Upstream,
+                           response: UpstreamResponse, shape: _ChatSSE | _ResponsesSSE) -> AsyncIterator[bytes]:
+    recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")))
     try:
+        for part in shape.start(recorder):
+            yield part
         async with contextlib.aclosing(_fold(state, session_id, upstream, response, recorder)) as chunks:
             async for chunk in chunks:
                 if continuation.aborted(recorder):
                     # the rest comes from a continuation: hide the abort and the partial usage
                     chunk = None if not chunk.get("choices") else continuation.hide_abort(chunk)
-                if part := sse(chunk):
+                for part in shape.chunk(chunk):
                     yield part
-        if continuation.aborted(recorder):
+        continued = bool(continuation.aborted(recorder))
+        if continued:
             async with contextlib.aclosing(_continue_aborted(state, api, body, session_id, recorder)) as rest:
                 async for chunk in rest:
-                    if part := sse(chunk):
+                    for part in shape.chunk(chunk):
                         yield part
-            if wants.usage:
-                yield sse({"id": (recorder.first_chunk or {}).get("id", ""), "choices": [],
-                           "usage": recorder.usage})
         await _record(state, recorder, body)
-        yield b"data: [DONE]\n\n"
+        for part in await shape.end(continued):
+            yield part
     except (_UpstreamFailed, ApiError) as exc:
         # tokens were already sent, so the call cannot move to another server: end it visibly
         error = exc if isinstance(exc, ApiError) else ApiError(502, f"the rollout server failed mid-stream: {exc}",
                                                                "upstream_error")
         state.metrics.errors[error.type] += 1
-        yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
+        yield shape.error(error)
+
+
+async def _answer(state: ProxyState, api: Api, body: dict[str, Any], recorder: CallRecorder,
+                  wants: AgentWants) -> dict[str, Any]:
+    """The non-streaming answer: what vLLM itself answers for these tokens (its derender route parses
+    them with the non-streaming tool and reasoning parsers, which differ from the streaming ones,
+    e.g. for a tool call cut off by max_tokens); assembled from the stream where vLLM has no such
+    route (started without --enable-scale-out) or the call was continued after an abort."""
+    assembled = recorder.response(wants)
+    if api != "chat" or recorder.continued or len(recorder.choices) == 0:
+        return assembled
+    derendered = await _derender(state, body, recorder)
+    if derendered is None:
+        return assembled
+    for mine, theirs in zip(assembled["choices"], derendered["choices"]):
+        mine["message"] = theirs["message"]
+        mine["finish_reason"] = theirs.get("finish_reason", mine["finish_reason"])
+    return assembled
+
+
+async def _derender(state: ProxyState, body: dict[str, Any], recorder: CallRecorder) -> dict[str, Any] | None:
+    upstream = state.pool.upstreams.get(recorder.upstream)
+    if upstream is None or upstream.url in _NO_DERENDER:
+        return None
+    choices = [{"index": i, "token_ids": t.token_ids, "finish_reason": t.finish_reason, "stop_reason": t.stop_reason}
+               for i, t in sorted(recorder.choices.items())]
+    request = {"model": upstream.model, "prompt_token_ids": recorder.prompt_token_ids,
+               "generate_response": {"output_mode": "tokens", "choices": choices,
+                                     "prompt_token_ids": recorder.prompt_token_ids},
+               "chat_request": {**body, "model": upstream.model, "stream": False, "stream_options": None}}
+    try:
+        response = await state.client.post(f"{upstream.url}/v1/chat/completions/derender", json=request,
+                                           timeout=state.settings.upstream_timeout_s)
+    except httpx.HTTPError as exc:
+        log.warning("derender on %s failed (%r): answering from the stream", upstream.url, exc)
+        return None
+    if response.status_code in (404, 405, 501):
+        _NO_DERENDER.add(upstream.url)  # a server without --enable-scale-out: do not ask again
+        return None
+    if response.status_code != 200:
+        log.warning("derender on %s answered %s: %s", upstream.url, response.status_code, response.text[:300])
+        return None
+    return response.json()
 
 
 async def _record(state: ProxyState, recorder: CallRecorder, body: dict[str, Any]) -> None:
+    if body.get("max_tokens") == 0 or body.get("max_completion_tokens") == 0:
+        return  # scoring a prompt (echo): nothing was generated, nothing to train on
     problem = recorder.check_complete()
     if problem is not None:
         raise ApiError(502, f"cannot record this call token-exactly: {problem}", "upstream_error")

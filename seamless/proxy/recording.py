@@ -38,13 +38,16 @@ class ChoiceTrace:
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     logprob_entries: list[Any] = field(default_factory=list)  # as the API returned them (chat)
     completion_logprobs: dict[str, list] = field(default_factory=dict)  # completions API shape
+    echo_skipped: int = 0  # prompt ids skipped from the first chunk (completions with echo)
 
 
 class CallRecorder:
     """Accumulates the chunks of one upstream call (all its choices)."""
 
-    def __init__(self, api: Api, session_id: str, upstream: str):
+    def __init__(self, api: Api, session_id: str, upstream: str, echo: bool = False):
         self.api = api
+        self.echo = echo
+        """Completions with echo: each choice's first chunk repeats the prompt's ids and logprobs."""
         self.session_id = session_id
         self.upstream = upstream
         self.started_at = time.time()
@@ -52,6 +55,8 @@ class CallRecorder:
         self.choices: dict[int, ChoiceTrace] = {}
         self.usage: dict[str, Any] | None = None
         self.first_chunk: dict[str, Any] | None = None
+        self.continued = False
+        """Some choice was finished by a continuation after an abort (partial rollout)."""
 
     def add_chunk(self, chunk: dict[str, Any], version: int) -> None:
         """Fold one parsed SSE chunk in; its new tokens are stamped with `version`."""
@@ -66,12 +71,16 @@ class CallRecorder:
             if choice.get("prompt_token_ids") is not None and trace.prompt_token_ids is None:
                 trace.prompt_token_ids = choice["prompt_token_ids"]
             ids = choice.get("token_ids") or []
+            echoed = 0
+            if self.echo and not trace.token_ids and not trace.echo_skipped and self._prompt_of(trace) is not None:
+                echoed = trace.echo_skipped = len(self._prompt_of(trace))
+                ids = ids[echoed:]
             trace.token_ids += ids
             trace.versions += [version] * len(ids)
             if self.api == "chat":
                 self._add_chat_delta(trace, choice)
             else:
-                self._add_completion_delta(trace, choice)
+                self._add_completion_delta(trace, choice, echoed)
             if choice.get("finish_reason") is not None:
                 trace.finish_reason = choice["finish_reason"]
                 trace.stop_reason = choice.get("stop_reason")
@@ -95,12 +104,13 @@ class CallRecorder:
         trace.logprobs += [entry["logprob"] for entry in entries]
 
     @staticmethod
-    def _add_completion_delta(trace: ChoiceTrace, choice: dict[str, Any]) -> None:
+    def _add_completion_delta(trace: ChoiceTrace, choice: dict[str, Any], echoed: int = 0) -> None:
         trace.text += choice.get("text") or ""
         logprobs = choice.get("logprobs") or {}
         for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
             trace.completion_logprobs.setdefault(key, []).extend(logprobs.get(key) or [])
-        trace.logprobs += [lp if lp is not None else 0.0 for lp in logprobs.get("token_logprobs") or []]
+        # the echoed prompt's logprobs are the agent's to see, not generated tokens to record
+        trace.logprobs += [lp if lp is not None else 0.0 for lp in (logprobs.get("token_logprobs") or [])[echoed:]]
 
     def check_complete(self) -> str | None:
         """Why the recording is not token-exact, or None when it is."""
@@ -171,6 +181,12 @@ class CallRecorder:
         """The chunk as the agent should see it, or None to drop it (usage it did not ask for)."""
         if not chunk.get("choices") and chunk.get("usage") is not None and not wants.usage:
             return None
+        if self.api == "chat" and chunk.get("choices") and not (wants.token_ids or wants.logprobs):
+            # vLLM sends a chunk for a token that adds nothing (a tool-call tag the parser holds back)
+            # only because the proxy asked for token ids: the agent would not have seen it
+            chunk["choices"] = [c for c in chunk["choices"] if _shows_something(c)]
+            if not chunk["choices"]:
+                return None
         if wants.model:
             chunk["model"] = wants.model
         if not wants.token_ids:
@@ -185,6 +201,11 @@ class CallRecorder:
         if not wants.usage and chunk.get("usage") is not None:
             chunk["usage"] = None
         return chunk
+
+
+def _shows_something(choice: dict[str, Any]) -> bool:
+    delta = choice.get("delta") or {}
+    return choice.get("finish_reason") is not None or any(v not in (None, [], {}) for v in delta.values())
 
 
 @dataclass(frozen=True)
