@@ -63,7 +63,10 @@ DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 DS_BUILD_CPU_ADAM=1 DS_ACCELERATOR="$([[ $fla
     "${pip[@]}" --no-build-isolation "deepspeed==$DEEPSPEED_VERSION"
 
 # the project itself with the rest of its dependencies (pyproject.toml pins them)
-"${pip[@]}" -e "$repo[dev,datasets]"
+"${pip[@]}" -e "$repo[dev,datasets,agents-test]"
+# the openai-agents SDK in a venv of its own: its module `agents` would shadow seamless's agents/
+[[ -x "$venv/openai-agents/bin/python" ]] || "$python" -m venv "$venv/openai-agents"
+"$venv/openai-agents/bin/python" -m pip install --disable-pip-version-check -q "openai-agents==0.24.0"
 if [[ "$flavour" == "cpu" ]]; then
     # a dependency may have pulled them back in
     "$venv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
