@@ -92,7 +92,7 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
                         scheduler.episodes_finished(len(group))
                         totals.episodes += group
                         totals.episode_wall_s.update({e.session_id: e.wall_time_s for e in group})
-                    # 3. a step once a batch is ready (roles switch, train, weights out, roles back)
+                    # 3. a step once a batch is ready: collect, roles, train, publish, roles back, log, checkpoint
                     if scheduler.ready_to_step():
                         _one_step(parts, progress, bar, totals)
         except KeyboardInterrupt:
@@ -118,19 +118,23 @@ def _admit(parts: Parts, groups: BackgroundGroups, totals: Totals) -> None:
 
 
 def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> None:
-    """One RL step, phase by phase."""
-    recipe = parts.recipe
-    # 3a. take whole GRPO groups from the stream, merged into training sequences
+    """One RL step, phase by phase. The step stays open until its row is logged: a checkpoint
+    never holds a step whose row is missing, so the logged curve has no gap after a resume (a step
+    cut off before its checkpoint is trained again and logged twice, the later row counting)."""
+    recipe, scheduler = parts.recipe, parts.scheduler
+    # 3a. collect: whole GRPO groups from the stream, merged into training sequences
     entries, trajectories = _collect(parts, progress)
     sequences = [s for t in trajectories for s in t.sequences]
-    # 3b. through the scheduler: dual resources leave rollout, the trainer steps, the new weights
-    #     reach the servers, roles switch back; progress moves with the weights, so an interrupt
-    #     checkpoints a consistent pair. The step stays open until its row is logged: a checkpoint
-    #     never holds a step whose row is missing, so the logged curve has no gap after a resume
-    #     (a step cut off before its checkpoint is trained again and logged twice, the later row
-    #     being the one that counts)
     progress.in_train_step = True
-    report = parts.scheduler.step(sequences)
+    # 3b. roles: the resources that train leave rollout (their calls continue on the other servers)
+    scheduler.begin_step()
+    # 3c. train
+    metrics = _train(parts, sequences)
+    # 3d. publish the weights: staged for servers that (re)join, loaded into those that stayed
+    stage_s = _publish(parts)
+    # 3e. roles back: resources return to rollout on the new weights
+    report = scheduler.end_step()
+    # progress moves with the weights, so an interrupt checkpoints a consistent pair
     progress.step += 1
     progress.trained_entry_ids += [e.entry_id for e in entries]
     progress.unacked += entries
@@ -138,7 +142,7 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
     if recipe.logging.traces:
         write_step(parts.run_dir, progress.step, [e.entry_id for e in entries], trajectories)
     _record(totals, trajectories, sequences)
-    row = _step_metrics(parts, trajectories, sequences, totals, report)
+    row = _step_metrics(parts, trajectories, sequences, totals, report) | {"sync/stage_s": stage_s} | metrics
     parts.logger.log(progress.step, row)
     progress.in_train_step = False
     # 5. checkpoint, then acknowledge what it includes; evaluate every N steps
@@ -152,6 +156,34 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
     bar.update(1)
     bar.set_postfix(reward=f"{row['rollout/reward_mean']:.2f}", tok_s=f"{row['perf/trained_tokens_per_s']:.0f}",
                     bubble=f"{row.get('scheduler/bubble_ratio', 0.0):.0%}")
+
+
+def _train(parts: Parts, sequences: list[TrainingSequence]) -> dict[str, float]:
+    """One optimizer step of the trainer's ranks (on the train leases begin_step took). A step
+    whose filters left nothing to train on still makes a version (the same weights under the next
+    number), so the trainer, the fleet and the scheduler count versions alike."""
+    metrics = parts.trainer.train_step(sequences)
+    if metrics is None:
+        parts.trainer.version += 1
+        return {}
+    return metrics.to_dict()
+
+
+def _publish(parts: Parts) -> float:
+    """The trainer's new weights to the rollout servers: staged with the fleet (rollout keeps
+    running), then loaded into the servers that stayed in rollout without a trainer rank beside
+    them (paused meanwhile); servers that rejoin in end_step() load them there. Returns the
+    seconds staging took."""
+    version = parts.trainer.version
+    started = time.monotonic()
+    parts.fleet.stage(parts.trainer, version)
+    stage_s = time.monotonic() - started
+    servers = parts.scheduler.begin_sync()  # the trainer's resources go idle here
+    if servers:
+        parts.fleet.pause(servers)
+        parts.fleet.update_weights(version, servers)
+        parts.fleet.resume(servers)
+    return stage_s
 
 
 def _warm_start(parts: Parts) -> None:
@@ -281,9 +313,8 @@ def _step_metrics(parts: Parts, trajectories: list[Trajectory], sequences: list[
            "rollout/agent_errors": sum(e.error is not None for e in totals.episodes),
            "perf/trained_tokens_per_s": totals.trained_tokens / max(1e-9, time.monotonic() - totals.started),
            "scheduler/switch_s": report.switch_s, "scheduler/train_s": report.train_s,
-           "scheduler/sync_s": report.sync_s, "sync/stage_s": parts.learner.last_stage_s}
+           "scheduler/sync_s": report.sync_s}
     row.update(parts.scheduler.metrics())
-    row.update(report.trainer_metrics)
     return row
 
 

@@ -29,7 +29,7 @@ from seamless.rollout.fleet import VLLMFleet
 from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.run_logger import RunLogger
 from seamless.scheduler import RayPlacement, ResourcePool, TagScheduler
-from seamless.scheduler.adapters import FleetOnLeases, TrainerOnLeases
+from seamless.scheduler.adapters import FleetOnLeases
 from seamless.services.process import dead_services
 from seamless.services.redis_server import RedisServer
 from seamless.store import EpisodeQueue
@@ -47,8 +47,6 @@ class Parts:
     fleet: VLLMFleet
     trainer: Trainer
     scheduler: TagScheduler
-    learner: TrainerOnLeases
-    """The trainer as the scheduler drives it (it times how long each step's weights took to stage)."""
     runner: AgentRunner
     """Runs evaluation episodes (each asyncio.run makes its own event loop)."""
     rollout_runner: AgentRunner
@@ -124,9 +122,8 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         # created once for the run; the scheduler's train leases decide when the ranks compute
         trainer = stack.enter_context(Trainer.from_recipe(recipe, model_dir, num_ranks=len(pool.trainers),
                                                           gpus_per_rank=0))
-        learner = TrainerOnLeases(trainer, fleet, sorted(pool.trainers))
         batch_episodes = recipe.rollout.batch_size * recipe.rollout.group_size
-        scheduler = TagScheduler(recipe.cluster, FleetOnLeases(fleet), learner, batch_episodes,
+        scheduler = TagScheduler(recipe.cluster, FleetOnLeases(fleet), batch_episodes,
                                  placement=RayPlacement(recipe.run.name, recipe.cluster.placement_timeout_s),
                                  load_interval_s=0.2)
         _step(f"placing {len(pool)} resource(s) ({recipe.cluster.policy}): starting "
@@ -141,7 +138,7 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         logger = RunLogger(recipe, run_dir, resume=resume)
         try:
             yield Parts(recipe=recipe, run_dir=run_dir, model_dir=model_dir, proxy=proxy, fleet=fleet,
-                        trainer=trainer, scheduler=scheduler, learner=learner, runner=runner,
+                        trainer=trainer, scheduler=scheduler, runner=runner,
                         rollout_runner=rollout_runner, tasks=tasks, episodes=episodes,
                         logger=logger)
         except Exception as exc:
