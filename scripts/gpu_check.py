@@ -57,7 +57,7 @@ def main() -> int:
     os.environ["DS_ACCELERATOR"] = "cuda"
     from bench_trainer import synthetic_sequences
 
-    from seamless.config import AlgorithmConfig, TrainerConfig
+    from seamless.config import GrpoConfig, TrainerConfig
     from seamless.ray_cluster import start_ray, stop_ray
     from seamless.trainer import Trainer
 
@@ -70,7 +70,7 @@ def main() -> int:
     sequences = synthetic_sequences(args.sequences, prompt, args.seq_len - prompt, vocab=args.vocab)
     config = TrainerConfig(lr=1e-5, micro_batch_tokens=args.micro_batch * args.seq_len,
                            deepspeed={"zero_optimization": {"stage": 2}})
-    algo = AlgorithmConfig(name="grpo", max_staleness=10**6)
+    algo = GrpoConfig(max_staleness=10**6)
     start_ray(num_gpus=1, num_cpus=4)
     try:
         with Trainer(model_dir, algo, config, num_ranks=1, dtype="bfloat16") as trainer:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from seamless.errors import ConfigError
 
@@ -212,13 +212,12 @@ class StoreConfig(Section):
         return self
 
 
-class AlgorithmConfig(Section):
-    """The RL objective."""
+class _Algorithm(Section):
+    """What every RL objective shares: the clipped surrogate, KL, entropy, off-policy correction
+    and the batch filters. Each algorithm below adds its own keys; `name` picks one."""
 
-    name: Literal["grpo", "ppo", "rloo", "reinforce_pp"] = "grpo"
-    """Advantage estimator: GRPO group-relative, PPO with a critic and GAE, RLOO, REINFORCE++."""
-    norm_adv_by_std: bool = True
-    """GRPO: divide by the group's reward std (False gives Dr.GRPO)."""
+    name: str
+    """The algorithm: grpo (group-relative), ppo (critic and GAE), rloo, reinforce_pp."""
     clip_low: float = Field(0.2, ge=0.0, lt=1.0)
     """PPO ratio clip below 1 (1 - clip_low)."""
     clip_high: float = Field(0.28, ge=0.0)
@@ -238,14 +237,6 @@ class AlgorithmConfig(Section):
     """Apply KL as a reward penalty instead of a loss term."""
     entropy_coef: float = Field(0.0, ge=0.0)
     """Entropy bonus weight."""
-    gamma: float = Field(1.0, ge=0.0, le=1.0)
-    """Discount over tokens (PPO's GAE and REINFORCE++ returns)."""
-    lam: float = Field(0.95, ge=0.0, le=1.0)
-    """PPO GAE lambda."""
-    value_clip: float | None = Field(0.2, ge=0.0)
-    """PPO value-loss clip range; unset uses the plain squared error."""
-    value_loss_coef: float = Field(0.5, ge=0.0)
-    """PPO: weight of the value loss in the critic's objective."""
     tis_cap: float | None = Field(2.0, gt=0.0)
     """Truncated importance sampling cap between trainer and rollout logprobs; unset disables it."""
     max_staleness: int = Field(1, ge=0)
@@ -262,12 +253,69 @@ class AlgorithmConfig(Section):
     """Overlong shaping: the largest penalty added to the reward."""
 
     @model_validator(mode="after")
-    def _overlong_buffer_fits(self) -> AlgorithmConfig:
+    def _overlong_buffer_fits(self) -> _Algorithm:
         if self.overlong_max_tokens is not None and self.overlong_buffer_tokens > self.overlong_max_tokens:
             raise ValueError(
                 f"overlong_buffer_tokens ({self.overlong_buffer_tokens}) exceeds overlong_max_tokens "
                 f"({self.overlong_max_tokens}); make the buffer smaller")
         return self
+
+
+class GrpoConfig(_Algorithm):
+    """GRPO: each reward minus its group's mean (over the group's std), the same for every token."""
+
+    name: Literal["grpo"] = "grpo"
+    """Group-relative advantages; no critic."""
+    norm_adv_by_std: bool = True
+    """Divide by the group's reward std (False gives Dr.GRPO)."""
+
+
+class RlooConfig(_Algorithm):
+    """RLOO: each reward minus the mean of the other members of its group."""
+
+    name: Literal["rloo"] = "rloo"
+    """Leave-one-out advantages; no critic."""
+
+
+class ReinforcePPConfig(_Algorithm):
+    """REINFORCE++: discounted token returns, whitened over the batch."""
+
+    name: Literal["reinforce_pp"] = "reinforce_pp"
+    """Batch-whitened returns; no critic."""
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    """Discount over tokens."""
+
+
+class PpoConfig(_Algorithm):
+    """PPO: a critic (value model) and GAE advantages per token."""
+
+    name: Literal["ppo"] = "ppo"
+    """A critic trained beside the policy (its lr is trainer.critic_lr)."""
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    """Discount over tokens (GAE)."""
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    """GAE lambda."""
+    value_clip: float | None = Field(0.2, ge=0.0)
+    """Value-loss clip range; unset uses the plain squared error."""
+    value_loss_coef: float = Field(0.5, ge=0.0)
+    """Weight of the value loss in the critic's objective."""
+
+
+ALGORITHM_CONFIGS: dict[str, type[_Algorithm]] = {
+    "grpo": GrpoConfig, "ppo": PpoConfig, "rloo": RlooConfig, "reinforce_pp": ReinforcePPConfig}
+
+
+def _default_algorithm_name(value: Any) -> Any:
+    """`algorithm:` without a name is GRPO (the union needs its tag to pick a class)."""
+    if isinstance(value, dict) and "name" not in value:
+        return {"name": "grpo", **value}
+    return value
+
+
+AlgorithmConfig = Annotated[GrpoConfig | PpoConfig | RlooConfig | ReinforcePPConfig,
+                            Field(discriminator="name"), BeforeValidator(_default_algorithm_name)]
+"""The `algorithm` section: one class per algorithm, picked by `algorithm.name`, so a key of
+another algorithm (PPO's `lam` under GRPO) is an error that names it."""
 
 
 class SftWarmupConfig(Section):
@@ -485,7 +533,7 @@ class Recipe(Section):
     rollout: RolloutConfig = RolloutConfig()
     proxy: ProxyConfig = ProxyConfig()
     store: StoreConfig = StoreConfig()
-    algorithm: AlgorithmConfig = AlgorithmConfig()
+    algorithm: AlgorithmConfig = GrpoConfig()
     trainer: TrainerConfig = TrainerConfig()
     cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -576,31 +624,44 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
 
 def _describe_error(err: Any) -> str:
     """One line per pydantic error: dotted key, what is wrong, and what to do."""
-    loc = [str(part) for part in err["loc"]]
+    loc, model, tagged = _walk([str(part) for part in err["loc"]])
     dotted = ".".join(loc) or "<recipe>"
     if err["type"] == "extra_forbidden":
-        section_model = _model_at(loc[:-1])
-        allowed = sorted(section_model.model_fields) if section_model else []
+        allowed = sorted(model.model_fields) if model else []
         hint = difflib.get_close_matches(loc[-1], allowed, n=1)
         fix = f"did you mean {'.'.join(loc[:-1] + [hint[0]])}?" if hint else "remove it"
+        if tagged:  # a key of another member of a tagged union (PPO's lam under GRPO)
+            owners = [tag for tag, member in tagged.items() if loc[-1] in member.model_fields]
+            if owners:
+                fix = (f"it belongs to {' and '.join(owners)}, not {model.model_fields['name'].default}; "
+                       f"remove it or set {'.'.join(loc[:-1] + ['name'])}: {owners[0]}")
         return f"{dotted}: unknown key; {fix} (valid keys here: {', '.join(allowed)})"
+    if err["type"] == "union_tag_invalid":
+        ctx = err["ctx"]
+        return (f"{dotted}.{ctx['discriminator'].strip(chr(39))}: {ctx['tag']!r} is not one of "
+                f"{ctx['expected_tags']}; fix it in the recipe")
     message = err["msg"].removeprefix("Value error, ")
     got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
     return f"{dotted}: {message}{got}; fix it in the recipe or override it with {dotted}=VALUE"
 
 
-def _model_at(loc: list[str]) -> type[BaseModel] | None:
-    """The section model reached by walking field names from Recipe (None if loc is not a section)."""
-    model: type[BaseModel] = Recipe
-    for part in loc:
-        if part.isdigit():  # an index into a list of sections, e.g. cluster.resources.0
+def _walk(loc: list[str]) -> tuple[list[str], type[BaseModel] | None, dict[str, type[BaseModel]]]:
+    """Follow an error's location from Recipe: the dotted key as the recipe spells it (without the
+    tag pydantic adds inside a tagged union), the section model reached by its parent (None if not
+    a section), and the members of the union that section belongs to (empty if none)."""
+    model: type[BaseModel] | None = Recipe
+    keys: list[str] = []
+    tagged: dict[str, type[BaseModel]] = {}
+    for i, part in enumerate(loc):
+        if tagged and part in tagged and model is None:
+            model = tagged[part]  # the tag pydantic puts in the location, not a recipe key
+            continue
+        keys.append(part)
+        if i == len(loc) - 1 or part.isdigit() or model is None:  # an index into a list of sections
             continue
         field = model.model_fields.get(part)
-        if field is None:
-            return None
-        candidates = [field.annotation, *get_args(field.annotation)]
-        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if sub is None:
-            return None
-        model = sub
-    return model
+        annotation = field.annotation if field is not None else None
+        members = [c for c in (annotation, *get_args(annotation)) if isinstance(c, type) and issubclass(c, BaseModel)]
+        tagged = {m.model_fields["name"].default: m for m in members if len(members) > 1}
+        model = None if tagged or not members else members[0]
+    return keys, model, tagged

@@ -80,7 +80,7 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
         scheduler = parts.scheduler
         scheduler.begin_recording(version=parts.trainer.version)
         totals = Totals(groups_started=progress.step * recipe.rollout.batch_size)
-        bar = tqdm(initial=progress.step, total=recipe.trainer.total_steps, desc="GRPO" if recipe.algorithm.name == "grpo" else "RL",
+        bar = tqdm(initial=progress.step, total=recipe.trainer.total_steps, desc=recipe.algorithm.name.upper(),
                    unit="step", dynamic_ncols=True)
         try:
             with BackgroundGroups(parts.rollout_runner) as groups:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from seamless.config import Recipe, apply_override, load_recipe
+from seamless.config import GrpoConfig, PpoConfig, Recipe, apply_override, load_recipe
 from seamless.errors import ConfigError
 
 RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
@@ -55,6 +55,26 @@ def test_errors_inside_lists_of_sections_name_the_index():
     with pytest.raises(ConfigError) as err:
         load_recipe(None, ["cluster.resources=[{count: 2, tags: [train, infer]}]"])
     assert "cluster.resources.0.tags.1:" in str(err.value)
+
+
+def test_a_key_of_another_algorithm_is_an_error_that_names_it():
+    with pytest.raises(ConfigError) as err:
+        load_recipe("recipes/grpo_tiny_cpu.yaml", ["algorithm.lam=0.9", "algorithm.value_clip=0.1"])
+    message = str(err.value)
+    assert "2 problem(s)" in message
+    assert "algorithm.lam: unknown key; it belongs to ppo, not grpo; remove it or set algorithm.name: ppo" in message
+    assert "algorithm.value_clip: unknown key; it belongs to ppo" in message
+    with pytest.raises(ConfigError, match="algorithm.norm_adv_by_std: unknown key; it belongs to grpo, not ppo"):
+        load_recipe("recipes/ppo_tiny_cpu.yaml", ["algorithm.norm_adv_by_std=false"])
+    with pytest.raises(ConfigError, match="algorithm.name: 'dpo' is not one of 'grpo', 'ppo'"):
+        load_recipe(None, ["algorithm.name=dpo"])
+
+
+def test_the_algorithm_section_picks_its_class_and_defaults_to_grpo():
+    assert isinstance(load_recipe(None, ["algorithm.kl_coef=0.1"]).algorithm, GrpoConfig)
+    ppo = load_recipe(None, ["algorithm.name=ppo", "algorithm.lam=0.9"]).algorithm
+    assert isinstance(ppo, PpoConfig) and ppo.lam == 0.9
+    assert "lam" not in load_recipe(None).to_yaml()
 
 
 def test_cluster_without_a_rollout_resource_is_rejected():

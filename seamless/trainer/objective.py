@@ -19,7 +19,7 @@ from seamless.algorithms import (
     policy_loss,
     value_loss,
 )
-from seamless.config import AlgorithmConfig
+from seamless.config import AlgorithmConfig, PpoConfig
 from seamless.trainer.batch import MicroBatch
 
 
@@ -69,7 +69,7 @@ def token_values(critic_logits: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(values[:, :-1], (1, 0))
 
 
-def critic_objective(critic_logits: torch.Tensor, mb: MicroBatch, algo: AlgorithmConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def critic_objective(critic_logits: torch.Tensor, mb: MicroBatch, algo: PpoConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss for the critic's output (b, t, 1)."""
     assert mb.old_values is not None and mb.returns is not None
     values = token_values(critic_logits)

@@ -29,13 +29,13 @@ from seamless.algorithms import (
     dynamic_sampling_keep,
     group_ids_to_index,
     logprob_mismatch,
+    make_algorithm,
     overlong_penalty,
     staleness_keep,
     truncated_is_weights,
 )
 from seamless.config import AlgorithmConfig, Recipe, TrainerConfig
 from seamless.errors import SeamlessError
-from seamless.trainer.advantage import estimate
 from seamless.trainer.batch import (
     MicroBatch,
     TrainBatch,
@@ -73,13 +73,14 @@ class Trainer:
         from transformers import AutoConfig
 
         self.model_dir = Path(model_dir).resolve()
-        self.algorithm, self.config, self.num_ranks, self.seed = algorithm, config, num_ranks, seed
+        self.config, self.num_ranks, self.seed = config, num_ranks, seed
+        self.algorithm = make_algorithm(algorithm)  # what it needs (reference, critic), how it makes advantages
         self.pad_id = AutoConfig.from_pretrained(self.model_dir).pad_token_id or 0
         ds_config = deepspeed_config(config.deepspeed, num_ranks, config.grad_clip, dtype)
         self.zero_stage = zero_stage(ds_config)
         spec = WorkerSpec(model_dir=str(self.model_dir), ds_config=ds_config, dtype=dtype, lr=config.lr,
                           critic_lr=config.critic_lr, weight_decay=config.weight_decay,
-                          need_reference=algorithm.kl_coef > 0, need_critic=algorithm.name == "ppo",
+                          need_reference=self.algorithm.needs_reference, need_critic=self.algorithm.needs_critic,
                           algorithm=algorithm, seed=seed)
         self.step = 0  # RL steps done
         self.version = 0  # weight version; one per train_step
@@ -119,7 +120,7 @@ class Trainer:
         kept = self._filter(sequences)
         if not kept.sequences:
             return None
-        algo = self.algorithm
+        algo = self.algorithm.config
         batch = TrainBatch.from_sequences(kept.sequences, self.pad_id)
         rewards = batch.rewards.clone()
         if algo.overlong_max_tokens is not None:
@@ -127,9 +128,11 @@ class Trainer:
             rewards += overlong_penalty(generated, algo.overlong_max_tokens, algo.overlong_buffer_tokens,
                                         algo.overlong_penalty)
         groups = group_ids_to_index([s.group_id for s in kept.sequences])
-        passes = self._forward(batch, want_reference=algo.kl_coef > 0, want_values=algo.name == "ppo")
+        passes = self._forward(batch, want_reference=self.algorithm.needs_reference,
+                               want_values=self.algorithm.needs_critic)
         old = passes["logprobs"]
-        adv = estimate(algo, rewards, groups, batch.loss_mask, old, passes.get("ref_logprobs"), passes.get("values"))
+        adv = self.algorithm.advantages(rewards, groups, batch.loss_mask, old, passes.get("ref_logprobs"),
+                                   passes.get("values"))
         mask = batch.loss_mask
         is_weights = (truncated_is_weights(old, batch.rollout_logprobs, mask, algo.tis_cap)
                       if algo.tis_cap is not None else None)
@@ -160,7 +163,7 @@ class Trainer:
 
     def _filter(self, sequences: list[TrainingSequence]) -> _Filtered:
         """Drop sequences too stale to correct, then groups dynamic sampling rejects."""
-        algo = self.algorithm
+        algo = self.algorithm.config
         versions = torch.tensor([s.oldest_version for s in sequences], dtype=torch.long)
         fresh = staleness_keep(versions, self.version, algo.max_staleness) if sequences else torch.ones(0, dtype=torch.bool)
         kept = [s for s, ok in zip(sequences, fresh.tolist()) if ok]
@@ -189,7 +192,7 @@ class Trainer:
                 lr = self._lr()
                 rank_mbs = self._micro_batches(batch, rows, per_token)
                 futures = [w.train_policy.remote(mbs, lr) for w, mbs in zip(self._workers, rank_mbs)]
-                if self.algorithm.name == "ppo":
+                if self.algorithm.needs_critic:
                     critic_lr = self._lr(self.config.critic_lr)
                     futures += [w.train_critic.remote(mbs, critic_lr) for w, mbs in zip(self._workers, rank_mbs)]
                 results = ray.get(futures)
