@@ -25,12 +25,11 @@ import httpx
 from seamless.config import RolloutConfig
 from seamless.errors import ConfigError, ServiceError
 from seamless.rollout.proxy_admin import ProxyAdmin
-from seamless.rollout.records import ServerEvent, ServerStats, WeightUpdateMetrics
+from seamless.rollout.records import Lease, ServerEvent, ServerStats, WeightUpdateMetrics
 from seamless.rollout.server_actor import ServerActor
 from seamless.rollout.server_metrics import read_metrics
 from seamless.rollout.transport import DiskTransport, NcclTransport, WeightTransport, post_each, timed
 from seamless.rollout.weights import WeightSource
-from seamless.scheduler.placement import Lease
 from seamless.services.vllm_server import VLLMServerOptions
 
 log = logging.getLogger("seamless.rollout")

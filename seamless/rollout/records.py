@@ -1,10 +1,23 @@
-"""Typed records the fleet hands to the main loop, the scheduler and the logs."""
+"""Typed records the fleet hands to the main loop, the scheduler and the logs, and the shape of
+the placement it is given."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
+
+class Lease(Protocol):
+    """Where the fleet may start a server: a resource held for rollout. The scheduler's
+    `placement.Lease` is one; the rollout package does not import the scheduler above it."""
+
+    @property
+    def resource(self) -> Any:
+        """The held resource; the fleet reads its `id`."""
+
+    def strategy(self) -> Any:
+        """The Ray scheduling strategy that puts the server's actor into the held resource."""
+
 
 EventKind = Literal["started", "died", "restarted", "restart_failed", "gave_up", "removed"]
 
