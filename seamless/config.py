@@ -20,7 +20,8 @@ from seamless.errors import ConfigError
 class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors, values are immutable once loaded."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # attribute docstrings become field descriptions: `seamless proxy --help` prints them
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, use_attribute_docstrings=True)
 
 
 class TinyModelConfig(Section):
@@ -122,10 +123,6 @@ class DataConfig(Section):
 class RolloutConfig(Section):
     """Generation: vLLM servers, agents, sampling, and how weight updates reach the servers."""
 
-    num_servers: int = Field(1, ge=1)
-    """vLLM servers to start (one per rollout resource)."""
-    server_urls: list[str] = []
-    """Existing OpenAI-compatible vLLM servers to use instead of starting any (e.g. http://127.0.0.1:8000)."""
     batch_size: int = Field(8, ge=1)
     """Prompts per training step."""
     group_size: int = Field(4, ge=1)
@@ -175,18 +172,26 @@ class RolloutConfig(Section):
 
 
 class ProxyConfig(Section):
-    """The trajectory manager: the OpenAI-compatible proxy every agent call passes through."""
+    """The trajectory manager: the OpenAI-compatible proxy every agent call passes through. The one
+    config of the proxy service: the recipe's `proxy` section, and the flags of `seamless proxy`
+    (each key as `--key-with-dashes`), built from these fields."""
 
     host: str = "127.0.0.1"
     """Interface to bind. Anything other than loopback exposes the proxy to the network."""
     port: int = Field(0, ge=0, le=65535)
     """TCP port; 0 picks a free one."""
     admin_key: str | None = None
-    """Key for admin routes; generated and printed when unset (or taken from SEAMLESS_ADMIN_KEY)."""
+    """Key for admin routes; taken from SEAMLESS_ADMIN_KEY, else generated and printed, when unset."""
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     """Requests with larger bodies are refused with 413."""
     upstream_timeout_s: float = Field(600.0, gt=0)
     """Longest an upstream call may take."""
+    health_interval_s: float = Field(2.0, gt=0)
+    """Seconds between health checks of the upstream servers."""
+    failover_wait_s: float = Field(30.0, ge=0)
+    """How long a call waits for some server to become healthy before answering 503."""
+    workers: int = Field(1, ge=1)
+    """Processes serving the port (more requests/s; admin changes reach all of them)."""
     token_in_token_out: bool = False
     """Build each next prompt from the recorded token ids plus newly rendered messages, so multi-turn
     agents never suffer re-tokenization drift."""
@@ -504,8 +509,6 @@ class WandbConfig(Section):
 class LoggingConfig(Section):
     """Console and dashboard logging."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    """Console log level."""
     wandb: WandbConfig = WandbConfig()
     """Weights & Biases settings."""
     traces: bool = True

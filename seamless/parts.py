@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seamless.agent_runner import AgentRunner
+from seamless.agent_specs import resolve_agent, resolve_reward, resolve_warmup
 from seamless.config import Recipe
 from seamless.data import TaskSet, load_tasks
 from seamless.errors import ConfigError, SeamlessError, ServiceError
@@ -28,11 +29,12 @@ from seamless.ray_cluster import start_ray, stop_ray
 from seamless.rollout.fleet import VLLMFleet
 from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.run_logger import RunLogger
-from seamless.scheduler import RayPlacement, ResourcePool, TagScheduler
+from seamless.scheduler import RayPlacement, ResourcePool, TagScheduler, make_policy
 from seamless.scheduler.adapters import FleetOnLeases
 from seamless.services.process import dead_services
 from seamless.services.redis_server import RedisServer
 from seamless.store import EpisodeQueue
+from seamless.trainer.engines import deepspeed_config
 from seamless.trainer.trainer import Trainer
 
 log = logging.getLogger("seamless.run")
@@ -77,20 +79,22 @@ def resolve_model_dir(recipe: Recipe, run_dir: Path) -> Path:
     return path
 
 
-def _check_servers(recipe: Recipe, pool: ResourcePool) -> None:
-    rollout = sum(r.can_rollout for r in pool)
-    if "num_servers" in recipe.rollout.model_fields_set and recipe.rollout.num_servers != rollout:
-        raise ConfigError(f"rollout.num_servers is {recipe.rollout.num_servers} but cluster.resources has "
-                          f"{rollout} rollout-tagged resource(s), one server each; remove rollout.num_servers "
-                          "or change the counts in cluster.resources")
-    if recipe.rollout.server_urls:
-        raise ConfigError("rollout.server_urls is not supported by seamless run (its servers are placed by "
-                          "the tag scheduler); remove it")
+def check_recipe(recipe: Recipe) -> None:
+    """The checks that span sections or need code beyond the config (the agent, the scheduling
+    policy, the DeepSpeed section), run before any service starts: a recipe that cannot run fails
+    in a second, naming the key to change."""
+    resolve_agent(recipe.rollout.agent)
+    resolve_reward(recipe.rollout.reward)
+    if recipe.trainer.sft_warmup.steps:
+        resolve_warmup(recipe.rollout.agent)
+    make_policy(recipe.cluster.policy, ResourcePool.from_cluster(recipe.cluster), recipe.cluster.staleness)
+    deepspeed_config(recipe.trainer.deepspeed, 1, recipe.trainer.grad_clip, recipe.model.dtype)
 
 
 @contextlib.contextmanager
 def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
     """Start Ray, the store, the proxy, the rollout fleet, the trainer and the agent runner."""
+    check_recipe(recipe)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_run_dir_lock(run_dir))
         # the data first: a bad data section (missing file, eval_size too large) fails in a second,
@@ -111,11 +115,8 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
             store_url = stack.enter_context(RedisServer(run_dir / "redis")).url
         prefix = recipe.store.key_prefix or recipe.run.name
         _step("starting the trajectory manager")
-        proxy = stack.enter_context(ProxyProcess(store_url, run_dir / "proxy", prefix=prefix,
-                                                 admin_key=recipe.proxy.admin_key, port=recipe.proxy.port or None,
-                                                 extra_args=ProxyProcess.args_of(recipe.proxy)))
+        proxy = stack.enter_context(ProxyProcess(store_url, run_dir / "proxy", prefix=prefix, config=recipe.proxy))
         pool = ResourcePool.from_cluster(recipe.cluster)
-        _check_servers(recipe, pool)
         fleet = VLLMFleet(model_dir, run_dir, ProxyAdmin(proxy.url, proxy.admin_key), config=recipe.rollout)
         stack.callback(_shutdown_fleet, fleet)
         _step(f"starting the trainer on {len(pool.trainers)} rank(s)")
@@ -192,4 +193,4 @@ def describe_failure(exc: BaseException, run_dir: Path) -> str:
     return f"{type(exc).__name__}: {exc} (logs: {logs or run_dir})"
 
 
-__all__ = ["Parts", "build_parts", "describe_failure", "ServiceError"]
+__all__ = ["Parts", "build_parts", "check_recipe", "describe_failure", "ServiceError"]

@@ -26,10 +26,11 @@ PROMPT = [40, 57, 33, 81, 64, 92, 45, 70]  # token ids; the tiny vocabulary has 
 
 @pytest.fixture(scope="module")
 def fleet_proxy(redis_server, tmp_path_factory):
+    from seamless.config import ProxyConfig
     from seamless.proxy.server import ProxyProcess
 
     with ProxyProcess(redis_server.url, tmp_path_factory.mktemp("fleet-proxy"), prefix="fleet",
-                      extra_args=["--health-interval", "0.5"]) as process:
+                      config=ProxyConfig(health_interval_s=0.5)) as process:
         yield process
 
 
