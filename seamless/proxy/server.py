@@ -17,9 +17,9 @@ from pydantic import ValidationError
 
 from seamless.config import ProxyConfig
 from seamless.errors import ConfigError
-from seamless.proxy.control import ControlKeys
 from seamless.proxy.state import SETTINGS_ENV, ProxySettings, new_key
 from seamless.services.process import ManagedProcess, free_port, http_ok
+from seamless.store import Keys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +116,7 @@ def _forget_previous_proxy(store_url: str, prefix: str) -> None:
     proxy of this prefix left in Redis (a worker that restarts keeps them)."""
     import redis
 
-    keys = ControlKeys(prefix)
+    keys = Keys(prefix).proxy
     with redis.Redis.from_url(store_url) as client:
         client.delete(keys.state, keys.upstreams, keys.metrics)
 
