@@ -1,10 +1,12 @@
-"""The main loop of `seamless run`: episodes start as the scheduler admits them, a step runs when
-a batch is ready, weights reach the servers, checkpoint, log.
+"""The main loop of `seamless run`: episodes start as the scheduler admits them, and once a batch
+is ready one step runs, phase by phase (`_one_step`): collect -> begin step (roles) -> train ->
+publish weights -> end step (roles) -> log -> checkpoint.
 
 Every part is built first (`build_parts`), the tag scheduler among them: it decides when episodes
 may start (the policy's staleness bound), when a step starts, and which resources roll out or
-train meanwhile. Agents run on a background event loop, so rollout that the policy allows goes on
-while this thread trains. Episodes reach the trainer through the store's finished-episode stream
+train meanwhile; it neither trains nor moves weights (this loop does, between its hooks). Agents
+run on a background event loop, so rollout that the policy allows goes on while this thread
+trains. Episodes reach the trainer through the store's finished-episode stream
 as whole GRPO groups and are acknowledged only once a checkpoint that includes their training step
 is on disk, so a run killed at any point and resumed loses no finished episode and trains none
 twice: entries the checkpoint already trained are acknowledged without training, the others are

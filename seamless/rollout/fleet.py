@@ -4,8 +4,8 @@ One `VLLMFleet` owns every server of a run. It places a server actor on a leased
 resource, registers the server with the proxy over its admin API, restarts servers that die
 (with backoff, each death and restart reported as a `ServerEvent`), and pushes new weights:
 stage (rollout keeps running) → pause through the proxy → load → reset caches → stamp the
-version → resume with the new version (and cache salt). It satisfies the scheduler's
-`RolloutFleet` protocol.
+version → resume with the new version (and cache salt). The scheduler drives its servers'
+roles through `scheduler.adapters.FleetOnLeases`; the main loop publishes weights with it.
 """
 
 from __future__ import annotations
@@ -368,7 +368,7 @@ class VLLMFleet:
     def _tokens(self, urls: Sequence[str]) -> int:
         return int(sum(read_metrics(url).get("vllm:generation_tokens_total", 0.0) for url in urls))
 
-    # the scheduler's RolloutFleet protocol ---------------------------------------------------
+    # per-server weight updates (the main loop's publish phase) and load -------------------------
 
     def pause(self, resource_ids: Sequence[int]) -> None:
         post_each(self._urls(resource_ids), "/pause", params={"mode": self.config.partial_rollout})

@@ -56,9 +56,10 @@ class _OpenStep:
 
 
 class TagScheduler:
-    """Owns the leases; asks the policy; tells the fleet and the trainer what to do."""
+    """Owns the leases; asks the policy; tells the fleet which servers to start, park or stop."""
 
-    def __init__(self, cluster: ClusterConfig, fleet: RolloutFleet, batch_episodes: int, placement: RayPlacement | None = None,
+    def __init__(self, cluster: ClusterConfig, fleet: RolloutFleet, batch_episodes: int,
+                 placement: RayPlacement | None = None,
                  clock: Callable[[], float] = time.monotonic, version: int = 0,
                  load_interval_s: float | None = None) -> None:
         self.pool = ResourcePool.from_cluster(cluster)
