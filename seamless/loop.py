@@ -27,7 +27,7 @@ from seamless.agent_runner import BackgroundGroups, EpisodeResult
 from seamless.config import Recipe
 from seamless.evaluation import evaluate
 from seamless.parts import Parts, build_parts
-from seamless.scheduler.validate import RecordedRun
+from seamless.scheduler.validate import RunRecorder
 from seamless.store import EpisodeEntry
 from seamless.trainer.trainer import latest_checkpoint
 from seamless.traces import drop_steps_after, write_step
@@ -61,15 +61,8 @@ class Totals:
     trained_tokens: int = 0
     episodes: list[EpisodeResult] = field(default_factory=list)
     """Finished since the last step."""
-    completion_lengths: list[int] = field(default_factory=list)
-    prompt_tokens: list[int] = field(default_factory=list)
-    turns: list[int] = field(default_factory=list)
-    step_tokens: list[int] = field(default_factory=list)
-    step_context_tokens: list[int] = field(default_factory=list)
-    episode_wall_s: dict[str, float] = field(default_factory=dict)
-    """Wall time of every finished episode, by session id, until a step trains it."""
-    episode_overhead_s: list[float] = field(default_factory=list)
-    """Per trained episode: wall time outside its LLM calls (the harness's share)."""
+    recorder: RunRecorder = field(default_factory=RunRecorder)
+    """What the simulator is checked against (recorded_run.json)."""
 
 
 def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
@@ -93,7 +86,7 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
                     for group in groups.wait_finished(timeout_s=0.5):
                         scheduler.episodes_finished(len(group))
                         totals.episodes += group
-                        totals.episode_wall_s.update({e.session_id: e.wall_time_s for e in group})
+                        totals.recorder.episode_wall_s.update({e.session_id: e.wall_time_s for e in group})
                     # 3. a step once a batch is ready: collect, roles, train, publish, roles back, log, checkpoint
                     if scheduler.ready_to_step():
                         _one_step(parts, progress, bar, totals)
@@ -143,7 +136,7 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
     # 4. log: the step's traces (replacing those of a killed run's cut-off step), then its row
     if recipe.logging.traces:
         write_step(parts.run_dir, progress.step, [e.entry_id for e in entries], trajectories)
-    _record(totals, trajectories, sequences)
+    totals.trained_tokens += totals.recorder.step(trajectories, sequences)
     row = _step_metrics(parts, trajectories, sequences, totals, report) | {"sync/stage_s": stage_s} | metrics
     parts.logger.log(progress.step, row)
     progress.in_train_step = False
@@ -288,22 +281,6 @@ def _evaluate(parts: Parts, step: int, label: str) -> float:
     return report.accuracy
 
 
-def _record(totals: Totals, trajectories: list[Trajectory], sequences: list[TrainingSequence]) -> None:
-    """What the sim-vs-real comparison needs from a step (validate.RecordedRun)."""
-    for trajectory in trajectories:
-        totals.completion_lengths += [len(turn.completion_token_ids) for turn in trajectory.turns]
-        if trajectory.turns:
-            totals.prompt_tokens.append(len(trajectory.turns[0].prompt_token_ids))
-        totals.turns.append(len(trajectory.turns))
-        wall = totals.episode_wall_s.pop(trajectory.session_id, None)  # None: replayed after a resume
-        if wall is not None and trajectory.turns:
-            in_calls = sum(max(0.0, t.ended_at - t.started_at) for t in trajectory.turns)
-            totals.episode_overhead_s.append(max(0.0, wall - in_calls))
-    totals.step_tokens.append(sum(s.num_generated for s in sequences))
-    totals.step_context_tokens.append(sum(len(s.token_ids) for s in sequences))
-    totals.trained_tokens += totals.step_tokens[-1]
-
-
 def _step_metrics(parts: Parts, trajectories: list[Trajectory], sequences: list[TrainingSequence],
                   totals: Totals, report) -> dict:
     rewards = [t.reward for t in trajectories]
@@ -325,15 +302,8 @@ def _save_timeline(parts: Parts, progress: Progress, totals: Totals):
     scheduler, recipe = parts.scheduler, parts.recipe
     timeline = scheduler.finish_recording()
     _, png = scheduler.save(parts.run_dir, timeline)
-    RecordedRun(cluster=recipe.cluster.model_dump(mode="json"), timeline=timeline.to_dict(),
-                batch_episodes=recipe.rollout.batch_size * recipe.rollout.group_size,
-                completion_lengths=totals.completion_lengths or [1],
-                prompt_tokens=sum(totals.prompt_tokens) / max(1, len(totals.prompt_tokens)),
-                turns=max(1, round(sum(totals.turns) / max(1, len(totals.turns)))),
-                step_tokens=totals.step_tokens, step_context_tokens=totals.step_context_tokens,
-                episode_overhead_s=sum(totals.episode_overhead_s) / max(1, len(totals.episode_overhead_s)),
-                agent_concurrency=recipe.rollout.agent_concurrency,
-                ).save(parts.run_dir / "recorded_run.json")
+    totals.recorder.recorded_run(recipe.cluster, timeline, recipe.rollout.batch_size * recipe.rollout.group_size,
+                                 recipe.rollout.agent_concurrency).save(parts.run_dir / "recorded_run.json")
     parts.logger.log(progress.step, timeline.metrics("scheduler/final/"))
     parts.logger.image(progress.step, "scheduler/timeline", png)
     return timeline
