@@ -28,7 +28,8 @@ from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.rollout.records import Lease, ServerEvent, ServerStats, WeightUpdateMetrics
 from seamless.rollout.server_actor import ServerActor
 from seamless.rollout.server_metrics import read_metrics
-from seamless.rollout.transport import DiskTransport, NcclTransport, WeightTransport, post_each, timed
+from seamless.rollout.server_http import post_each, timed
+from seamless.rollout.transport import DiskTransport, NcclTransport, WeightTransport
 from seamless.rollout.weights import WeightSource
 from seamless.services.vllm_server import VLLMServerOptions
 
