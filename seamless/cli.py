@@ -66,6 +66,8 @@ def _build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--intermediate-size", type=int, default=256)
     tiny.add_argument("--vocab-size", type=int, default=512,
                       help="BPE vocabulary before special tokens")
+    tiny.add_argument("--tie-word-embeddings", action="store_true",
+                      help="share the input embeddings with the output head (as Qwen2.5 does)")
     tiny.set_defaults(handler=_cmd_model_tiny)
     model.set_defaults(handler=lambda args: model.print_help() or 2)
 
@@ -113,7 +115,8 @@ def _cmd_model_tiny(args: argparse.Namespace) -> int:
     try:
         spec = TinyModelConfig(seed=args.seed, hidden_size=args.hidden_size, num_layers=args.layers,
                                num_heads=args.heads, num_kv_heads=args.kv_heads,
-                               intermediate_size=args.intermediate_size, vocab_size=args.vocab_size)
+                               intermediate_size=args.intermediate_size, vocab_size=args.vocab_size,
+                               tie_word_embeddings=args.tie_word_embeddings)
     except ValidationError as exc:
         problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']) or 'size'}: {e['msg']}"
                              for e in exc.errors())
