@@ -53,6 +53,15 @@ def _build_parser() -> argparse.ArgumentParser:
     config.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides")
     config.set_defaults(handler=_cmd_config)
 
+    doctor = commands.add_parser(
+        "doctor", help="check this machine (devices, versions) and what a recipe would use on it",
+        description="Print the devices and package versions seamless finds, and with a recipe the weight "
+                    "transport, role-switch mechanism and vLLM settings it would use; list every problem "
+                    "with its fix. Exits 1 when it finds a problem.")
+    doctor.add_argument("recipe", nargs="?", help="recipe YAML to check against this machine")
+    doctor.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides")
+    doctor.set_defaults(handler=_cmd_doctor)
+
     model = commands.add_parser("model", help="build models")
     model_commands = model.add_subparsers(title="model commands", metavar="COMMAND")
     tiny = model_commands.add_parser(
@@ -103,6 +112,16 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
     print(load_recipe(args.recipe, args.overrides).to_yaml(), end="")
     return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from seamless.config import load_recipe
+    from seamless.doctor import diagnose
+
+    recipe = load_recipe(args.recipe, args.overrides) if args.recipe else None
+    report = diagnose(recipe)
+    print(report.render())
+    return 1 if report.problems else 0
 
 
 def _cmd_model_tiny(args: argparse.Namespace) -> int:

@@ -106,8 +106,12 @@ class DeviceMap:
 def assigned_device() -> int | None:
     """Inside a Ray actor: the CUDA index of the (first) GPU Ray assigned to it, counted within this
     process's CUDA_VISIBLE_DEVICES; None when Ray assigned no GPU."""
-    import ray
-
+    try:
+        import ray
+    except ImportError:  # a process run without Ray (scripts/gpu_check.py on a bare GPU machine)
+        return None
+    if not ray.is_initialized():
+        return None
     ids = [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
     if not ids:
         return None

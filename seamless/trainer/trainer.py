@@ -297,6 +297,12 @@ class Trainer:
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
         return out
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Per rank: ZeRO stage, whether the policy was built as shards, the device it computes on."""
+        import ray
+
+        return ray.get([w.describe.remote() for w in self._workers])
+
     def memory_stats(self) -> list[dict[str, float]]:
         """Per rank: peak accelerator memory and RSS, in GiB."""
         import ray

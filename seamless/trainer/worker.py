@@ -225,6 +225,14 @@ class TrainWorker:
                 return None
             return [(n, p.detach().to("cpu", copy=True)) for n, p in zip(names, chosen)]
 
+    def describe(self) -> dict[str, Any]:
+        """How this rank was built: ZeRO stage, whether the policy was created as shards, its device."""
+        import deepspeed
+
+        e = self._e
+        return {"rank": self.rank, "zero_stage": e.stage, "partitioned_at_load": e.partitioned_at_load,
+                "device": str(e.policy.device), "accelerator": deepspeed.get_accelerator().device_name()}
+
     def memory_stats(self) -> dict[str, float]:
         """Peak accelerator memory of this rank and peak RSS of its process, in GiB (GPU: 0 on CPU)."""
         import resource
