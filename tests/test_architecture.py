@@ -15,9 +15,9 @@ LAYERS = [
     {"types", "errors", "trajectory"},  # typed records and the errors every part raises
     {"config"},  # the recipe, one class per section
     {"store", "algorithms", "rollout", "services", "data", "models", "traces", "runs", "run_logger",
-     "ray_cluster", "agent_api"},  # the Redis schema, pure RL math, vLLM servers, tasks, agent interface
+     "ray_cluster", "agent_api", "devices"},  # the Redis schema, pure RL math, vLLM servers, tasks, agent interface
     {"proxy", "trainer", "scheduler", "agent_specs", "agent_runner", "warmup", "evaluation"},  # the services
-    {"parts", "loop"},  # the run: every part built, then the main loop
+    {"parts", "loop", "doctor"},  # the run: every part built, then the main loop; checks of a machine
     {"cli"},
 ]
 LAYER_OF = {name: i for i, layer in enumerate(LAYERS) for name in layer}

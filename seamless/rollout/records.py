@@ -7,6 +7,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
+from seamless.devices import DeviceSlot
+
+
 class Lease(Protocol):
     """Where the fleet may start a server: a resource held for rollout. The scheduler's
     `placement.Lease` is one; the rollout package does not import the scheduler above it."""
@@ -15,8 +18,9 @@ class Lease(Protocol):
     def resource(self) -> Any:
         """The held resource; the fleet reads its `id`."""
 
-    def strategy(self) -> Any:
-        """The Ray scheduling strategy that puts the server's actor into the held resource."""
+    @property
+    def slot(self) -> DeviceSlot:
+        """The resource's device: where the server's actor goes."""
 
 
 EventKind = Literal["started", "died", "restarted", "restart_failed", "gave_up", "removed"]
