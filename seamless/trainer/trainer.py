@@ -92,8 +92,15 @@ class Trainer:
         if slots is not None and len(slots) != num_ranks:
             raise ValueError(f"{num_ranks} ranks but {len(slots)} device slots")
         self._workers = spawn_ranks(spec, num_ranks, slots, gpus_per_rank)
-        addr, port = ray.get(self._workers[0].endpoint.remote())
-        ray.get([w.setup.remote(addr, port) for w in self._workers])
+        try:
+            addr, port = ray.get(self._workers[0].endpoint.remote())
+            ray.get([w.setup.remote(addr, port) for w in self._workers])
+        except BaseException:
+            # ranks that failed to set up still hold their (logical) GPUs: end them, or every later
+            # trainer in this Ray cluster waits for devices that never come free
+            for worker in self._workers:
+                ray.kill(worker, no_restart=True)
+            raise
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, model_dir: str | Path, num_ranks: int, **kwargs: Any) -> Trainer:
