@@ -25,6 +25,7 @@ import openai
 from agents.calculator_tool import calculate
 from seamless.agent_api import AgentContext
 from seamless.data import Task
+from seamless.warmup import IM_END, render_chat
 
 log = logging.getLogger("agents.calculator")
 
@@ -128,3 +129,36 @@ async def _complete(client: openai.AsyncOpenAI, ctx: AgentContext, messages: lis
     return await client.chat.completions.create(
         model=ctx.model, messages=messages, tools=[CALCULATOR_TOOL], tool_choice=tool_choice,
         temperature=ctx.sampling.temperature, max_tokens=ctx.sampling.max_tokens, top_p=ctx.sampling.top_p)
+
+
+def calculator_expression(task: Task) -> str:
+    """The expression the calculator should be called with, from an arithmetic task's metadata."""
+    meta = task.metadata
+    if not {"a", "op", "b"} <= meta.keys():
+        raise ValueError(f"task {task.task_id} has no a/op/b metadata; the calculator warm-start needs "
+                         "generated arithmetic tasks (data.source: arithmetic)")
+    return f"{meta['a']} {meta['op']} {meta['b']}"
+
+
+def warmup(task: Task, tokenizer) -> list[tuple[str, bool]]:
+    """Warm-start data (seamless.agent_api.WarmupFn): the prompt with the tool, a Hermes tool call,
+    the tool's result, then `answer<|im_end|>`."""
+    tools = [CALCULATOR_TOOL]
+    messages = build_messages(task)
+    expression = calculator_expression(task)
+    arguments = json.dumps({"expression": expression})
+    call_text = f"<tool_call>\n{json.dumps({'name': TOOL_NAME, 'arguments': {'expression': expression}})}\n</tool_call>"
+    # what the agent appends after a tool call (structured form; the template renders it as call_text)
+    after_call = messages + [
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_0_0", "type": "function", "function": {"name": TOOL_NAME, "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": "call_0_0", "content": calculate(expression)}]
+    prompt = render_chat(tokenizer, messages, tools, True)
+    second_prompt = render_chat(tokenizer, after_call, tools, True)
+    generated = call_text + IM_END
+    assert second_prompt.startswith(prompt + generated), "chat template does not extend the first prompt"
+    between = second_prompt[len(prompt + generated):]  # "\n<|im_start|>tool\n...<|im_start|>assistant\n"
+    return [(prompt, False), (generated, True), (between, False), (task.answer + IM_END, True)]
+
+
+run.warmup = warmup

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from seamless.agent_api import AgentContext
 from seamless.data import Task
+from seamless.warmup import IM_END, render_chat
 
 SYSTEM_PROMPT = "Answer with the final number only."
 
@@ -19,3 +20,12 @@ async def run(task: Task, ctx: AgentContext) -> str:
             model=ctx.model, messages=build_messages(task), temperature=ctx.sampling.temperature,
             max_tokens=ctx.sampling.max_tokens, top_p=ctx.sampling.top_p)
     return reply.choices[0].message.content or ""
+
+
+def warmup(task: Task, tokenizer) -> list[tuple[str, bool]]:
+    """Warm-start data (seamless.agent_api.WarmupFn): this agent's prompt, then `answer<|im_end|>`."""
+    prompt = render_chat(tokenizer, build_messages(task), None, True)
+    return [(prompt, False), (task.answer + IM_END, True)]
+
+
+run.warmup = warmup

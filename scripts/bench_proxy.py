@@ -29,6 +29,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from seamless.config import ProxyConfig  # noqa: E402
 from seamless.proxy.server import ProxyProcess  # noqa: E402
 from seamless.services.process import ManagedProcess, free_port  # noqa: E402
 from seamless.services.redis_server import RedisServer  # noqa: E402
@@ -169,7 +170,7 @@ def main() -> int:
                    "seamless": (session["base_url"] + "/chat/completions", session["api_key"])}
         if args.workers > 1:
             multi = ProxyProcess(redis_server.url, work / "proxy-multi", upstreams=[upstream_url], prefix="bench-multi",
-                                 extra_args=["--workers", str(args.workers)]).start()
+                                 config=ProxyConfig(workers=args.workers)).start()
             started.append(multi)
             multi_session = httpx.post(f"{multi.url}/sessions", json={},
                                        headers={"Authorization": f"Bearer {multi.admin_key}"}).json()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seamless.config import AlgorithmConfig, TrainerConfig  # noqa: E402
+from seamless.config import GrpoConfig, TrainerConfig  # noqa: E402
 from seamless.models.tiny import build_tiny_model  # noqa: E402
 from seamless.ray_cluster import start_ray, stop_ray  # noqa: E402
 from seamless.trainer import Trainer  # noqa: E402
@@ -42,7 +42,7 @@ def synthetic_sequences(count: int, prompt_len: int, gen_len: int, vocab: int, s
 def bench_stage(model_dir: Path, stage: int, ranks: int, steps: int, sequences: list[TrainingSequence],
                 budget: int) -> tuple[float, float, float]:
     config = TrainerConfig(lr=1e-4, micro_batch_tokens=budget, deepspeed={"zero_optimization": {"stage": stage}})
-    algo = AlgorithmConfig(name="grpo", max_staleness=10**6)
+    algo = GrpoConfig(max_staleness=10**6)
     with Trainer(model_dir, algo, config, num_ranks=ranks) as trainer:
         trainer.train_step(sequences)  # warm-up: first-call allocations, gloo connections
         times, tokens = [], 0

@@ -98,7 +98,7 @@ def measure_switch(out: Path) -> None:
     from seamless.ray_cluster import start_ray, stop_ray
     from seamless.rollout.fleet import VLLMFleet
     from seamless.rollout.proxy_admin import ProxyAdmin
-    from seamless.rollout.transport import post_each
+    from seamless.rollout.server_http import post_each
     from seamless.services.redis_server import RedisServer
     from seamless.models.tiny import build_tiny_model
     from seamless.config import TinyModelConfig

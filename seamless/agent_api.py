@@ -2,7 +2,9 @@
 
 An agent is `agent(task, ctx) -> str` (sync or async): it talks to `ctx.base_url` with
 `ctx.api_key` through any OpenAI-compatible client and returns its final answer text. Shell
-agents get the same fields as environment variables (`ctx.env()`).
+agents get the same fields as environment variables (`ctx.env()`). An agent may also supply its
+own supervised warm-start data as a `warmup` attribute (a `WarmupFn`), which
+`trainer.sft_warmup` uses; an agent without one runs with `trainer.sft_warmup.steps: 0`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import functools
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 from seamless.data import Task
 
@@ -82,3 +84,9 @@ AgentFn = Callable[[Task, AgentContext], Union[str, Awaitable[str]]]
 
 RewardFn = Callable[[Task, str], float]
 """A reward: the task (with its reference answer) and the agent's answer text -> a float."""
+
+WarmupFn = Callable[[Task, Any], list[tuple[str, bool]]]
+"""An agent's warm-start demonstration: (task, tokenizer) -> the text of one ideal episode as
+pieces, each with whether the model learns to produce it (True) or is given it (False). Pieces are
+tokenized one by one, so cut them only where the tokenizer cannot merge across (after
+`<|im_end|>` or `assistant\\n`): the prompt tokens then equal those of the agent's real request."""

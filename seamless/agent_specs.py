@@ -18,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from seamless.agent_api import AgentContext, AgentFn, RewardFn
+from seamless.agent_api import AgentContext, AgentFn, RewardFn, WarmupFn
 from seamless.data import Task
 from seamless.errors import ConfigError, SeamlessError
 
@@ -67,6 +67,15 @@ def resolve_agent(spec: str) -> AgentFn:
     if _CALLABLE_SPEC.match(spec):
         return import_callable(spec, "rollout.agent")
     return ShellAgent(spec)
+
+
+def resolve_warmup(spec: str) -> WarmupFn:
+    """The warm-start data the agent `spec` names supplies (its `warmup` attribute)."""
+    warmup = getattr(resolve_agent(spec), "warmup", None)
+    if not callable(warmup):
+        raise ConfigError(f"rollout.agent {spec!r} supplies no warm-start data (an agent function's `warmup` "
+                          "attribute, see agents/README.md); set trainer.sft_warmup.steps=0 or give it one")
+    return warmup
 
 
 def resolve_reward(spec: str | None) -> RewardFn:

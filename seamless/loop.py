@@ -1,10 +1,12 @@
-"""The main loop of `seamless run`: episodes start as the scheduler admits them, a step runs when
-a batch is ready, weights reach the servers, checkpoint, log.
+"""The main loop of `seamless run`: episodes start as the scheduler admits them, and once a batch
+is ready one step runs, phase by phase (`_one_step`): collect -> begin step (roles) -> train ->
+publish weights -> end step (roles) -> log -> checkpoint.
 
 Every part is built first (`build_parts`), the tag scheduler among them: it decides when episodes
 may start (the policy's staleness bound), when a step starts, and which resources roll out or
-train meanwhile. Agents run on a background event loop, so rollout that the policy allows goes on
-while this thread trains. Episodes reach the trainer through the store's finished-episode stream
+train meanwhile; it neither trains nor moves weights (this loop does, between its hooks). Agents
+run on a background event loop, so rollout that the policy allows goes on while this thread
+trains. Episodes reach the trainer through the store's finished-episode stream
 as whole GRPO groups and are acknowledged only once a checkpoint that includes their training step
 is on disk, so a run killed at any point and resumed loses no finished episode and trains none
 twice: entries the checkpoint already trained are acknowledged without training, the others are
@@ -25,7 +27,7 @@ from seamless.agent_runner import BackgroundGroups, EpisodeResult
 from seamless.config import Recipe
 from seamless.evaluation import evaluate
 from seamless.parts import Parts, build_parts
-from seamless.scheduler.validate import RecordedRun
+from seamless.scheduler.validate import RunRecorder
 from seamless.store import EpisodeEntry
 from seamless.trainer.trainer import latest_checkpoint
 from seamless.traces import drop_steps_after, write_step
@@ -59,15 +61,8 @@ class Totals:
     trained_tokens: int = 0
     episodes: list[EpisodeResult] = field(default_factory=list)
     """Finished since the last step."""
-    completion_lengths: list[int] = field(default_factory=list)
-    prompt_tokens: list[int] = field(default_factory=list)
-    turns: list[int] = field(default_factory=list)
-    step_tokens: list[int] = field(default_factory=list)
-    step_context_tokens: list[int] = field(default_factory=list)
-    episode_wall_s: dict[str, float] = field(default_factory=dict)
-    """Wall time of every finished episode, by session id, until a step trains it."""
-    episode_overhead_s: list[float] = field(default_factory=list)
-    """Per trained episode: wall time outside its LLM calls (the harness's share)."""
+    recorder: RunRecorder = field(default_factory=RunRecorder)
+    """What the simulator is checked against (recorded_run.json)."""
 
 
 def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
@@ -80,7 +75,7 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
         scheduler = parts.scheduler
         scheduler.begin_recording(version=parts.trainer.version)
         totals = Totals(groups_started=progress.step * recipe.rollout.batch_size)
-        bar = tqdm(initial=progress.step, total=recipe.trainer.total_steps, desc="GRPO" if recipe.algorithm.name == "grpo" else "RL",
+        bar = tqdm(initial=progress.step, total=recipe.trainer.total_steps, desc=recipe.algorithm.name.upper(),
                    unit="step", dynamic_ncols=True)
         try:
             with BackgroundGroups(parts.rollout_runner) as groups:
@@ -91,8 +86,8 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
                     for group in groups.wait_finished(timeout_s=0.5):
                         scheduler.episodes_finished(len(group))
                         totals.episodes += group
-                        totals.episode_wall_s.update({e.session_id: e.wall_time_s for e in group})
-                    # 3. a step once a batch is ready (roles switch, train, weights out, roles back)
+                        totals.recorder.episode_wall_s.update({e.session_id: e.wall_time_s for e in group})
+                    # 3. a step once a batch is ready: collect, roles, train, publish, roles back, log, checkpoint
                     if scheduler.ready_to_step():
                         _one_step(parts, progress, bar, totals)
         except KeyboardInterrupt:
@@ -118,27 +113,31 @@ def _admit(parts: Parts, groups: BackgroundGroups, totals: Totals) -> None:
 
 
 def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> None:
-    """One RL step, phase by phase."""
-    recipe = parts.recipe
-    # 3a. take whole GRPO groups from the stream, merged into training sequences
+    """One RL step, phase by phase. The step stays open until its row is logged: a checkpoint
+    never holds a step whose row is missing, so the logged curve has no gap after a resume (a step
+    cut off before its checkpoint is trained again and logged twice, the later row counting)."""
+    recipe, scheduler = parts.recipe, parts.scheduler
+    # 3a. collect: whole GRPO groups from the stream, merged into training sequences
     entries, trajectories = _collect(parts, progress)
     sequences = [s for t in trajectories for s in t.sequences]
-    # 3b. through the scheduler: dual resources leave rollout, the trainer steps, the new weights
-    #     reach the servers, roles switch back; progress moves with the weights, so an interrupt
-    #     checkpoints a consistent pair. The step stays open until its row is logged: a checkpoint
-    #     never holds a step whose row is missing, so the logged curve has no gap after a resume
-    #     (a step cut off before its checkpoint is trained again and logged twice, the later row
-    #     being the one that counts)
     progress.in_train_step = True
-    report = parts.scheduler.step(sequences)
+    # 3b. roles: the resources that train leave rollout (their calls continue on the other servers)
+    scheduler.begin_step()
+    # 3c. train
+    metrics = _train(parts, sequences)
+    # 3d. publish the weights: staged for servers that (re)join, loaded into those that stayed
+    stage_s = _publish(parts)
+    # 3e. roles back: resources return to rollout on the new weights
+    report = scheduler.end_step()
+    # progress moves with the weights, so an interrupt checkpoints a consistent pair
     progress.step += 1
     progress.trained_entry_ids += [e.entry_id for e in entries]
     progress.unacked += entries
     # 4. log: the step's traces (replacing those of a killed run's cut-off step), then its row
     if recipe.logging.traces:
         write_step(parts.run_dir, progress.step, [e.entry_id for e in entries], trajectories)
-    _record(totals, trajectories, sequences)
-    row = _step_metrics(parts, trajectories, sequences, totals, report)
+    totals.trained_tokens += totals.recorder.step(trajectories, sequences)
+    row = _step_metrics(parts, trajectories, sequences, totals, report) | {"sync/stage_s": stage_s} | metrics
     parts.logger.log(progress.step, row)
     progress.in_train_step = False
     # 5. checkpoint, then acknowledge what it includes; evaluate every N steps
@@ -152,6 +151,34 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
     bar.update(1)
     bar.set_postfix(reward=f"{row['rollout/reward_mean']:.2f}", tok_s=f"{row['perf/trained_tokens_per_s']:.0f}",
                     bubble=f"{row.get('scheduler/bubble_ratio', 0.0):.0%}")
+
+
+def _train(parts: Parts, sequences: list[TrainingSequence]) -> dict[str, float]:
+    """One optimizer step of the trainer's ranks (on the train leases begin_step took). A step
+    whose filters left nothing to train on still makes a version (the same weights under the next
+    number), so the trainer, the fleet and the scheduler count versions alike."""
+    metrics = parts.trainer.train_step(sequences)
+    if metrics is None:
+        parts.trainer.version += 1
+        return {}
+    return metrics.to_dict()
+
+
+def _publish(parts: Parts) -> float:
+    """The trainer's new weights to the rollout servers: staged with the fleet (rollout keeps
+    running), then loaded into the servers that stayed in rollout without a trainer rank beside
+    them (paused meanwhile); servers that rejoin in end_step() load them there. Returns the
+    seconds staging took."""
+    version = parts.trainer.version
+    started = time.monotonic()
+    parts.fleet.stage(parts.trainer, version)
+    stage_s = time.monotonic() - started
+    servers = parts.scheduler.begin_sync()  # the trainer's resources go idle here
+    if servers:
+        parts.fleet.pause(servers)
+        parts.fleet.update_weights(version, servers)
+        parts.fleet.resume(servers)
+    return stage_s
 
 
 def _warm_start(parts: Parts) -> None:
@@ -254,22 +281,6 @@ def _evaluate(parts: Parts, step: int, label: str) -> float:
     return report.accuracy
 
 
-def _record(totals: Totals, trajectories: list[Trajectory], sequences: list[TrainingSequence]) -> None:
-    """What the sim-vs-real comparison needs from a step (validate.RecordedRun)."""
-    for trajectory in trajectories:
-        totals.completion_lengths += [len(turn.completion_token_ids) for turn in trajectory.turns]
-        if trajectory.turns:
-            totals.prompt_tokens.append(len(trajectory.turns[0].prompt_token_ids))
-        totals.turns.append(len(trajectory.turns))
-        wall = totals.episode_wall_s.pop(trajectory.session_id, None)  # None: replayed after a resume
-        if wall is not None and trajectory.turns:
-            in_calls = sum(max(0.0, t.ended_at - t.started_at) for t in trajectory.turns)
-            totals.episode_overhead_s.append(max(0.0, wall - in_calls))
-    totals.step_tokens.append(sum(s.num_generated for s in sequences))
-    totals.step_context_tokens.append(sum(len(s.token_ids) for s in sequences))
-    totals.trained_tokens += totals.step_tokens[-1]
-
-
 def _step_metrics(parts: Parts, trajectories: list[Trajectory], sequences: list[TrainingSequence],
                   totals: Totals, report) -> dict:
     rewards = [t.reward for t in trajectories]
@@ -281,9 +292,8 @@ def _step_metrics(parts: Parts, trajectories: list[Trajectory], sequences: list[
            "rollout/agent_errors": sum(e.error is not None for e in totals.episodes),
            "perf/trained_tokens_per_s": totals.trained_tokens / max(1e-9, time.monotonic() - totals.started),
            "scheduler/switch_s": report.switch_s, "scheduler/train_s": report.train_s,
-           "scheduler/sync_s": report.sync_s, "sync/stage_s": parts.learner.last_stage_s}
+           "scheduler/sync_s": report.sync_s}
     row.update(parts.scheduler.metrics())
-    row.update(report.trainer_metrics)
     return row
 
 
@@ -292,15 +302,8 @@ def _save_timeline(parts: Parts, progress: Progress, totals: Totals):
     scheduler, recipe = parts.scheduler, parts.recipe
     timeline = scheduler.finish_recording()
     _, png = scheduler.save(parts.run_dir, timeline)
-    RecordedRun(cluster=recipe.cluster.model_dump(mode="json"), timeline=timeline.to_dict(),
-                batch_episodes=recipe.rollout.batch_size * recipe.rollout.group_size,
-                completion_lengths=totals.completion_lengths or [1],
-                prompt_tokens=sum(totals.prompt_tokens) / max(1, len(totals.prompt_tokens)),
-                turns=max(1, round(sum(totals.turns) / max(1, len(totals.turns)))),
-                step_tokens=totals.step_tokens, step_context_tokens=totals.step_context_tokens,
-                episode_overhead_s=sum(totals.episode_overhead_s) / max(1, len(totals.episode_overhead_s)),
-                agent_concurrency=recipe.rollout.agent_concurrency,
-                ).save(parts.run_dir / "recorded_run.json")
+    totals.recorder.recorded_run(recipe.cluster, timeline, recipe.rollout.batch_size * recipe.rollout.group_size,
+                                 recipe.rollout.agent_concurrency).save(parts.run_dir / "recorded_run.json")
     parts.logger.log(progress.step, timeline.metrics("scheduler/final/"))
     parts.logger.image(progress.step, "scheduler/timeline", png)
     return timeline

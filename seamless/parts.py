@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seamless.agent_runner import AgentRunner
+from seamless.agent_specs import resolve_agent, resolve_reward, resolve_warmup
 from seamless.config import Recipe
 from seamless.data import TaskSet, load_tasks
 from seamless.errors import ConfigError, SeamlessError, ServiceError
@@ -28,11 +29,12 @@ from seamless.ray_cluster import start_ray, stop_ray
 from seamless.rollout.fleet import VLLMFleet
 from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.run_logger import RunLogger
-from seamless.scheduler import RayPlacement, ResourcePool, TagScheduler
-from seamless.scheduler.adapters import FleetOnLeases, TrainerOnLeases
+from seamless.scheduler import RayPlacement, ResourcePool, TagScheduler, make_policy
+from seamless.scheduler.adapters import FleetOnLeases
 from seamless.services.process import dead_services
 from seamless.services.redis_server import RedisServer
 from seamless.store import EpisodeQueue
+from seamless.trainer.engines import deepspeed_config
 from seamless.trainer.trainer import Trainer
 
 log = logging.getLogger("seamless.run")
@@ -47,8 +49,6 @@ class Parts:
     fleet: VLLMFleet
     trainer: Trainer
     scheduler: TagScheduler
-    learner: TrainerOnLeases
-    """The trainer as the scheduler drives it (it times how long each step's weights took to stage)."""
     runner: AgentRunner
     """Runs evaluation episodes (each asyncio.run makes its own event loop)."""
     rollout_runner: AgentRunner
@@ -79,20 +79,22 @@ def resolve_model_dir(recipe: Recipe, run_dir: Path) -> Path:
     return path
 
 
-def _check_servers(recipe: Recipe, pool: ResourcePool) -> None:
-    rollout = sum(r.can_rollout for r in pool)
-    if "num_servers" in recipe.rollout.model_fields_set and recipe.rollout.num_servers != rollout:
-        raise ConfigError(f"rollout.num_servers is {recipe.rollout.num_servers} but cluster.resources has "
-                          f"{rollout} rollout-tagged resource(s), one server each; remove rollout.num_servers "
-                          "or change the counts in cluster.resources")
-    if recipe.rollout.server_urls:
-        raise ConfigError("rollout.server_urls is not supported by seamless run (its servers are placed by "
-                          "the tag scheduler); remove it")
+def check_recipe(recipe: Recipe) -> None:
+    """The checks that span sections or need code beyond the config (the agent, the scheduling
+    policy, the DeepSpeed section), run before any service starts: a recipe that cannot run fails
+    in a second, naming the key to change."""
+    resolve_agent(recipe.rollout.agent)
+    resolve_reward(recipe.rollout.reward)
+    if recipe.trainer.sft_warmup.steps:
+        resolve_warmup(recipe.rollout.agent)
+    make_policy(recipe.cluster.policy, ResourcePool.from_cluster(recipe.cluster), recipe.cluster.staleness)
+    deepspeed_config(recipe.trainer.deepspeed, 1, recipe.trainer.grad_clip, recipe.model.dtype)
 
 
 @contextlib.contextmanager
 def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
     """Start Ray, the store, the proxy, the rollout fleet, the trainer and the agent runner."""
+    check_recipe(recipe)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_run_dir_lock(run_dir))
         # the data first: a bad data section (missing file, eval_size too large) fails in a second,
@@ -100,7 +102,7 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         tasks = load_tasks(recipe.data)
         _step("starting Ray")
         sigterm = signal.getsignal(signal.SIGTERM)
-        if start_ray(num_gpus=recipe.cluster.num_gpus, num_cpus=recipe.cluster.num_cpus,
+        if start_ray(num_gpus=recipe.num_devices, num_cpus=recipe.cluster.num_cpus,
                      address=recipe.cluster.address):
             stack.callback(stop_ray)  # only a Ray this run started (an embedding program keeps its own)
         # ray.init installs a SIGTERM handler that exits on the spot; keep the caller's, which
@@ -113,22 +115,26 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
             store_url = stack.enter_context(RedisServer(run_dir / "redis")).url
         prefix = recipe.store.key_prefix or recipe.run.name
         _step("starting the trajectory manager")
-        proxy = stack.enter_context(ProxyProcess(store_url, run_dir / "proxy", prefix=prefix,
-                                                 admin_key=recipe.proxy.admin_key, port=recipe.proxy.port or None,
-                                                 extra_args=ProxyProcess.args_of(recipe.proxy)))
+        proxy = stack.enter_context(ProxyProcess(store_url, run_dir / "proxy", prefix=prefix, config=recipe.proxy))
         pool = ResourcePool.from_cluster(recipe.cluster)
-        _check_servers(recipe, pool)
-        fleet = VLLMFleet(model_dir, run_dir, ProxyAdmin(proxy.url, proxy.admin_key), config=recipe.rollout)
+        # every resource's device, reserved for the whole run and freed last (after the ranks and
+        # servers on it have shut down): a rank and the server of a [train, rollout] resource
+        # share its GPU
+        placement = RayPlacement(recipe.run.name, recipe.cluster.placement_timeout_s,
+                                 tensor_parallel_size=recipe.rollout.tensor_parallel_size)
+        stack.callback(placement.close)
+        devices = placement.reserve(pool)
+        fleet = VLLMFleet(model_dir, run_dir, ProxyAdmin(proxy.url, proxy.admin_key), config=recipe.rollout,
+                          devices=devices, model=recipe.model)
         stack.callback(_shutdown_fleet, fleet)
         _step(f"starting the trainer on {len(pool.trainers)} rank(s)")
-        # created once for the run; the scheduler's train leases decide when the ranks compute
-        trainer = stack.enter_context(Trainer.from_recipe(recipe, model_dir, num_ranks=len(pool.trainers),
-                                                          gpus_per_rank=0))
-        learner = TrainerOnLeases(trainer, fleet, sorted(pool.trainers))
+        # created once for the run, each rank on its resource's device; the scheduler's train
+        # leases decide when the ranks compute
+        trainer = stack.enter_context(Trainer.from_recipe(
+            recipe, model_dir, num_ranks=len(pool.trainers), slots=[devices.slot(rid) for rid in sorted(pool.trainers)]))
         batch_episodes = recipe.rollout.batch_size * recipe.rollout.group_size
-        scheduler = TagScheduler(recipe.cluster, FleetOnLeases(fleet), learner, batch_episodes,
-                                 placement=RayPlacement(recipe.run.name, recipe.cluster.placement_timeout_s),
-                                 load_interval_s=0.2)
+        scheduler = TagScheduler(recipe.cluster, FleetOnLeases(fleet), batch_episodes,
+                                 placement=placement, load_interval_s=0.2)
         _step(f"placing {len(pool)} resource(s) ({recipe.cluster.policy}): starting "
               f"{sum(r.can_rollout for r in pool)} vLLM server(s)")
         stack.callback(scheduler.close)  # before the fleet and the trainer stop: leases go first
@@ -141,7 +147,7 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         logger = RunLogger(recipe, run_dir, resume=resume)
         try:
             yield Parts(recipe=recipe, run_dir=run_dir, model_dir=model_dir, proxy=proxy, fleet=fleet,
-                        trainer=trainer, scheduler=scheduler, learner=learner, runner=runner,
+                        trainer=trainer, scheduler=scheduler, runner=runner,
                         rollout_runner=rollout_runner, tasks=tasks, episodes=episodes,
                         logger=logger)
         except Exception as exc:
@@ -195,4 +201,4 @@ def describe_failure(exc: BaseException, run_dir: Path) -> str:
     return f"{type(exc).__name__}: {exc} (logs: {logs or run_dir})"
 
 
-__all__ = ["Parts", "build_parts", "describe_failure", "ServiceError"]
+__all__ = ["Parts", "build_parts", "check_recipe", "describe_failure", "ServiceError"]

@@ -9,6 +9,11 @@ Keys (all under the run's prefix `P`):
                                call, atomic: its length is the session's number of turns)
     P:episodes          stream one entry per finished session: {session_id}; the trainer reads it
                                with the consumer group `trainer` and acknowledges after use
+    P:proxy:state       hash   the proxy's shared pause gate: paused, mode, version, cache_salt
+    P:proxy:upstreams   hash   url -> model of every registered rollout server
+    P:proxy:metrics     hash   worker pid -> its metrics snapshot (JSON), with several workers
+    P:proxy:control     pubsub admin changes every proxy worker applies (proxy/control.py)
+    P:proxy:ack:{op}    list   one element per worker that applied change `op`
 
 Token arrays are stored as packed little-endian int32/float32 (4 bytes a token, not JSON
 lists). Every multi-key change is one MULTI/EXEC transaction, so a crash never leaves half a
@@ -55,6 +60,25 @@ class Keys:
     @property
     def episodes(self) -> str:
         return f"{self.prefix}:episodes"
+
+    @property
+    def proxy(self) -> ProxyKeys:
+        """The keys the proxy's workers share (proxy/control.py)."""
+        base = f"{self.prefix}:proxy"
+        return ProxyKeys(state=f"{base}:state", upstreams=f"{base}:upstreams", metrics=f"{base}:metrics",
+                         channel=f"{base}:control", ack_prefix=f"{base}:ack:")
+
+
+@dataclass(frozen=True)
+class ProxyKeys:
+    state: str
+    upstreams: str
+    metrics: str
+    channel: str
+    ack_prefix: str
+
+    def acks(self, op_id: str) -> str:
+        return self.ack_prefix + op_id
 
 
 def _packed(values: list[int] | list[float], typecode: str) -> bytes:

@@ -94,10 +94,11 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def proxy(redis_server, vllm_server, session_dir: Path):
     """The trajectory manager as its own process, in front of the session's vLLM server."""
+    from seamless.config import ProxyConfig
     from seamless.proxy.server import ProxyProcess
 
     with ProxyProcess(redis_server.url, session_dir / "proxy", upstreams=[vllm_server.url],
-                      prefix="test", extra_args=["--health-interval", "0.5"]) as process:
+                      prefix="test", config=ProxyConfig(health_interval_s=0.5)) as process:
         yield process
 
 

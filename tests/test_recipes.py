@@ -1,5 +1,7 @@
-"""Every shipped recipe validates, and the cluster files parse and agree with the recipes and keys."""
+"""Every shipped recipe validates, states only what differs from the defaults, passes the checks
+run before services start, and the cluster files parse and agree with the recipes and keys."""
 
+import copy
 import re
 import subprocess
 from pathlib import Path
@@ -8,7 +10,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from seamless.config import Recipe, load_recipe
+from seamless.config import Recipe, load_recipe, validate_recipe
+from seamless.errors import ConfigError
+from seamless.parts import build_parts, check_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -29,8 +33,13 @@ def test_there_are_cpu_and_gpu_recipes():
 def test_recipe_validates(path):
     recipe = load_recipe(path)
     assert recipe.run.name != "run", "give every recipe its own run.name (it names the run folder)"
-    if recipe.model.path:  # a real model is a GPU recipe: bf16 and NCCL weight sync
-        assert recipe.model.dtype == "bfloat16" and recipe.rollout.weight_sync == "nccl"
+    if recipe.model.path:  # a real model is a GPU recipe: bf16, weights through /dev/shm, vLLM in bf16
+        assert recipe.model.dtype == "bfloat16" and recipe.rollout.weight_dir == "shm"
+        from seamless.rollout.fleet import server_options
+
+        options = server_options(recipe.model, recipe.rollout)
+        assert (options.dtype, options.max_model_len) == ("bfloat16", recipe.model.max_model_len)
+        assert options.gpu_memory_utilization == recipe.rollout.gpu_memory_utilization
 
 
 def test_calculator_recipe_serves_tool_calls():
@@ -94,3 +103,54 @@ def test_cluster_files_use_real_recipe_keys(path):
 def test_key_check_can_fail():
     assert _has_key("cluster.address") and _has_key("store.url")
     assert not _has_key("cluster.adress") and not _has_key("store.url.host")
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_passes_the_checks_run_before_services_start(path):
+    check_recipe(load_recipe(path))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["rollout.agent=python my_agent.py", "trainer.sft_warmup.steps=10"], "supplies no warm-start data"),
+    (["cluster.policy=disaggregated"], "disaggregated needs resources tagged only \\[rollout\\]"),
+    (["trainer.deepspeed={train_batch_size: 8}"], "trainer.deepspeed.train_batch_size is set by seamless"),
+])
+def test_a_recipe_that_cannot_run_fails_before_any_service_starts(overrides, match, tmp_path):
+    recipe = load_recipe(REPO / "recipes" / "grpo_tiny_cpu.yaml", overrides)
+    with pytest.raises(ConfigError, match=match):
+        with build_parts(recipe, tmp_path, resume=False):
+            pass
+    assert list(tmp_path.iterdir()) == []  # not even the run folder's lock was taken
+
+
+STATED_ON_PURPOSE = {"cluster.policy"}  # a policy recipe names its policy even when it is the default
+
+
+def _leaves(node, path=()):
+    """Dotted paths of every key a recipe sets (a list counts as one value)."""
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, (*path, key))
+        else:
+            yield (*path, key)
+
+
+@pytest.mark.parametrize("path", RECIPES + sorted((REPO / "recipes" / "policies").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_recipes_state_only_what_differs_from_the_defaults(path):
+    raw = yaml.safe_load(path.read_text())
+    whole = validate_recipe(copy.deepcopy(raw)).model_dump()
+    restated = []
+    for leaf in _leaves(raw):
+        trimmed = copy.deepcopy(raw)
+        node = trimmed
+        for key in leaf[:-1]:
+            node = node[key]
+        del node[leaf[-1]]
+        try:
+            same = validate_recipe(trimmed).model_dump() == whole
+        except ConfigError:  # the key is needed (data.train_path of a jsonl source)
+            same = False
+        if same and ".".join(leaf) not in STATED_ON_PURPOSE:
+            restated.append(".".join(leaf))
+    assert not restated, f"{path.name} restates defaults: {restated}; remove them"

@@ -29,8 +29,7 @@ log = logging.getLogger("seamless.proxy")
 
 def app_from_environment() -> openai_routes.AgentAPI:
     """The app of one worker of `seamless proxy --workers N` (uvicorn's factory)."""
-    settings = json.loads(os.environ[SETTINGS_ENV])
-    return create_app(ProxySettings(**settings | {"upstreams": tuple(settings["upstreams"])}))
+    return create_app(ProxySettings.model_validate_json(os.environ[SETTINGS_ENV]))
 
 
 def create_app(settings: ProxySettings) -> openai_routes.AgentAPI:

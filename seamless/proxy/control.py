@@ -23,6 +23,7 @@ from typing import Literal
 import redis.asyncio as aioredis
 
 from seamless.errors import UpstreamUnavailable
+from seamless.store import Keys
 
 log = logging.getLogger("seamless.proxy")
 
@@ -43,40 +44,13 @@ class ControlOp:
     """`None`: unchanged; "" turns salting off."""
 
 
-@dataclass(frozen=True)
-class ControlKeys:
-    prefix: str
-
-    @property
-    def state(self) -> str:
-        """hash: paused, mode, version, cache_salt"""
-        return f"{self.prefix}:proxy:state"
-
-    @property
-    def upstreams(self) -> str:
-        """hash: url -> model"""
-        return f"{self.prefix}:proxy:upstreams"
-
-    @property
-    def metrics(self) -> str:
-        """hash: worker pid -> its metrics snapshot (JSON), when there are several workers"""
-        return f"{self.prefix}:proxy:metrics"
-
-    @property
-    def channel(self) -> str:
-        return f"{self.prefix}:proxy:control"
-
-    def acks(self, op_id: str) -> str:
-        return f"{self.prefix}:proxy:ack:{op_id}"
-
-
 class ControlBus:
     """Publishes ControlOps to all workers (`broadcast`) and applies the ones it receives (`listen`)."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str, workers: int,
                  apply: Callable[[ControlOp], Awaitable[None]], timeout_s: float = 15.0) -> None:
         self.redis = redis
-        self.keys = ControlKeys(prefix)
+        self.keys = Keys(prefix).proxy  # the schema lives with the rest of the run's, in store.py
         self.workers = workers
         self.apply = apply
         self.timeout_s = timeout_s

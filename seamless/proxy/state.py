@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from seamless.config import ProxyConfig
 from seamless.proxy.metrics import Metrics
 from seamless.proxy.upstream_http import UpstreamHTTP
 from seamless.proxy.upstreams import PoolControl, UpstreamPool
@@ -17,21 +18,18 @@ SETTINGS_ENV = "SEAMLESS_PROXY_SETTINGS"
 """How `seamless proxy --workers N` hands its settings (JSON) to the worker processes."""
 
 
-@dataclass(frozen=True)
-class ProxySettings:
+class ProxySettings(ProxyConfig):
+    """A running proxy's settings: its config (the recipe's `proxy` section, or the flags of
+    `seamless proxy`) plus what the run wires in."""
+
     store_url: str
+    """The Redis the proxy records into."""
     key_prefix: str
+    """Prefix of this run's Redis keys."""
     admin_key: str
+    """Key for admin routes (resolved: no longer optional)."""
     upstreams: tuple[str, ...] = ()
-    max_body_bytes: int = 8 * 1024 * 1024
-    upstream_timeout_s: float = 600.0
-    health_interval_s: float = 2.0
-    failover_wait_s: float = 30.0
-    """How long a call waits for some server to become healthy before answering 503."""
-    workers: int = 1
-    """Processes serving the port; admin changes reach all of them (control.py)."""
-    token_in_token_out: bool = False
-    """Send continuing chat calls with a prompt spliced from recorded token ids (see tito.py)."""
+    """vLLM servers to start with; more can be registered over the admin API."""
 
 
 def new_key() -> str:

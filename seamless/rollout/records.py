@@ -1,10 +1,27 @@
-"""Typed records the fleet hands to the main loop, the scheduler and the logs."""
+"""Typed records the fleet hands to the main loop, the scheduler and the logs, and the shape of
+the placement it is given."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
+
+from seamless.devices import DeviceSlot
+
+
+class Lease(Protocol):
+    """Where the fleet may start a server: a resource held for rollout. The scheduler's
+    `placement.Lease` is one; the rollout package does not import the scheduler above it."""
+
+    @property
+    def resource(self) -> Any:
+        """The held resource; the fleet reads its `id`."""
+
+    @property
+    def slot(self) -> DeviceSlot:
+        """The resource's device: where the server's actor goes."""
+
 
 EventKind = Literal["started", "died", "restarted", "restart_failed", "gave_up", "removed"]
 

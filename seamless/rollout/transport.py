@@ -7,7 +7,6 @@ Both split an update the same way: `stage` (before the pause, rollout keeps runn
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from seamless.errors import ServiceError
+from seamless.rollout.server_http import post_each
 from seamless.rollout.weights import WeightSource, safetensors_files, write_buckets
 
 
@@ -31,24 +30,6 @@ class WeightTransport(Protocol):
 
     def server_args(self) -> list[str]:
         """Extra vLLM arguments a server needs for this transport."""
-
-
-def post_each(urls: Sequence[str], path: str, json: dict[str, Any] | None = None,
-              params: dict[str, Any] | None = None, timeout_s: float = 600.0) -> list[httpx.Response]:
-    """POST to every server at once; raise naming the first that failed."""
-    def one(url: str) -> httpx.Response:
-        try:
-            response = httpx.post(url + path, json=json, params=params, timeout=timeout_s)
-        except httpx.HTTPError as exc:
-            raise ServiceError(f"server {url} did not answer POST {path}: {exc!r}") from exc
-        if response.status_code != 200:
-            raise ServiceError(f"server {url} refused POST {path} ({response.status_code}): {response.text[:500]}")
-        return response
-
-    if len(urls) <= 1:
-        return [one(url) for url in urls]
-    with ThreadPoolExecutor(len(urls)) as pool:
-        return list(pool.map(one, urls))
 
 
 class DiskTransport:
@@ -200,9 +181,3 @@ class _FanoutClient:
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         post_each(self.urls, "/finish_weight_update", json={"weight_version": weight_version},
                   timeout_s=self.timeout_s)
-
-
-def timed(fn, *args: Any) -> tuple[Any, float]:
-    started = time.perf_counter()
-    result = fn(*args)
-    return result, time.perf_counter() - started

@@ -1,5 +1,5 @@
-"""The real rollout fleet and trainer behind the scheduler's protocols: thin adapters that decide
-only what a lease means for each (the scheduler never reaches into either).
+"""The real rollout fleet behind the scheduler's protocol: a thin adapter that decides only what a
+lease means for a server (the scheduler never reaches into the fleet).
 
 - A rollout-only resource's vLLM server runs inside its rollout lease and stops with it.
 - On a dual-tagged resource the server is a resident: the first rollout lease starts it outside
@@ -12,22 +12,21 @@ only what a lease means for each (the scheduler never reaches into either).
   143-181 ms, against 45 s to rejoin by a fresh start (vLLM start plus 8 s of warm-up requests).
 - Trainer ranks are created once for the run, one per train-tagged resource, and ask Ray for no
   GPU of their own (their DeepSpeed process group is formed once). A train lease is the right to
-  compute on that resource's GPU: `step` runs only with leases on exactly the trainer's
-  resources. On GPUs this is where a rank reloads its offloaded state (and vLLM sleeps); on this
-  CPU machine both residents are processes and the lease is what keeps them from running at once.
+  compute on that resource's GPU: the main loop trains between `begin_step()` (which returns the
+  train leases) and `begin_sync()`. On GPUs this is where a rank reloads its offloaded state (and
+  vLLM sleeps); on this CPU machine both residents are processes and the lease is what keeps them
+  from running at once.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from seamless.scheduler.placement import Lease
 
-if TYPE_CHECKING:  # the scheduler imports neither the rollout nor the trainer package
+if TYPE_CHECKING:  # the scheduler does not import the rollout package
     from seamless.rollout.fleet import VLLMFleet
-    from seamless.trainer.trainer import Trainer
 
 
 class FleetOnLeases:
@@ -60,42 +59,5 @@ class FleetOnLeases:
         else:
             self.fleet.remove_server(resource_id)
 
-    def pause(self, resource_ids: Sequence[int]) -> None:
-        self.fleet.pause(resource_ids)
-
-    def resume(self, resource_ids: Sequence[int]) -> None:
-        self.fleet.resume(resource_ids)
-
-    def update_weights(self, version: int, resource_ids: Sequence[int]) -> None:
-        self.fleet.update_weights(version, resource_ids)
-
     def in_flight(self) -> Mapping[int, int]:
         return self.fleet.in_flight()
-
-
-class TrainerOnLeases:
-    """`TrainerGroup` over a `Trainer` whose ranks sit on the train-tagged resources `ranks_on`.
-
-    After the step it stages the new weights with the fleet (rollout keeps running meanwhile), so
-    the scheduler's weight update and the servers that rejoin find them. A step whose filters left
-    nothing to train on still produces a version (the same weights under the next number), so the
-    trainer, the fleet and the scheduler count versions alike.
-    """
-
-    def __init__(self, trainer: Trainer, fleet: VLLMFleet, ranks_on: Sequence[int]) -> None:
-        self.trainer = trainer
-        self.fleet = fleet
-        self.ranks_on = tuple(sorted(ranks_on))
-        self.last_stage_s = 0.0
-        """Seconds the last step's weights took to stage with the fleet (logged as sync/stage_s)."""
-
-    def step(self, leases: Sequence[Lease], batch: Any) -> Mapping[str, float]:
-        held = tuple(sorted(lease.resource.id for lease in leases))
-        assert held == self.ranks_on, f"train leases on {held}, but the trainer's ranks sit on {self.ranks_on}"
-        metrics = self.trainer.train_step(batch)
-        if metrics is None:
-            self.trainer.version += 1
-        started = time.monotonic()
-        self.fleet.stage(self.trainer, self.trainer.version)
-        self.last_stage_s = time.monotonic() - started
-        return metrics.to_dict() if metrics is not None else {}

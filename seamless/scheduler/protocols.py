@@ -1,10 +1,11 @@
-"""The narrow interfaces the scheduler drives. The rollout fleet and the trainer implement them;
-the scheduler never reaches into either."""
+"""The narrow interface the scheduler drives: the rollout fleet, as far as roles go (a server per
+rollout lease). The scheduler never reaches into the fleet, and never trains or moves weights:
+the main loop does both between the scheduler's step hooks."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
 
 from seamless.scheduler.placement import Lease
 
@@ -23,22 +24,5 @@ class RolloutFleet(Protocol):
         resumes them on the remaining servers. Then stop it (or put it to sleep) so the resource is
         free; returns when it is."""
 
-    def pause(self, resource_ids: Sequence[int]) -> None:
-        """Hold generation on these servers (requests stay, no tokens are produced)."""
-
-    def resume(self, resource_ids: Sequence[int]) -> None:
-        """Continue generation on these servers."""
-
-    def update_weights(self, version: int, resource_ids: Sequence[int]) -> None:
-        """Load weights `version` on these (paused) servers."""
-
     def in_flight(self) -> Mapping[int, int]:
         """Running requests per server, by resource id (for the timeline's busy/idle)."""
-
-
-@runtime_checkable
-class TrainerGroup(Protocol):
-    """The trainer: its world is the train-tagged resources, fixed for the run."""
-
-    def step(self, leases: Sequence[Lease], batch: Any) -> Mapping[str, float]:
-        """One optimizer step on the batch, on the leased resources; returns its metrics."""

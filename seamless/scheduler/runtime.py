@@ -1,9 +1,13 @@
-"""The real tag scheduler: the policy's decisions carried out on Ray with a rollout fleet and a
-trainer group, every transition recorded in a Timeline.
+"""The real tag scheduler: the policy's decisions carried out on Ray (which resource holds which
+role, when episodes may start), every transition recorded in a Timeline. It assigns roles and
+admits episodes; it neither trains nor moves weights: the main loop does both, between the
+scheduler's hooks.
 
 The main loop calls, in order: `start()`; then repeatedly `admission()` / `episodes_started(n)` /
 `episodes_finished(n)` as agents run, `observe_load()` now and then (or let `load_interval_s`
-sample it in a thread), and `step(batch)` when `ready_to_step()`; at the end `close()` and
+sample it in a thread), and when `ready_to_step()`: `begin_step()` (roles switch to training),
+its own training step, `begin_sync()` (which servers need the new weights over the network),
+its own weight push to them, `end_step()` (roles switch back); at the end `close()` and
 `save(run_dir)`. `begin_recording()` restarts the timeline (e.g. after a warm-up that is not
 part of the pipeline being measured).
 
@@ -21,12 +25,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from seamless.config import ClusterConfig
 from seamless.scheduler.placement import Lease, RayPlacement
 from seamless.scheduler.policy import PipelineState, StepPlan, make_policy
-from seamless.scheduler.protocols import RolloutFleet, TrainerGroup
+from seamless.scheduler.protocols import RolloutFleet
 from seamless.scheduler.resources import ResourcePool, Role
 from seamless.scheduler.timeline import Timeline
 
@@ -39,21 +42,34 @@ class StepReport:
     switch_s: float
     train_s: float
     sync_s: float
-    trainer_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _OpenStep:
+    """A step between begin_step() and end_step(): its plan and when each phase began."""
+
+    plan: StepPlan
+    t_switch: float
+    t_train: float
+    t_sync: float | None = None
+    roles_after: dict[int, Role] = field(default_factory=dict)
 
 
 class TagScheduler:
-    """Owns the leases; asks the policy; tells the fleet and the trainer what to do."""
+    """Owns the leases; asks the policy; tells the fleet which servers to start, park or stop."""
 
-    def __init__(self, cluster: ClusterConfig, fleet: RolloutFleet, trainer: TrainerGroup,
-                 batch_episodes: int, placement: RayPlacement | None = None,
+    def __init__(self, cluster: ClusterConfig, fleet: RolloutFleet, batch_episodes: int,
+                 placement: RayPlacement | None = None,
                  clock: Callable[[], float] = time.monotonic, version: int = 0,
                  load_interval_s: float | None = None) -> None:
         self.pool = ResourcePool.from_cluster(cluster)
         self.policy = make_policy(cluster.policy, self.pool, cluster.staleness)
         self.state: PipelineState = self.policy.new_state(batch_episodes, version)
         self.fleet = fleet
-        self.trainer = trainer
+        self._open: _OpenStep | None = None
+        # a placement passed in belongs to the caller (it reserved the devices the trainer's ranks
+        # already sit on, and frees them after those shut down); one made here is closed with us
+        self._own_placement = placement is None
         self.placement = placement or RayPlacement(timeout_s=cluster.placement_timeout_s)
         self.leases: dict[int, Lease] = {}
         self._clock = clock
@@ -124,6 +140,8 @@ class TagScheduler:
             self._sampler.join(timeout=10)
         for rid in sorted(self.leases):
             self._drop(rid)
+        if self._own_placement:
+            self.placement.close()
         self.timeline.close(self.now())
 
     def _sample(self) -> None:
@@ -161,12 +179,15 @@ class TagScheduler:
     def ready_to_step(self) -> bool:
         return self.policy.step_plan(self.state) is not None
 
-    # ---- a training step ----------------------------------------------------------------------
+    # ---- a training step: the loop calls begin_step, trains, publishes, end_step -------------
 
-    def step(self, batch: Any) -> StepReport:
-        """Switch roles, train one step, bring the new weights to the servers, switch back."""
+    def begin_step(self) -> list[Lease]:
+        """Roles for the next step: resources that train leave rollout (their in-flight calls move
+        to the other servers) and the trainer's leases are taken; returns those leases, marked
+        busy until `begin_sync()`."""
         plan = self.policy.step_plan(self.state)
-        assert plan is not None, "step() called before ready_to_step()"
+        assert plan is not None, "begin_step() called before ready_to_step()"
+        assert self._open is None, "begin_step() twice without end_step()"
         self.state.begin_step(plan)
         t_switch = self.now()
         self.timeline.begin_phase(t_switch, "switch", plan.version)
@@ -178,45 +199,47 @@ class TagScheduler:
                 self._take(rid, Role.TRAIN, busy=False)
         t_train = self.now()
         self.timeline.begin_phase(t_train, "train", plan.version)
-        metrics = self._train(plan, batch)
-        t_sync = self.now()
-        self.timeline.begin_phase(t_sync, "sync", plan.version)
-        roles_after = self.policy.roles_after_step(self.state)
-        self._sync_and_return(plan, roles_after)
-        self.state.end_step(roles_after)
-        t_end = self.now()
-        self.timeline.begin_phase(t_end, "rollout", plan.version)
-        return StepReport(plan.version, t_train - t_switch, t_sync - t_train, t_end - t_sync,
-                          dict(metrics))
-
-    def _train(self, plan: StepPlan, batch: Any) -> dict[str, float]:
-        leases = [self.leases[rid] for rid in sorted(plan.train)]
         for rid in plan.train:
             self._mark(rid, role=Role.TRAIN, busy=True)
-        metrics = dict(self.trainer.step(leases, batch))
-        for rid in plan.train:
-            self._mark(rid, busy=False)
-        return metrics
+        self._open = _OpenStep(plan, t_switch, t_train)
+        return [self.leases[rid] for rid in sorted(plan.train)]
 
-    def _sync_and_return(self, plan: StepPlan, roles_after: dict[int, Role]) -> None:
-        """Servers that stayed get the weights over the network (paused meanwhile); resources that
-        go back to rollout leave the trainer and start serving the new version."""
-        targets = sorted(self.state.sync_targets(roles_after) & self._holding(Role.ROLLOUT))
-        if targets:
-            for rid in targets:
-                self._mark(rid, busy=False)
-            self.fleet.pause(targets)
-            self.fleet.update_weights(plan.version, targets)
-            self.fleet.resume(targets)
-        for rid, role in sorted(roles_after.items()):
+    def begin_sync(self) -> list[int]:
+        """The trainer is done: its resources go idle and the sync phase starts. Returns the
+        rollout servers that stay in rollout without a trainer rank beside them: they need the
+        new weights over the network (the loop pauses, loads and resumes them)."""
+        step = self._open
+        assert step is not None and step.t_sync is None, "begin_sync() outside a step"
+        for rid in step.plan.train:
+            self._mark(rid, busy=False)
+        step.t_sync = self.now()
+        self.timeline.begin_phase(step.t_sync, "sync", step.plan.version)
+        step.roles_after = self.policy.roles_after_step(self.state)
+        targets = sorted(self.state.sync_targets(step.roles_after) & self._holding(Role.ROLLOUT))
+        for rid in targets:
+            self._mark(rid, busy=False)
+        return targets
+
+    def end_step(self) -> StepReport:
+        """Roles after the step: resources that go back to rollout leave the trainer and start
+        serving the new version; returns what each phase of the step took."""
+        step = self._open
+        assert step is not None and step.t_sync is not None, "end_step() before begin_sync()"
+        for rid, role in sorted(step.roles_after.items()):
             lease = self.leases.get(rid)
             if lease is not None and lease.role is role:
                 continue
             if lease is not None:
                 self._drop(rid)
                 self._mark(rid, role=Role.SWITCHING)
-            self._take(rid, role, version=plan.version)
+            self._take(rid, role, version=step.plan.version)
         self.observe_load()
+        self.state.end_step(step.roles_after)
+        self._open = None
+        t_end = self.now()
+        self.timeline.begin_phase(t_end, "rollout", step.plan.version)
+        return StepReport(step.plan.version, step.t_train - step.t_switch, step.t_sync - step.t_train,
+                          t_end - step.t_sync)
 
     # ---- leases -------------------------------------------------------------------------------
 

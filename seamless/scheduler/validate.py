@@ -1,8 +1,9 @@
 """Sim-vs-real: fit the simulator's workload to a recorded real run, simulate the same pool and
 policy, and compare bubble ratio and throughput.
 
-The main loop records a `RecordedRun` (the scheduler's timeline plus what only the loop knows:
-completion lengths and tokens per step); `compare(run)` answers whether the simulator is within
+The main loop feeds a `RunRecorder` every trained step (what only the loop knows: completion
+lengths, tokens per step, time outside LLM calls), which makes the `RecordedRun` (that plus the
+scheduler's timeline) at the end; `compare(run)` answers whether the simulator is within
 a tolerance of reality (the issue asks for 20%).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from seamless.config import ClusterConfig, SimConfig
@@ -19,6 +20,7 @@ from seamless.scheduler.policy import make_policy
 from seamless.scheduler.resources import ResourcePool, Role
 from seamless.scheduler.sim import SimResult, Simulation
 from seamless.scheduler.timeline import Timeline
+from seamless.types import TrainingSequence, Trajectory
 
 
 @dataclass
@@ -54,6 +56,46 @@ class RecordedRun:
     @classmethod
     def load(cls, path: str | Path) -> RecordedRun:
         return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass
+class RunRecorder:
+    """What a real run's steps tell the simulator, gathered as the main loop trains them."""
+
+    completion_lengths: list[int] = field(default_factory=list)
+    """Tokens of every trained LLM call's completion."""
+    episodes: list[tuple[int, int | None, float | None]] = field(default_factory=list)
+    """Per trained episode: its LLM calls, its first prompt's tokens, and its wall time outside
+    the calls (the harness's share; None when not timed, e.g. replayed after a resume)."""
+    steps: list[tuple[int, int]] = field(default_factory=list)
+    """Per step: generated tokens trained on, and prompt + completion tokens trained on."""
+    episode_wall_s: dict[str, float] = field(default_factory=dict)
+    """Wall time of every finished episode, by session id, until a step trains it."""
+
+    def step(self, trajectories: list[Trajectory], sequences: list[TrainingSequence]) -> int:
+        """Record one trained step; returns the generated tokens it trained on."""
+        for trajectory in trajectories:
+            turns = trajectory.turns
+            self.completion_lengths += [len(turn.completion_token_ids) for turn in turns]
+            wall = self.episode_wall_s.pop(trajectory.session_id, None)
+            overhead = None
+            if wall is not None and turns:
+                overhead = max(0.0, wall - sum(max(0.0, t.ended_at - t.started_at) for t in turns))
+            self.episodes.append((len(turns), len(turns[0].prompt_token_ids) if turns else None, overhead))
+        self.steps.append((sum(s.num_generated for s in sequences), sum(len(s.token_ids) for s in sequences)))
+        return self.steps[-1][0]
+
+    def recorded_run(self, cluster: ClusterConfig, timeline: Timeline, batch_episodes: int,
+                     agent_concurrency: int | None) -> RecordedRun:
+        prompts = [p for _, p, _ in self.episodes if p is not None]
+        overheads = [o for _, _, o in self.episodes if o is not None]
+        return RecordedRun(cluster=cluster.model_dump(mode="json"), timeline=timeline.to_dict(),
+                           batch_episodes=batch_episodes, completion_lengths=self.completion_lengths or [1],
+                           prompt_tokens=sum(prompts) / max(1, len(prompts)),
+                           turns=max(1, round(sum(n for n, _, _ in self.episodes) / max(1, len(self.episodes)))),
+                           step_tokens=[g for g, _ in self.steps], step_context_tokens=[c for _, c in self.steps],
+                           episode_overhead_s=sum(overheads) / max(1, len(overheads)),
+                           agent_concurrency=agent_concurrency)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,14 @@ from seamless.algorithms import (
     dynamic_sampling_keep,
     group_ids_to_index,
     logprob_mismatch,
+    make_algorithm,
     overlong_penalty,
     staleness_keep,
     truncated_is_weights,
 )
 from seamless.config import AlgorithmConfig, Recipe, TrainerConfig
+from seamless.devices import DeviceSlot
 from seamless.errors import SeamlessError
-from seamless.trainer.advantage import estimate
 from seamless.trainer.batch import (
     MicroBatch,
     TrainBatch,
@@ -66,45 +67,40 @@ class Trainer:
     """A DeepSpeed policy (plus reference and critic when the algorithm needs them) on N ranks."""
 
     def __init__(self, model_dir: str | Path, algorithm: AlgorithmConfig, config: TrainerConfig, num_ranks: int,
-                 dtype: str = "float32", seed: int = 0, placement_group: Any = None, first_bundle: int = 0,
+                 dtype: str = "float32", seed: int = 0, slots: Sequence[DeviceSlot] | None = None,
                  gpus_per_rank: float = 1.0):
+        """`slots`: the device of each rank (rank i on slots[i], sharing it with a vLLM server where
+        the slot is shared). Without slots each rank asks Ray for `gpus_per_rank` GPUs anywhere."""
         import ray
 
         from transformers import AutoConfig
 
         self.model_dir = Path(model_dir).resolve()
-        self.algorithm, self.config, self.num_ranks, self.seed = algorithm, config, num_ranks, seed
+        self.config, self.num_ranks, self.seed = config, num_ranks, seed
+        self.algorithm = make_algorithm(algorithm)  # what it needs (reference, critic), how it makes advantages
         self.pad_id = AutoConfig.from_pretrained(self.model_dir).pad_token_id or 0
         ds_config = deepspeed_config(config.deepspeed, num_ranks, config.grad_clip, dtype)
         self.zero_stage = zero_stage(ds_config)
         spec = WorkerSpec(model_dir=str(self.model_dir), ds_config=ds_config, dtype=dtype, lr=config.lr,
                           critic_lr=config.critic_lr, weight_decay=config.weight_decay,
-                          need_reference=algorithm.kl_coef > 0, need_critic=algorithm.name == "ppo",
-                          algorithm=algorithm, seed=seed)
+                          need_reference=self.algorithm.needs_reference, need_critic=self.algorithm.needs_critic,
+                          algorithm=algorithm, seed=seed, gpu_memory_share=config.gpu_memory_share)
         self.step = 0  # RL steps done
         self.version = 0  # weight version; one per train_step
         self.optimizer_steps = 0  # drives the LR schedule
         self.sft_steps = 0
-        env = {k: os.environ[k] for k in _RANK_ENV if k in os.environ}
-        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
-        # ranks must import the same seamless as the driver (a checkout may shadow an installed copy)
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        # num_cpus=0: a rank is bound by its (logical) GPU, and on a 2-CPU cluster each rank
-        # asking for a CPU would leave nothing for the rest. gpus_per_rank=0: the tag scheduler
-        # holds the GPU with its leases and lets the rank compute only while it holds a train lease
-        actor = ray.remote(num_cpus=0, num_gpus=gpus_per_rank)(TrainWorker)
-        self._workers = []
-        for rank in range(num_ranks):
-            options: dict[str, Any] = {"runtime_env": {"env_vars": env}, "name": None}
-            if placement_group is not None:
-                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    placement_group, placement_group_bundle_index=first_bundle + rank)
-            self._workers.append(actor.options(**options).remote(rank, num_ranks, spec))
-        addr, port = ray.get(self._workers[0].endpoint.remote())
-        ray.get([w.setup.remote(addr, port) for w in self._workers])
+        if slots is not None and len(slots) != num_ranks:
+            raise ValueError(f"{num_ranks} ranks but {len(slots)} device slots")
+        self._workers = spawn_ranks(spec, num_ranks, slots, gpus_per_rank)
+        try:
+            addr, port = ray.get(self._workers[0].endpoint.remote())
+            ray.get([w.setup.remote(addr, port) for w in self._workers])
+        except BaseException:
+            # ranks that failed to set up still hold their (logical) GPUs: end them, or every later
+            # trainer in this Ray cluster waits for devices that never come free
+            for worker in self._workers:
+                ray.kill(worker, no_restart=True)
+            raise
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, model_dir: str | Path, num_ranks: int, **kwargs: Any) -> Trainer:
@@ -119,7 +115,7 @@ class Trainer:
         kept = self._filter(sequences)
         if not kept.sequences:
             return None
-        algo = self.algorithm
+        algo = self.algorithm.config
         batch = TrainBatch.from_sequences(kept.sequences, self.pad_id)
         rewards = batch.rewards.clone()
         if algo.overlong_max_tokens is not None:
@@ -127,9 +123,11 @@ class Trainer:
             rewards += overlong_penalty(generated, algo.overlong_max_tokens, algo.overlong_buffer_tokens,
                                         algo.overlong_penalty)
         groups = group_ids_to_index([s.group_id for s in kept.sequences])
-        passes = self._forward(batch, want_reference=algo.kl_coef > 0, want_values=algo.name == "ppo")
+        passes = self._forward(batch, want_reference=self.algorithm.needs_reference,
+                               want_values=self.algorithm.needs_critic)
         old = passes["logprobs"]
-        adv = estimate(algo, rewards, groups, batch.loss_mask, old, passes.get("ref_logprobs"), passes.get("values"))
+        adv = self.algorithm.advantages(rewards, groups, batch.loss_mask, old, passes.get("ref_logprobs"),
+                                   passes.get("values"))
         mask = batch.loss_mask
         is_weights = (truncated_is_weights(old, batch.rollout_logprobs, mask, algo.tis_cap)
                       if algo.tis_cap is not None else None)
@@ -160,7 +158,7 @@ class Trainer:
 
     def _filter(self, sequences: list[TrainingSequence]) -> _Filtered:
         """Drop sequences too stale to correct, then groups dynamic sampling rejects."""
-        algo = self.algorithm
+        algo = self.algorithm.config
         versions = torch.tensor([s.oldest_version for s in sequences], dtype=torch.long)
         fresh = staleness_keep(versions, self.version, algo.max_staleness) if sequences else torch.ones(0, dtype=torch.bool)
         kept = [s for s, ok in zip(sequences, fresh.tolist()) if ok]
@@ -189,7 +187,7 @@ class Trainer:
                 lr = self._lr()
                 rank_mbs = self._micro_batches(batch, rows, per_token)
                 futures = [w.train_policy.remote(mbs, lr) for w, mbs in zip(self._workers, rank_mbs)]
-                if self.algorithm.name == "ppo":
+                if self.algorithm.needs_critic:
                     critic_lr = self._lr(self.config.critic_lr)
                     futures += [w.train_critic.remote(mbs, critic_lr) for w, mbs in zip(self._workers, rank_mbs)]
                 results = ray.get(futures)
@@ -309,6 +307,12 @@ class Trainer:
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
         return out
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Per rank: ZeRO stage, whether the policy was built as shards, the device it computes on."""
+        import ray
+
+        return ray.get([w.describe.remote() for w in self._workers])
+
     def memory_stats(self) -> list[dict[str, float]]:
         """Per rank: peak accelerator memory and RSS, in GiB."""
         import ray
@@ -341,6 +345,27 @@ class Trainer:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def spawn_ranks(spec: WorkerSpec, num_ranks: int, slots: Sequence[DeviceSlot] | None = None,
+                gpus_per_rank: float = 1.0) -> list[Any]:
+    """One Ray actor per rank, each on its device slot (or anywhere with `gpus_per_rank` GPUs)."""
+    import ray
+
+    env = {k: os.environ[k] for k in _RANK_ENV if k in os.environ}
+    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+    # ranks must import the same seamless as the driver (a checkout may shadow an installed copy)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    workers = []
+    for rank in range(num_ranks):
+        # num_cpus=0: a rank is bound by its GPU, and on a 2-CPU cluster each rank asking for a
+        # CPU would leave nothing for the rest
+        placement = slots[rank].actor_options() if slots is not None else {"num_cpus": 0, "num_gpus": gpus_per_rank}
+        shared = slots is not None and slots[rank].shared
+        actor = ray.remote(TrainWorker).options(runtime_env={"env_vars": env}, **placement)
+        workers.append(actor.remote(rank, num_ranks, spec, shared))
+    return workers
 
 
 def latest_checkpoint(path: str | Path) -> Path:

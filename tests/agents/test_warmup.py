@@ -3,6 +3,7 @@ import pytest
 from seamless.agent_api import Sampling
 from seamless.agent_runner import AgentRunner
 from seamless.data import Task
+from seamless.errors import ConfigError
 from seamless.types import NO_VERSION
 from seamless.warmup import warmup_sequences
 from tests.proxy.helpers import Admin
@@ -51,8 +52,10 @@ def test_calculator_warmup_teaches_the_tool_call_then_the_answer(tokenizer):
 
 
 def test_warmup_rejects_unknown_agents_and_tasks_without_expressions(tokenizer):
-    with pytest.raises(ValueError, match="no warm-start data for agent 'mine'"):
+    with pytest.raises(ConfigError, match="rollout.agent 'mine' supplies no warm-start data"):
         warmup_sequences([TASK], tokenizer, "mine")
+    with pytest.raises(ConfigError, match="rollout.agent 'agents.rewards:integer_match' supplies no warm-start"):
+        warmup_sequences([TASK], tokenizer, "agents.rewards:integer_match")
     with pytest.raises(ValueError, match="a/op/b metadata"):
         warmup_sequences([Task("x", "What is 1 + 1?", "2")], tokenizer, "calculator")
 

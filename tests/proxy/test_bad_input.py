@@ -102,10 +102,11 @@ def test_a_generated_key_that_starts_with_a_dash_still_reaches_the_proxy(tmp_pat
     # a missing value and the proxy exited (seen as a resumed run dying in CI)
     import argparse
 
+    from seamless.config import ProxyConfig
     from seamless.proxy.server import ProxyProcess, add_arguments
 
     process = ProxyProcess("redis://127.0.0.1:1", tmp_path, upstreams=["http://127.0.0.1:2"],
-                           prefix="-run", admin_key="-Xk3y")
+                           prefix="-run", config=ProxyConfig(admin_key="-Xk3y"))
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(process._process.argv[3:])

@@ -4,6 +4,7 @@ import signal
 import openai
 import pytest
 
+from seamless.config import ProxyConfig
 from seamless.proxy.server import ProxyProcess
 from seamless.services.vllm_server import VLLMServer, VLLMServerOptions
 from tests.proxy.helpers import Admin
@@ -17,7 +18,7 @@ def test_killing_one_of_two_upstreams_mid_run_moves_its_sessions_to_the_other(
     second.start()
     try:
         with ProxyProcess(redis_server.url, tmp_path / "proxy", upstreams=[vllm_server.url, second.url],
-                          prefix="failover", extra_args=["--health-interval", "0.5"]) as proxy:
+                          prefix="failover", config=ProxyConfig(health_interval_s=0.5)) as proxy:
             admin = Admin(proxy)
             sessions = [admin.session() for _ in range(6)]
             clients = [openai.OpenAI(base_url=s["base_url"], api_key=s["api_key"], max_retries=0) for s in sessions]

@@ -6,6 +6,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from seamless.config import ProxyConfig
 from seamless.proxy.server import ProxyProcess
 from seamless.proxy.tito import TemplateDrift, difference, find_continuation, splice
 from seamless.types import Turn
@@ -49,7 +50,7 @@ def test_splice_keeps_the_sampled_end_of_turn_token_and_adds_the_templates_tail(
 @pytest.fixture(scope="module")
 def tito_proxy(redis_server, vllm_server, tmp_path_factory):
     with ProxyProcess(redis_server.url, tmp_path_factory.mktemp("tito-proxy"), upstreams=[vllm_server.url],
-                      prefix="tito", extra_args=["--token-in-token-out", "--health-interval", "0.5"]) as process:
+                      prefix="tito", config=ProxyConfig(token_in_token_out=True, health_interval_s=0.5)) as process:
         yield process
 
 

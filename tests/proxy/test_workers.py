@@ -6,6 +6,7 @@ import httpx
 import openai
 import pytest
 
+from seamless.config import ProxyConfig
 from seamless.proxy.server import ProxyProcess
 from tests.proxy.helpers import Admin
 
@@ -19,7 +20,7 @@ def _health(proxy) -> dict:
 
 def test_two_workers_share_sessions_the_pause_gate_and_the_weight_version(tmp_path, redis_server, vllm_server):
     with ProxyProcess(redis_server.url, tmp_path / "proxy", upstreams=[vllm_server.url], prefix="workers",
-                      extra_args=["--workers", "2", "--health-interval", "0.5"]) as proxy:
+                      config=ProxyConfig(workers=2, health_interval_s=0.5)) as proxy:
         assert len({_health(proxy)["worker"] for _ in range(60)}) == 2
         admin = Admin(proxy)
         sessions = [admin.session() for _ in range(8)]

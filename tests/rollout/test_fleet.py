@@ -16,7 +16,7 @@ from seamless.config import RolloutConfig, TinyModelConfig
 from seamless.models.tiny import build_tiny_model
 from seamless.rollout import ProxyAdmin, VLLMFleet
 from seamless.scheduler.placement import RayPlacement
-from seamless.scheduler.resources import Resource, Role
+from seamless.scheduler.resources import Resource, ResourcePool, Role
 from tests.proxy.helpers import Admin
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -26,10 +26,11 @@ PROMPT = [40, 57, 33, 81, 64, 92, 45, 70]  # token ids; the tiny vocabulary has 
 
 @pytest.fixture(scope="module")
 def fleet_proxy(redis_server, tmp_path_factory):
+    from seamless.config import ProxyConfig
     from seamless.proxy.server import ProxyProcess
 
     with ProxyProcess(redis_server.url, tmp_path_factory.mktemp("fleet-proxy"), prefix="fleet",
-                      extra_args=["--health-interval", "0.5"]) as process:
+                      config=ProxyConfig(health_interval_s=0.5)) as process:
         yield process
 
 
@@ -39,14 +40,15 @@ def fleet(ray_cluster, fleet_proxy, tiny_model_dir, tmp_path_factory):
     fleet = VLLMFleet(tiny_model_dir, tmp_path_factory.mktemp("fleet-run"),
                       ProxyAdmin(fleet_proxy.url, fleet_proxy.admin_key), config)
     placement = RayPlacement("fleet-test")
-    leases = [placement.acquire(Resource(i, frozenset({"rollout"})), Role.ROLLOUT) for i in range(2)]
+    pool = ResourcePool(tuple(Resource(i, frozenset({"rollout"})) for i in range(2)))
+    placement.reserve(pool)
+    leases = [placement.acquire(resource, Role.ROLLOUT) for resource in pool]
     try:
         fleet.add_servers(leases)
         yield fleet
     finally:
         fleet.shutdown()
-        for lease in leases:
-            placement.release(lease)
+        placement.close()
 
 
 @pytest.fixture(scope="module")

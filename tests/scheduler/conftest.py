@@ -1,7 +1,8 @@
-"""Small implementations of the scheduler's protocols that do real Ray work on logical GPUs:
-every generation and every trainer rank is a Ray task that asks for the lease's whole GPU inside
-the lease's bundle, so it can only run while the scheduler really holds that resource for that
-role. Tasks (not actors) keep these tests fast on 2 shared cores: Ray reuses their workers."""
+"""A fake fleet (the scheduler's protocol) and a fake trainer (what the main loop trains with)
+that do real Ray work on logical GPUs: every generation and every trainer rank is a Ray task
+that asks for the lease's whole GPU inside the lease's bundle, so it can only run while the
+scheduler really holds that resource for that role. Tasks (not actors) keep these tests fast on
+2 shared cores: Ray reuses their workers."""
 
 from __future__ import annotations
 

@@ -24,8 +24,9 @@ def live_groups(prefix):
             if g["name"].startswith(prefix) and g["state"] != "REMOVED"]
 
 
-def drive(sched, fleet, steps):
-    """A stand-in for the main loop: start admitted episodes, finish them, step when ready."""
+def drive(sched, fleet, trainer, steps):
+    """A stand-in for the main loop: start admitted episodes, finish them, step when ready (roles,
+    train on the leases, weights to the servers that stayed, roles back)."""
     sched.start()
     reports = []
     while sched.state.version < steps:
@@ -39,39 +40,47 @@ def drive(sched, fleet, steps):
             sched.observe_load()
             sched.episodes_finished(n)
         assert sched.ready_to_step()
-        reports.append(sched.step(batch=None))
+        trainer.step(sched.begin_step(), batch=None)
+        servers = sched.begin_sync()
+        if servers:
+            fleet.pause(servers)
+            fleet.update_weights(sched.state.version + 1, servers)
+            fleet.resume(servers)
+        reports.append(sched.end_step())
     sched.close()
     return reports
 
 
-def test_acquire_release_and_reacquire_a_logical_gpu(ray_cluster):
+def test_devices_are_reserved_once_and_leases_switch_roles_without_ray(ray_cluster):
     placement = RayPlacement("t-lease", timeout_s=5)
-    resource = ResourcePool.split(2, 0.5)[0]
-    lease = placement.acquire(resource, Role.TRAIN)
-    assert lease.acquire_s < 5 and len(live_groups("t-lease-r0-train")) == 1
+    pool = ResourcePool.split(2, 0.5)
+    devices = placement.reserve(pool)
+    assert len(live_groups("t-lease-devices")) == 1 and placement.reserve(pool) is devices
+    assert [s.gpus for s in devices.slots] == [1, 1] and [s.shared for s in devices.slots] == [True, False]
+    lease = placement.acquire(pool[0], Role.TRAIN)
+    assert lease.slot is devices.slot(0) and lease.acquire_s < 0.01
     placement.release(lease)
-    start = time.monotonic()
-    again = placement.acquire(resource, Role.ROLLOUT)
-    assert time.monotonic() - start < 5
+    again = placement.acquire(pool[0], Role.ROLLOUT)  # a role switch: no placement group made or freed
+    assert len(live_groups("t-lease")) == 1
     placement.release(again)
+    placement.close()
     time.sleep(0.2)
     assert live_groups("t-lease") == []
 
 
-def test_a_pool_larger_than_the_cluster_names_the_recipe_keys(ray_cluster, fake_fleet, fake_trainer):
+def test_a_pool_larger_than_the_cluster_names_the_recipe_keys(ray_cluster, fake_fleet):
     sched = TagScheduler(cluster("tagged", [(3, ["rollout"]), (2, ["train", "rollout"])]),
-                         fake_fleet, fake_trainer, batch_episodes=2)
+                         fake_fleet, batch_episodes=2)
     with pytest.raises(ConfigError, match="cluster.resources declares 5 GPUs but the Ray cluster has 4"):
         sched.start()
 
 
-def test_a_role_switch_that_cannot_be_placed_fails_naming_the_keys(ray_cluster):
+def test_devices_that_cannot_be_reserved_fail_naming_the_keys(ray_cluster):
     squatter = placement_group([{"GPU": 1}] * 4)  # someone else holds every GPU
     assert squatter.wait(10)
     try:
-        resource = ResourcePool.split(2, 0.5)[0]
         with pytest.raises(ConfigError, match="cluster.resources.*cluster.placement_timeout_s"):
-            RayPlacement("t-full", timeout_s=0.5).acquire(resource, Role.TRAIN)
+            RayPlacement("t-full", timeout_s=0.5).reserve(ResourcePool.split(2, 0.5))
         assert live_groups("t-full") == []
     finally:
         remove_placement_group(squatter)
@@ -88,8 +97,8 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_policy_runs_steps_on_ray(ray_cluster, fake_fleet, fake_trainer, case, tmp_path):
     policy, groups, staleness = CASES[case]
-    sched = TagScheduler(cluster(policy, groups, staleness), fake_fleet, fake_trainer, batch_episodes=4)
-    reports = drive(sched, fake_fleet, steps=2)
+    sched = TagScheduler(cluster(policy, groups, staleness), fake_fleet, batch_episodes=4)
+    reports = drive(sched, fake_fleet, fake_trainer, steps=2)
     assert [r.version for r in reports] == [1, 2]
     assert fake_trainer.steps == [tuple(sorted(sched.pool.trainers))] * 2
     assert fake_trainer.devices | fake_fleet.devices <= {"0", "1", "2", "3"}
@@ -102,8 +111,8 @@ def test_each_policy_runs_steps_on_ray(ray_cluster, fake_fleet, fake_trainer, ca
 
 def test_tagged_moves_dual_resources_and_never_stops_rollout_only(ray_cluster, fake_fleet, fake_trainer):
     sched = TagScheduler(cluster("tagged", [(2, ["rollout"]), (2, ["train", "rollout"])], 1),
-                         fake_fleet, fake_trainer, batch_episodes=4)
-    drive(sched, fake_fleet, steps=2)
+                         fake_fleet, batch_episodes=4)
+    drive(sched, fake_fleet, fake_trainer, steps=2)
     removed = [rid for call, rid in fake_fleet.calls if call == "remove"]
     # each step takes 2 and 3 out of rollout; 0 and 1 leave only when the run closes
     assert removed[:4] == [2, 3, 2, 3] and sorted(removed[4:]) == [0, 1, 2, 3]

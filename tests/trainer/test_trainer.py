@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from seamless.config import AlgorithmConfig, TrainerConfig
+from seamless.config import GrpoConfig, PpoConfig, TrainerConfig
 from seamless.trainer import Trainer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -33,10 +33,12 @@ def _trained_logprob_gap(trainer: Trainer, sequences) -> float:
 @pytest.mark.parametrize("stage", [2, 3])
 def test_grpo_step_on_vllm_rollouts_then_checkpoint_resume(stage, ray_cluster, tiny_model_dir, rollout_sequences,
                                                            tmp_path):
-    algo = AlgorithmConfig(name="grpo", tis_cap=2.0)
+    algo = GrpoConfig(tis_cap=2.0)
     trainer = Trainer(tiny_model_dir, algo, _config(stage), num_ranks=2, seed=0)
     try:
+        # ZeRO-3 builds the model as shards (no rank loads it whole), and with the right weights:
         # before any update the trainer reproduces what vLLM recorded (fp32, same weights)
+        assert [r["partitioned_at_load"] for r in trainer.describe()] == [stage == 3] * 2
         assert _trained_logprob_gap(trainer, rollout_sequences) < 1e-3
         before = _weights(trainer)
         metrics = trainer.train_step(rollout_sequences)
@@ -71,7 +73,7 @@ def test_sft_then_ppo_with_critic_and_reference_runs_and_exports_a_loadable_mode
                                                                           rollout_sequences, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    algo = AlgorithmConfig(name="ppo", kl_coef=0.05, kl_estimator="k3", entropy_coef=0.01, dual_clip=3.0)
+    algo = PpoConfig(kl_coef=0.05, kl_estimator="k3", entropy_coef=0.01, dual_clip=3.0)
     config = _config(2, ppo_epochs=2, mini_batches=2, critic_lr=1e-3, warmup_steps=2)
     with Trainer(tiny_model_dir, algo, config, num_ranks=2, seed=0) as trainer:
         sft = [trainer.sft_step(rollout_sequences[:8], lr=1e-3) for _ in range(2)]
