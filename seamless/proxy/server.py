@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longest an upstream call may take, in seconds")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes serving the port (more requests/s; admin changes reach all)")
+    parser.add_argument("--max-n", type=int, default=64,
+                        help="most choices one call may ask for (n x prompts); each is generated and recorded")
+    parser.add_argument("--store-timeout", type=float, default=10.0,
+                        help="seconds a call's record may take before the call is dropped with a 503")
     parser.add_argument("--token-in-token-out", action="store_true",
                         help="build each continuing chat call's prompt from the recorded token ids plus "
                              "the new messages, so multi-turn agents never see re-tokenization drift")
@@ -51,6 +55,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     import uvicorn
 
     from seamless.proxy.app import create_app
+    from seamless.proxy.http_protocol import HeaderDeadlineProtocol
     from seamless.services.redis_server import RedisServer
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -72,7 +77,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                              upstreams=tuple(args.upstream), max_body_bytes=args.max_body_bytes,
                              health_interval_s=args.health_interval,
                              upstream_timeout_s=args.upstream_timeout,
-                             token_in_token_out=args.token_in_token_out, workers=args.workers)
+                             token_in_token_out=args.token_in_token_out, workers=args.workers,
+                             max_n=args.max_n, store_timeout_s=args.store_timeout)
     print(f"seamless proxy: serving on http://{args.host}:{port} (store {store_url})", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.workers < 1:
@@ -82,7 +88,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     # closing one just as a client reuses it fails that request with a ReadError (seen once in a
     # 40-step benchmark, on POST /finish after a training step)
     serve = dict(host=args.host, port=port, log_level="warning", access_log=False, loop="uvloop",
-                 http="httptools", timeout_graceful_shutdown=5, timeout_keep_alive=120)
+                 http=HeaderDeadlineProtocol, timeout_graceful_shutdown=5, timeout_keep_alive=120)
     try:
         if args.workers == 1:
             uvicorn.run(create_app(settings), **serve)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from seamless.proxy.delivery import VoidLedger
 from seamless.proxy.metrics import Metrics
 from seamless.proxy.upstream_http import UpstreamHTTP
 from seamless.proxy.upstreams import PoolControl, UpstreamPool
@@ -32,6 +33,11 @@ class ProxySettings:
     """Processes serving the port; admin changes reach all of them (control.py)."""
     token_in_token_out: bool = False
     """Send continuing chat calls with a prompt spliced from recorded token ids (see tito.py)."""
+    store_timeout_s: float = 10.0
+    """Longest a call's record may take; past it the call is dropped (voided) and the agent gets
+    a 503 it can retry, instead of an answer the trace may or may not hold (a stalled Redis)."""
+    max_n: int = 64
+    """Most choices one call may ask for (`n`): each is generated, recorded and sent back."""
 
 
 def new_key() -> str:
@@ -47,6 +53,7 @@ class ProxyState:
     pool: UpstreamPool
     upstream_http: UpstreamHTTP
     control: PoolControl
+    voids: VoidLedger
     metrics: Metrics = field(default_factory=Metrics)
     session_of_key: dict[str, str] = field(default_factory=dict)
     """Cache of agent key -> session id (the store is the source of truth)."""
