@@ -185,11 +185,18 @@ class AgentRunner:
     async def _admin(self, client: httpx.AsyncClient, method: str, path: str,
                      body: dict[str, Any] | None = None) -> dict[str, Any]:
         url = self.proxy_url + path
-        try:
-            response = await client.request(method, url, json=body)
-        except httpx.HTTPError as exc:
-            raise ServiceError(f"trajectory manager at {self.proxy_url} did not answer {method} {path}: "
-                               f"{exc!r}; is the proxy running?") from exc
+        deadline, delay = time.monotonic() + self._admin_timeout_s, 0.2
+        while True:
+            try:
+                response = await client.request(method, url, json=body)
+            except httpx.HTTPError as exc:
+                raise ServiceError(f"trajectory manager at {self.proxy_url} did not answer {method} {path}: "
+                                   f"{exc!r}; is the proxy running?") from exc
+            # 503: the proxy's Redis is away (restarting); ride it out rather than end the run
+            if response.status_code != 503 or time.monotonic() + delay > deadline:
+                break
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 5.0)
         if response.status_code >= 300:
             raise ServiceError(f"trajectory manager refused {method} {path} with {response.status_code}: "
                                f"{response.text[:300]}")

@@ -68,3 +68,28 @@ def test_a_redis_restart_leaves_control_routes_health_checks_and_readmission_wor
     finally:
         relay.close()
         redis_server.stop()
+
+
+def test_agent_runs_ride_out_a_redis_restart(own_redis, vllm_server, tmp_path):
+    import threading
+
+    from seamless.agent_api import Sampling
+    from seamless.agent_runner import AgentRunner
+    from seamless.data import Task
+
+    with ProxyProcess(own_redis.url, tmp_path / "proxy", upstreams=[vllm_server.url], prefix="ride") as proxy:
+        runner = AgentRunner(proxy.url, proxy.admin_key, "math", concurrency=2, timeout_s=60,
+                             sampling=Sampling(temperature=1.0, max_tokens=4))
+        os.kill(own_redis.pid, signal.SIGKILL)
+        own_redis.stop()
+        result: dict = {}
+        thread = threading.Thread(target=lambda: result.setdefault(
+            "groups", runner.run_groups_sync([Task("t", "What is 7 + 5?", "12", {})], group_size=2)))
+        thread.start()
+        # the runner's first admin call gets 503 (Redis is away) and waits, instead of ending the run
+        wait_for(lambda: not thread.is_alive() or health(proxy).status_code == 503, 10, "the proxy is unhealthy")
+        time.sleep(0.5)
+        own_redis.start()
+        thread.join(120)
+        [group] = result["groups"]
+        assert all(r.error is None and r.num_llm_calls == 1 and r.finished for r in group)
