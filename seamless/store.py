@@ -35,6 +35,15 @@ from seamless.trajectory import merge_turns
 from seamless.types import Trajectory, Turn
 
 CONSUMER_GROUP = "trainer"
+# a finished session's keys live until the trainer acknowledges it: only an open one's expire
+_VOID_CALL = """
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('HGET', KEYS[2], 'status') ~= 'finished' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+"""
+OPEN_SESSION_TTL_S = 7 * 24 * 3600
+"""How long an open session's keys live (its turns: after its last call): evaluation sessions (never
+finished) and sessions an agent abandoned expire; `finish` keeps the keys until the trainer
+acknowledges the episode (then `store.retention_s`)."""
 
 # a call's records join the session's turns only while the session is open and the call was not
 # voided: one atomic step, so a call still in flight when `finish` hands the episode to the
@@ -42,7 +51,9 @@ CONSUMER_GROUP = "trainer"
 _APPEND_CALL = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return -1 end
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return -2 end
-return redis.call('RPUSH', KEYS[2], unpack(ARGV, 2))
+local length = redis.call('RPUSH', KEYS[2], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return length
 """
 _HEADER = struct.Struct("<I")  # length of the JSON header of an encoded turn
 
@@ -198,12 +209,14 @@ class SessionRecord:
 class TraceStore:
     """Async access to one run's traces, for the proxy (redis.asyncio inside the event loop)."""
 
-    def __init__(self, url: str, prefix: str):
+    def __init__(self, url: str, prefix: str, open_ttl_s: int = OPEN_SESSION_TTL_S):
         self.keys = Keys(prefix)
+        self.open_ttl_s = open_ttl_s
         # bounded, and callers wait for a free connection instead of failing under a burst
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=256, timeout=30)
         self.redis = aioredis.Redis(connection_pool=pool)
         self._append_script = self.redis.register_script(_APPEND_CALL)
+        self._void_script = self.redis.register_script(_VOID_CALL)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -221,7 +234,8 @@ class TraceStore:
             fields["task_id"] = task_id
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.session(sid), mapping=fields)
-            pipe.set(self.keys.apikey(api_key), sid)
+            pipe.set(self.keys.apikey(api_key), sid, ex=self.open_ttl_s)
+            pipe.expire(self.keys.session(sid), self.open_ttl_s)
             await pipe.execute()
 
     async def session(self, sid: str) -> SessionRecord:
@@ -247,14 +261,14 @@ class TraceStore:
         finished, and records nothing for a call already voided."""
         records = encode_call(turns, request, call_id)
         keys = [self.keys.session(sid), self.keys.turns(sid), self.keys.void(sid)]
-        if await self._append_script(keys=keys, args=[call_id, *records]) == -1:
+        if await self._append_script(keys=keys, args=[call_id, self.open_ttl_s, *records]) == -1:
             raise SessionFinished(f"session {sid} has finished (or does not exist); this call was not "
                                   "recorded: create a new session for new calls")
 
     async def void_call(self, sid: str, call_id: str) -> None:
         """The call's answer never reached the agent: its turns, recorded or still on the way to
         Redis (a stalled connection), are left out of every read."""
-        await self.redis.sadd(self.keys.void(sid), call_id)
+        await self._void_script(keys=[self.keys.void(sid), self.keys.session(sid)], args=[call_id, self.open_ttl_s])
 
     async def turns(self, sid: str) -> list[Turn]:
         return [turn for turn, _ in await self.turns_with_requests(sid)]
@@ -297,6 +311,8 @@ class TraceStore:
                     fields = {"status": "finished", "finished_at": time.time()}
                     pipe.hset(key, mapping=fields | ({"discarded": discard} if discard else {}))
                     pipe.delete(self.keys.apikey(api_key.decode()))  # the agent's key stops working
+                    for kept in (key, self.keys.turns(sid), self.keys.void(sid)):
+                        pipe.persist(kept)  # until the trainer acknowledges it (then store.retention_s)
                     pipe.xadd(self.keys.episodes, {"session_id": sid})
                     await pipe.execute()
                     return True
