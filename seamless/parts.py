@@ -100,7 +100,7 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         tasks = load_tasks(recipe.data)
         _step("starting Ray")
         sigterm = signal.getsignal(signal.SIGTERM)
-        if start_ray(num_gpus=recipe.cluster.num_gpus, num_cpus=recipe.cluster.num_cpus,
+        if start_ray(num_gpus=recipe.num_devices, num_cpus=recipe.cluster.num_cpus,
                      address=recipe.cluster.address):
             stack.callback(stop_ray)  # only a Ray this run started (an embedding program keeps its own)
         # ray.init installs a SIGTERM handler that exits on the spot; keep the caller's, which
@@ -118,17 +118,25 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
                                                  extra_args=ProxyProcess.args_of(recipe.proxy)))
         pool = ResourcePool.from_cluster(recipe.cluster)
         _check_servers(recipe, pool)
-        fleet = VLLMFleet(model_dir, run_dir, ProxyAdmin(proxy.url, proxy.admin_key), config=recipe.rollout)
+        # every resource's device, reserved for the whole run and freed last (after the ranks and
+        # servers on it have shut down): a rank and the server of a [train, rollout] resource
+        # share its GPU
+        placement = RayPlacement(recipe.run.name, recipe.cluster.placement_timeout_s,
+                                 tensor_parallel_size=recipe.rollout.tensor_parallel_size)
+        stack.callback(placement.close)
+        devices = placement.reserve(pool)
+        fleet = VLLMFleet(model_dir, run_dir, ProxyAdmin(proxy.url, proxy.admin_key), config=recipe.rollout,
+                          devices=devices, model=recipe.model)
         stack.callback(_shutdown_fleet, fleet)
         _step(f"starting the trainer on {len(pool.trainers)} rank(s)")
-        # created once for the run; the scheduler's train leases decide when the ranks compute
-        trainer = stack.enter_context(Trainer.from_recipe(recipe, model_dir, num_ranks=len(pool.trainers),
-                                                          gpus_per_rank=0))
+        # created once for the run, each rank on its resource's device; the scheduler's train
+        # leases decide when the ranks compute
+        trainer = stack.enter_context(Trainer.from_recipe(
+            recipe, model_dir, num_ranks=len(pool.trainers), slots=[devices.slot(rid) for rid in sorted(pool.trainers)]))
         learner = TrainerOnLeases(trainer, fleet, sorted(pool.trainers))
         batch_episodes = recipe.rollout.batch_size * recipe.rollout.group_size
         scheduler = TagScheduler(recipe.cluster, FleetOnLeases(fleet), learner, batch_episodes,
-                                 placement=RayPlacement(recipe.run.name, recipe.cluster.placement_timeout_s),
-                                 load_interval_s=0.2)
+                                 placement=placement, load_interval_s=0.2)
         _step(f"placing {len(pool)} resource(s) ({recipe.cluster.policy}): starting "
               f"{sum(r.can_rollout for r in pool)} vLLM server(s)")
         stack.callback(scheduler.close)  # before the fleet and the trainer stop: leases go first

@@ -92,3 +92,39 @@ def test_run_seed_seeds_the_data_and_the_tiny_model_unless_they_are_set():
     assert (pinned.data.seed, pinned.model.tiny.seed) == (7, 8)
     defaults = load_recipe(None, ["run.seed=4"])
     assert (defaults.data.seed, defaults.model.tiny.seed) == (4, 4)
+
+
+def _recipe_with(**sections):
+    from seamless.config import validate_recipe
+
+    return validate_recipe(sections)
+
+
+def test_shared_gpu_memory_shares_that_cannot_fit_are_rejected_naming_both_keys():
+    dual = {"resources": [{"count": 2, "tags": ["train", "rollout"]}]}
+    with pytest.raises(ConfigError, match=r"cluster.resources.0 is tagged \[train, rollout\].*"
+                                          r"rollout.gpu_memory_utilization \(0.7\) \+ trainer.gpu_memory_share \(0.4\)"):
+        _recipe_with(cluster=dual, rollout={"gpu_memory_utilization": 0.7})
+    # the same shares are fine where no GPU is shared
+    split = {"policy": "disaggregated", "resources": [{"count": 1, "tags": ["train"]}, {"count": 1, "tags": ["rollout"]}]}
+    assert _recipe_with(cluster=split, rollout={"gpu_memory_utilization": 0.7}).rollout.gpu_memory_utilization == 0.7
+
+
+def test_gpu_layout_mistakes_fail_at_load_with_the_fix():
+    dual = {"resources": [{"count": 1, "tags": ["train", "rollout"]}]}
+    with pytest.raises(ConfigError, match="tensor_parallel_size is 2 but cluster.resources.0"):
+        _recipe_with(cluster=dual, rollout={"tensor_parallel_size": 2})
+    with pytest.raises(ConfigError, match="weight_sync is nccl.*use weight_sync: disk"):
+        _recipe_with(cluster=dual, rollout={"weight_sync": "nccl"})
+    with pytest.raises(ConfigError, match="float16 is not supported by the trainer"):
+        _recipe_with(model={"dtype": "float16"})
+    with pytest.raises(ConfigError, match=r"rollout.max_tokens \(600\) leaves no room.*max_model_len \(512\)"):
+        _recipe_with(model={"max_model_len": 512}, rollout={"max_tokens": 600})
+    with pytest.raises(ConfigError, match=r"micro_batch_tokens \(1024\) is below model.max_model_len \(2048\)"):
+        _recipe_with(model={"max_model_len": 2048}, trainer={"micro_batch_tokens": 1024})
+
+
+def test_tensor_parallel_rollout_servers_count_their_gpus():
+    recipe = _recipe_with(cluster={"policy": "disaggregated", "resources": [
+        {"count": 2, "tags": ["train"]}, {"count": 3, "tags": ["rollout"]}]}, rollout={"tensor_parallel_size": 2})
+    assert recipe.cluster.num_gpus == 5 and recipe.num_devices == 2 + 3 * 2

@@ -29,8 +29,13 @@ def test_there_are_cpu_and_gpu_recipes():
 def test_recipe_validates(path):
     recipe = load_recipe(path)
     assert recipe.run.name != "run", "give every recipe its own run.name (it names the run folder)"
-    if recipe.model.path:  # a real model is a GPU recipe: bf16 and NCCL weight sync
-        assert recipe.model.dtype == "bfloat16" and recipe.rollout.weight_sync == "nccl"
+    if recipe.model.path:  # a real model is a GPU recipe: bf16, weights through /dev/shm, vLLM in bf16
+        assert recipe.model.dtype == "bfloat16" and recipe.rollout.weight_dir == "shm"
+        from seamless.rollout.fleet import server_options
+
+        options = server_options(recipe.model, recipe.rollout)
+        assert (options.dtype, options.max_model_len) == ("bfloat16", recipe.model.max_model_len)
+        assert options.gpu_memory_utilization == recipe.rollout.gpu_memory_utilization
 
 
 def test_calculator_recipe_serves_tool_calls():

@@ -22,6 +22,7 @@ from seamless.algorithms.losses import (
     aggregate,
     entropy_from_logits,
     kl_estimate,
+    logprobs_and_entropy,
     logprobs_from_logits,
     masked_mean,
     masked_whiten,
@@ -32,7 +33,7 @@ from seamless.algorithms.off_policy import logprob_mismatch, staleness_keep, tru
 
 __all__ = [
     "aggregate", "discounted_returns", "dynamic_sampling_keep", "entropy_from_logits", "gae_advantages", "group_ids_to_index",
-    "group_stats", "grpo_advantages", "kl_estimate", "last_token_rewards", "logprob_mismatch", "logprobs_from_logits", "masked_mean",
+    "group_stats", "grpo_advantages", "kl_estimate", "last_token_rewards", "logprob_mismatch", "logprobs_and_entropy", "logprobs_from_logits", "masked_mean",
     "masked_whiten", "overlong_penalty", "policy_loss", "reinforce_pp_advantages", "rloo_advantages",
     "sequence_to_token", "staleness_keep", "truncated_is_weights", "value_loss",
 ]

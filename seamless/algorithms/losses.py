@@ -7,6 +7,8 @@ from typing import Literal
 
 import torch
 
+from seamless.algorithms.token_stats import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
+
 LossAgg = Literal["token_mean", "seq_mean_token_mean", "seq_sum_norm"]
 KlEstimator = Literal["k1", "k2", "k3"]
 
@@ -22,24 +24,6 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> tor
     # unbiased variance, as the usual whitening of RL libraries does
     var = (((x - mean) ** 2) * mask).sum() / (mask.sum() - 1).clamp(min=1)
     return (x - mean) * torch.rsqrt(var + eps) * mask
-
-
-def logprobs_from_logits(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each token given the ones before it.
-
-    logits (B, T, V) where logits[:, t] predicts token t+1; token_ids (B, T).
-    Returns (B, T) aligned to tokens; position 0 (no prediction) is 0.
-    """
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    picked = logp.gather(-1, token_ids[:, 1:, None])[..., 0]  # (B, T-1)
-    return torch.nn.functional.pad(picked, (1, 0))
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution, aligned like `logprobs_from_logits`: (B, T)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return torch.nn.functional.pad(entropy, (1, 0))
 
 
 def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: LossAgg, *, num_tokens: float | None = None,

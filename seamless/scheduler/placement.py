@@ -1,8 +1,10 @@
-"""Real placement on Ray: one placement group (one {"GPU": 1} bundle) per resource and role.
+"""Real placement on Ray: the run's devices are reserved once (`seamless.devices`), and a lease is
+the scheduler's record that a resource holds a role.
 
-Taking a role is `acquire`, leaving it is `release`; both are explicit, and Ray creates or frees
-such a group in well under 0.1 s on a local cluster. Actors and tasks of the role are scheduled
-into the lease's bundle (`lease.strategy()`), so removing the group also ends them.
+Every resource's device is one bundle of a placement group held for the whole run, so taking a
+role (`acquire`) and leaving it (`release`) cost no Ray round trip and can never fail for lack of
+a GPU mid-run. What runs in a role is scheduled into the resource's bundle (`lease.strategy()`),
+and on a [train, rollout] resource both residents share it, so Ray pins them to one GPU.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from seamless.devices import DeviceMap, DeviceNeed, DeviceSlot
 from seamless.errors import ConfigError
 from seamless.scheduler.resources import Resource, ResourcePool, Role
 
@@ -21,69 +24,62 @@ class Lease:
 
     resource: Resource
     role: Role
-    placement_group: Any
+    slot: DeviceSlot
+    """The resource's device (its bundle in the run's placement group)."""
     acquire_s: float
-    """Seconds Ray took to place it."""
+    """Seconds taking the role took."""
 
     def strategy(self) -> Any:
-        """Scheduling strategy that puts an actor or task into this lease's bundle."""
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        """Scheduling strategy that puts an actor or task onto this resource's device."""
+        return self.slot.strategy()
 
-        return PlacementGroupSchedulingStrategy(placement_group=self.placement_group,
-                                                placement_group_bundle_index=0)
+
+def device_needs(pool: ResourcePool, tensor_parallel_size: int = 1) -> list[DeviceNeed]:
+    """One bundle per resource: a trainer rank and a vLLM server share a [train, rollout] one; a
+    [rollout]-only resource is `tensor_parallel_size` GPUs for one server."""
+    return [DeviceNeed(gpus=tensor_parallel_size if r.can_rollout and not r.can_train else 1,
+                       residents=2 if r.dual else 1) for r in pool]
 
 
 class RayPlacement:
-    """Acquires and releases leases on the connected Ray cluster."""
+    """Reserves the run's devices on the connected Ray cluster and hands out leases on them."""
 
-    def __init__(self, run_name: str = "seamless", timeout_s: float = 30.0) -> None:
+    def __init__(self, run_name: str = "seamless", timeout_s: float = 30.0, tensor_parallel_size: int = 1) -> None:
         self.run_name = run_name
         self.timeout_s = timeout_s
+        self.tensor_parallel_size = tensor_parallel_size
+        self.devices: DeviceMap | None = None
+        self._held: dict[int, Role] = {}
+
+    def reserve(self, pool: ResourcePool) -> DeviceMap:
+        """Reserve one device per resource (once; later calls return the same map). Fails naming the
+        recipe keys when the cluster has too few GPUs."""
+        if self.devices is None:
+            self.devices = DeviceMap.reserve(device_needs(pool, self.tensor_parallel_size),
+                                             name=self.run_name, timeout_s=self.timeout_s)
+        elif len(self.devices.slots) != len(pool):
+            raise ConfigError(f"devices were reserved for {len(self.devices.slots)} resources, not {len(pool)}")
+        return self.devices
 
     def check_capacity(self, pool: ResourcePool) -> None:
-        """Fail early when the cluster has fewer GPUs than the recipe declares."""
-        import ray
-
-        have = int(ray.cluster_resources().get("GPU", 0))
-        if have < len(pool):
-            raise ConfigError(
-                f"cluster.resources declares {len(pool)} GPUs but the Ray cluster has {have}; lower "
-                "the counts in cluster.resources or join a larger cluster with cluster.address")
+        """Fail early when the cluster has fewer GPUs than the recipe declares (reserves them)."""
+        self.reserve(pool)
 
     def acquire(self, resource: Resource, role: Role) -> Lease:
-        from ray.util.placement_group import placement_group
-
         assert role in (Role.ROLLOUT, Role.TRAIN), role
+        assert self.devices is not None, "reserve(pool) before acquire()"
+        assert resource.id not in self._held, f"resource {resource.id} already holds {self._held[resource.id]}"
         started = time.monotonic()
-        deadline = started + self.timeout_s
-        group = placement_group([{"GPU": 1}], strategy="PACK",
-                                name=f"{self.run_name}-r{resource.id}-{role.value}")
-        if not group.wait(self.timeout_s):
-            self._remove(group)
-            raise ConfigError(
-                f"could not place {resource.describe()} as {role.value} within {self.timeout_s:g} s: "
-                "the Ray cluster has no free GPU for it (another job or a role that was not released "
-                "holds it); lower the counts in cluster.resources, free GPUs, or raise "
-                "cluster.placement_timeout_s")
-        return Lease(resource, role, group, time.monotonic() - started)
+        self._held[resource.id] = role
+        return Lease(resource, role, self.devices.slot(resource.id), time.monotonic() - started)
 
     def release(self, lease: Lease) -> None:
-        """Free the resource; returns once Ray can place it again."""
-        import ray
+        """Leave the role; the device stays reserved for the run."""
+        self._held.pop(lease.resource.id, None)
 
-        free_before = ray.available_resources().get("GPU", 0.0)
-        self._remove(lease.placement_group)
-        # Ray frees the GPU some 0.1 s after the group reads REMOVED; a group asked for before that
-        # waits for Ray's next retry, about 1 s later (measured here), so wait for the GPU instead
-        deadline = time.monotonic() + min(1.0, self.timeout_s)
-        while ray.available_resources().get("GPU", 0.0) <= free_before and time.monotonic() < deadline:
-            time.sleep(0.005)
-
-    def _remove(self, group: Any) -> None:
-        from ray.util.placement_group import placement_group_table, remove_placement_group
-
-        remove_placement_group(group)
-        deadline = time.monotonic() + self.timeout_s
-        while placement_group_table(group).get("state") != "REMOVED":
-            assert time.monotonic() < deadline, "Ray did not remove a placement group in time"
-            time.sleep(0.002)
+    def close(self) -> None:
+        """Free the devices (ends every actor still placed on them)."""
+        self._held.clear()
+        if self.devices is not None:
+            self.devices.release()
+            self.devices = None

@@ -54,6 +54,9 @@ class TagScheduler:
         self.state: PipelineState = self.policy.new_state(batch_episodes, version)
         self.fleet = fleet
         self.trainer = trainer
+        # a placement passed in belongs to the caller (it reserved the devices the trainer's ranks
+        # already sit on, and frees them after those shut down); one made here is closed with us
+        self._own_placement = placement is None
         self.placement = placement or RayPlacement(timeout_s=cluster.placement_timeout_s)
         self.leases: dict[int, Lease] = {}
         self._clock = clock
@@ -124,6 +127,8 @@ class TagScheduler:
             self._sampler.join(timeout=10)
         for rid in sorted(self.leases):
             self._drop(rid)
+        if self._own_placement:
+            self.placement.close()
         self.timeline.close(self.now())
 
     def _sample(self) -> None:

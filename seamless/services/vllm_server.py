@@ -22,6 +22,8 @@ from seamless.services.process import ManagedProcess, free_port, http_ok
 # so the server is started as a module, with the same arguments as `vllm serve`.
 _SERVER_MODULE = "vllm.entrypoints.launchers.api_server.entry"
 _MAX_TMP_PATH = 60
+# methods seamless calls on vLLM's workers through /collective_rpc (refresh_tied_lm_head, ...)
+WORKER_EXTENSION = "seamless.rollout.vllm_worker.SeamlessWorkerExtension"
 
 
 def cuda_available() -> bool:
@@ -42,6 +44,10 @@ class VLLMServerOptions:
     dtype: str = "float32"
     kv_cache_memory_bytes: int = 128 * 1024 * 1024
     gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+    enable_sleep_mode: bool = False
+    """GPUs only: a server sharing its GPU with a trainer rank sleeps (frees its memory) while the
+    rank trains; vLLM on CPU has no sleep mode and refuses the flag."""
     served_model_name: str | None = None
     enable_prefix_caching: bool = True
     extra_args: list[str] = field(default_factory=list)
@@ -94,11 +100,15 @@ class VLLMServer:
                 "--dtype", opts.dtype,
                 # /inference/v1/generate (tokens in, tokens out, weight_versions spans)
                 "--enable-scale-out",
+                "--worker-extension-cls", WORKER_EXTENSION,
                 "--disable-uvicorn-access-log"]
         if opts.enable_prefix_caching:
             argv.append("--enable-prefix-caching")
         if self.on_gpu:
-            argv += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
+            argv += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization),
+                     "--tensor-parallel-size", str(opts.tensor_parallel_size)]
+            if opts.enable_sleep_mode:
+                argv.append("--enable-sleep-mode")
         else:
             # the lightest configuration that worked on CPU: no CUDA graphs, no worker processes
             argv += ["--enforce-eager", "--distributed-executor-backend", "uni",
@@ -107,6 +117,9 @@ class VLLMServer:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
+        # the worker extension is imported inside vLLM's workers: they must find this seamless
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         env.update({
             "VLLM_SERVER_DEV_MODE": "1",  # /pause, /resume, /collective_rpc for weight updates
             "VLLM_CACHE_ROOT": str(self.work_dir / "cache"),

@@ -5,7 +5,9 @@ Runs inside a rank's process (a Ray actor), after torch.distributed is initializ
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +61,8 @@ class Engines:
     reference: Any | None
     critic: Any | None
     stage: int
+    partitioned_at_load: bool = False
+    """The policy's parameters were created as ZeRO-3 shards (no rank ever held the whole model)."""
 
 
 def _adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -70,12 +74,39 @@ def _adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.opti
 def build_engines(model_dir: str, config: dict[str, Any], dtype: str, lr: float, critic_lr: float,
                   weight_decay: float, need_reference: bool, need_critic: bool) -> Engines:
     """Load the policy (and reference, critic) from `model_dir` and wrap them with DeepSpeed."""
+    torch_dtype = torch.float32  # master weights stay fp32; bf16 comes from DeepSpeed's bf16 mode
+    stage = zero_stage(config)
+    with _partitioned_construction(config, stage):
+        return _build(model_dir, config, dtype, lr, critic_lr, weight_decay, need_reference, need_critic,
+                      stage, torch_dtype)
+
+
+@contextlib.contextmanager
+def _partitioned_construction(config: dict[str, Any], stage: int) -> Iterator[None]:
+    """Under ZeRO-3, models are built as shards: while a `HfDeepSpeedConfig` lives, transformers'
+    `from_pretrained` creates parameters inside `deepspeed.zero.Init` and loads each checkpoint
+    tensor into its shards, so no rank ever holds the whole model (it would otherwise load it
+    whole on every rank, then partition)."""
+    if stage != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    marker = HfDeepSpeedConfig(copy.deepcopy(config))  # noqa: F841 (transformers holds a weak reference)
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+
+
+def _build(model_dir: str, config: dict[str, Any], dtype: str, lr: float, critic_lr: float, weight_decay: float,
+           need_reference: bool, need_critic: bool, stage: int, torch_dtype: torch.dtype) -> Engines:
     import deepspeed
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
-    torch_dtype = torch.float32  # master weights stay fp32; bf16 comes from DeepSpeed's bf16 mode
-    stage = zero_stage(config)
     policy_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
+    partitioned = all(hasattr(p, "ds_id") for p in policy_model.parameters())
     policy, *_ = deepspeed.initialize(model=policy_model, optimizer=_adamw(policy_model, lr, weight_decay),
                                       config=copy.deepcopy(config))
     reference = None
@@ -94,4 +125,4 @@ def build_engines(model_dir: str, config: dict[str, Any], dtype: str, lr: float,
         critic_model = AutoModelForTokenClassification.from_pretrained(model_dir, num_labels=1, dtype=torch_dtype)
         critic, *_ = deepspeed.initialize(model=critic_model, optimizer=_adamw(critic_model, critic_lr, weight_decay),
                                           config=copy.deepcopy(config))
-    return Engines(policy=policy, reference=reference, critic=critic, stage=stage)
+    return Engines(policy=policy, reference=reference, critic=critic, stage=stage, partitioned_at_load=partitioned)

@@ -15,6 +15,7 @@ from seamless.algorithms import (
     aggregate,
     entropy_from_logits,
     kl_estimate,
+    logprobs_and_entropy,
     logprobs_from_logits,
     policy_loss,
     value_loss,
@@ -34,7 +35,12 @@ def policy_objective(logits: torch.Tensor, mb: MicroBatch, algo: AlgorithmConfig
     mask = mb.loss_mask
     agg = partial(aggregate, mask=mask, mode=algo.loss_agg, num_tokens=mb.num_tokens, num_seqs=mb.num_seqs,
                   norm_const=algo.seq_sum_norm_const)
-    logprobs = logprobs_from_logits(logits, mb.token_ids)  # (b, t)
+    if algo.entropy_coef > 0:  # one pass over the logits for both, and one gradient of them
+        logprobs, entropy = logprobs_and_entropy(logits, mb.token_ids)  # (b, t) each
+    else:
+        logprobs = logprobs_from_logits(logits, mb.token_ids)  # (b, t)
+        with torch.no_grad():  # a metric only
+            entropy = entropy_from_logits(logits.detach())
     parts = policy_loss(logprobs, mb.old_logprobs, mb.advantages, algo.clip_low, algo.clip_high,
                         algo.dual_clip, mb.is_weights)
     pg_loss = agg(parts.loss)
@@ -46,11 +52,7 @@ def policy_objective(logits: torch.Tensor, mb: MicroBatch, algo: AlgorithmConfig
         loss = loss + algo.kl_coef * kl
         metrics["kl_loss"] = kl.detach()
     if algo.entropy_coef > 0:
-        entropy = entropy_from_logits(logits)
         loss = loss - algo.entropy_coef * agg(entropy)
-    else:
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits.detach())
     metrics["entropy"] = _token_share(entropy, mb)
     metrics["clip_frac"] = _token_share(parts.clipped, mb)
     metrics["dual_clip_frac"] = _token_share(parts.dual_clipped, mb)

@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from seamless.algorithms import (
     truncated_is_weights,
 )
 from seamless.config import AlgorithmConfig, Recipe, TrainerConfig
+from seamless.devices import DeviceSlot
 from seamless.errors import SeamlessError
 from seamless.trainer.advantage import estimate
 from seamless.trainer.batch import (
@@ -66,8 +67,10 @@ class Trainer:
     """A DeepSpeed policy (plus reference and critic when the algorithm needs them) on N ranks."""
 
     def __init__(self, model_dir: str | Path, algorithm: AlgorithmConfig, config: TrainerConfig, num_ranks: int,
-                 dtype: str = "float32", seed: int = 0, placement_group: Any = None, first_bundle: int = 0,
+                 dtype: str = "float32", seed: int = 0, slots: Sequence[DeviceSlot] | None = None,
                  gpus_per_rank: float = 1.0):
+        """`slots`: the device of each rank (rank i on slots[i], sharing it with a vLLM server where
+        the slot is shared). Without slots each rank asks Ray for `gpus_per_rank` GPUs anywhere."""
         import ray
 
         from transformers import AutoConfig
@@ -80,29 +83,14 @@ class Trainer:
         spec = WorkerSpec(model_dir=str(self.model_dir), ds_config=ds_config, dtype=dtype, lr=config.lr,
                           critic_lr=config.critic_lr, weight_decay=config.weight_decay,
                           need_reference=algorithm.kl_coef > 0, need_critic=algorithm.name == "ppo",
-                          algorithm=algorithm, seed=seed)
+                          algorithm=algorithm, seed=seed, gpu_memory_share=config.gpu_memory_share)
         self.step = 0  # RL steps done
         self.version = 0  # weight version; one per train_step
         self.optimizer_steps = 0  # drives the LR schedule
         self.sft_steps = 0
-        env = {k: os.environ[k] for k in _RANK_ENV if k in os.environ}
-        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
-        # ranks must import the same seamless as the driver (a checkout may shadow an installed copy)
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        # num_cpus=0: a rank is bound by its (logical) GPU, and on a 2-CPU cluster each rank
-        # asking for a CPU would leave nothing for the rest. gpus_per_rank=0: the tag scheduler
-        # holds the GPU with its leases and lets the rank compute only while it holds a train lease
-        actor = ray.remote(num_cpus=0, num_gpus=gpus_per_rank)(TrainWorker)
-        self._workers = []
-        for rank in range(num_ranks):
-            options: dict[str, Any] = {"runtime_env": {"env_vars": env}, "name": None}
-            if placement_group is not None:
-                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    placement_group, placement_group_bundle_index=first_bundle + rank)
-            self._workers.append(actor.options(**options).remote(rank, num_ranks, spec))
+        if slots is not None and len(slots) != num_ranks:
+            raise ValueError(f"{num_ranks} ranks but {len(slots)} device slots")
+        self._workers = spawn_ranks(spec, num_ranks, slots, gpus_per_rank)
         addr, port = ray.get(self._workers[0].endpoint.remote())
         ray.get([w.setup.remote(addr, port) for w in self._workers])
 
@@ -309,6 +297,12 @@ class Trainer:
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
         return out
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Per rank: ZeRO stage, whether the policy was built as shards, the device it computes on."""
+        import ray
+
+        return ray.get([w.describe.remote() for w in self._workers])
+
     def memory_stats(self) -> list[dict[str, float]]:
         """Per rank: peak accelerator memory and RSS, in GiB."""
         import ray
@@ -341,6 +335,27 @@ class Trainer:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def spawn_ranks(spec: WorkerSpec, num_ranks: int, slots: Sequence[DeviceSlot] | None = None,
+                gpus_per_rank: float = 1.0) -> list[Any]:
+    """One Ray actor per rank, each on its device slot (or anywhere with `gpus_per_rank` GPUs)."""
+    import ray
+
+    env = {k: os.environ[k] for k in _RANK_ENV if k in os.environ}
+    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+    # ranks must import the same seamless as the driver (a checkout may shadow an installed copy)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    workers = []
+    for rank in range(num_ranks):
+        # num_cpus=0: a rank is bound by its GPU, and on a 2-CPU cluster each rank asking for a
+        # CPU would leave nothing for the rest
+        placement = slots[rank].actor_options() if slots is not None else {"num_cpus": 0, "num_gpus": gpus_per_rank}
+        shared = slots is not None and slots[rank].shared
+        actor = ray.remote(TrainWorker).options(runtime_env={"env_vars": env}, **placement)
+        workers.append(actor.remote(rank, num_ranks, spec, shared))
+    return workers
 
 
 def latest_checkpoint(path: str | Path) -> Path:

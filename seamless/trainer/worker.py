@@ -41,14 +41,24 @@ class WorkerSpec:
     need_critic: bool
     algorithm: AlgorithmConfig
     seed: int
+    gpu_memory_share: float = 0.4
+    """On a GPU shared with a vLLM server: the most of it this rank may hold after building its engines."""
 
 
 class TrainWorker:
     """Body of a rank's Ray actor."""
 
-    def __init__(self, rank: int, world_size: int, spec: WorkerSpec):
+    def __init__(self, rank: int, world_size: int, spec: WorkerSpec, shares_device: bool = False):
         self.rank, self.world_size, self.spec = rank, world_size, spec
+        self.shares_device = shares_device
+        """A vLLM server lives on this rank's GPU too (a [train, rollout] resource)."""
         self.engines: Engines | None = None
+
+    def device_report(self) -> dict[str, Any]:
+        """The devices this rank's process sees and the one it uses (tests, `seamless doctor`)."""
+        from seamless.devices import device_report
+
+        return {**device_report(), "rank": self.rank}
 
     def endpoint(self) -> tuple[str, int]:
         """An address and free port on this rank's node, for rank 0 to host the process group."""
@@ -62,15 +72,36 @@ class TrainWorker:
         """Join the process group (gloo on CPU, NCCL on GPUs) and build the engines."""
         import deepspeed
 
+        from seamless.devices import assigned_device
+
+        # the GPU Ray assigned (its index among the visible ones; 0 when Ray narrowed visibility to
+        # it): DeepSpeed takes the device from LOCAL_RANK
+        device = assigned_device() or 0
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
-                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        # Ray gives each rank exactly one visible device, so the local rank is always 0
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK=str(device), LOCAL_WORLD_SIZE="1")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(device)
         torch.manual_seed(self.spec.seed + self.rank)
         random.seed(self.spec.seed + self.rank)
         deepspeed.init_distributed(dist_backend=None, auto_mpi_discovery=False)
         s = self.spec
         self.engines = build_engines(s.model_dir, s.ds_config, s.dtype, s.lr, s.critic_lr, s.weight_decay,
                                      s.need_reference, s.need_critic)
+        if self.shares_device and torch.cuda.is_available():
+            self._check_memory_share()
+
+    def _check_memory_share(self) -> None:
+        """Fail now, with the keys to change, rather than when vLLM refuses to start beside us."""
+        from seamless.errors import ConfigError
+
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        held = torch.cuda.memory_reserved()
+        if held > self.spec.gpu_memory_share * total:
+            raise ConfigError(
+                f"trainer rank {self.rank} holds {held / 2**30:.1f} GiB ({held / total:.0%} of its GPU) after "
+                f"building its engines, above trainer.gpu_memory_share ({self.spec.gpu_memory_share}); the vLLM "
+                "server sharing the GPU would not fit. Raise trainer.gpu_memory_share and lower "
+                "rollout.gpu_memory_utilization, or use ZeRO-3 / optimizer offload in trainer.deepspeed")
 
     @property
     def _e(self) -> Engines:
@@ -193,6 +224,14 @@ class TrainWorker:
             if self.rank != 0:
                 return None
             return [(n, p.detach().to("cpu", copy=True)) for n, p in zip(names, chosen)]
+
+    def describe(self) -> dict[str, Any]:
+        """How this rank was built: ZeRO stage, whether the policy was created as shards, its device."""
+        import deepspeed
+
+        e = self._e
+        return {"rank": self.rank, "zero_stage": e.stage, "partitioned_at_load": e.partitioned_at_load,
+                "device": str(e.policy.device), "accelerator": deepspeed.get_accelerator().device_name()}
 
     def memory_stats(self) -> dict[str, float]:
         """Peak accelerator memory of this rank and peak RSS of its process, in GiB (GPU: 0 on CPU)."""

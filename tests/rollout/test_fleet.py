@@ -18,7 +18,7 @@ from seamless.rollout import ProxyAdmin, VLLMFleet
 from seamless.rollout.server_metrics import read_metrics
 from seamless.rollout.transport import post_each
 from seamless.scheduler.placement import RayPlacement
-from seamless.scheduler.resources import Resource, Role
+from seamless.scheduler.resources import Resource, ResourcePool, Role
 from tests.proxy.helpers import Admin
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -41,14 +41,15 @@ def fleet(ray_cluster, fleet_proxy, tiny_model_dir, tmp_path_factory):
     fleet = VLLMFleet(tiny_model_dir, tmp_path_factory.mktemp("fleet-run"),
                       ProxyAdmin(fleet_proxy.url, fleet_proxy.admin_key), config)
     placement = RayPlacement("fleet-test")
-    leases = [placement.acquire(Resource(i, frozenset({"rollout"})), Role.ROLLOUT) for i in range(2)]
+    pool = ResourcePool(tuple(Resource(i, frozenset({"rollout"})) for i in range(2)))
+    placement.reserve(pool)
+    leases = [placement.acquire(resource, Role.ROLLOUT) for resource in pool]
     try:
         fleet.add_servers(leases)
         yield fleet
     finally:
         fleet.shutdown()
-        for lease in leases:
-            placement.release(lease)
+        placement.close()
 
 
 @pytest.fixture(scope="module")

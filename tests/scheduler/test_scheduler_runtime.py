@@ -44,16 +44,19 @@ def drive(sched, fleet, steps):
     return reports
 
 
-def test_acquire_release_and_reacquire_a_logical_gpu(ray_cluster):
+def test_devices_are_reserved_once_and_leases_switch_roles_without_ray(ray_cluster):
     placement = RayPlacement("t-lease", timeout_s=5)
-    resource = ResourcePool.split(2, 0.5)[0]
-    lease = placement.acquire(resource, Role.TRAIN)
-    assert lease.acquire_s < 5 and len(live_groups("t-lease-r0-train")) == 1
+    pool = ResourcePool.split(2, 0.5)
+    devices = placement.reserve(pool)
+    assert len(live_groups("t-lease-devices")) == 1 and placement.reserve(pool) is devices
+    assert [s.gpus for s in devices.slots] == [1, 1] and [s.shared for s in devices.slots] == [True, False]
+    lease = placement.acquire(pool[0], Role.TRAIN)
+    assert lease.slot is devices.slot(0) and lease.acquire_s < 0.01
     placement.release(lease)
-    start = time.monotonic()
-    again = placement.acquire(resource, Role.ROLLOUT)
-    assert time.monotonic() - start < 5
+    again = placement.acquire(pool[0], Role.ROLLOUT)  # a role switch: no placement group made or freed
+    assert len(live_groups("t-lease")) == 1
     placement.release(again)
+    placement.close()
     time.sleep(0.2)
     assert live_groups("t-lease") == []
 
@@ -65,13 +68,12 @@ def test_a_pool_larger_than_the_cluster_names_the_recipe_keys(ray_cluster, fake_
         sched.start()
 
 
-def test_a_role_switch_that_cannot_be_placed_fails_naming_the_keys(ray_cluster):
+def test_devices_that_cannot_be_reserved_fail_naming_the_keys(ray_cluster):
     squatter = placement_group([{"GPU": 1}] * 4)  # someone else holds every GPU
     assert squatter.wait(10)
     try:
-        resource = ResourcePool.split(2, 0.5)[0]
         with pytest.raises(ConfigError, match="cluster.resources.*cluster.placement_timeout_s"):
-            RayPlacement("t-full", timeout_s=0.5).acquire(resource, Role.TRAIN)
+            RayPlacement("t-full", timeout_s=0.5).reserve(ResourcePool.split(2, 0.5))
         assert live_groups("t-full") == []
     finally:
         remove_placement_group(squatter)

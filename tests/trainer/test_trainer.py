@@ -36,7 +36,9 @@ def test_grpo_step_on_vllm_rollouts_then_checkpoint_resume(stage, ray_cluster, t
     algo = AlgorithmConfig(name="grpo", tis_cap=2.0)
     trainer = Trainer(tiny_model_dir, algo, _config(stage), num_ranks=2, seed=0)
     try:
+        # ZeRO-3 builds the model as shards (no rank loads it whole), and with the right weights:
         # before any update the trainer reproduces what vLLM recorded (fp32, same weights)
+        assert [r["partitioned_at_load"] for r in trainer.describe()] == [stage == 3] * 2
         assert _trained_logprob_gap(trainer, rollout_sequences) < 1e-3
         before = _weights(trainer)
         metrics = trainer.train_step(rollout_sequences)

@@ -1,0 +1,133 @@
+"""Which device each resource is: one Ray placement group for the run, one bundle per resource.
+
+A resource of `cluster.resources` is one GPU (a logical GPU on a CPU machine), or
+`rollout.tensor_parallel_size` GPUs for a [rollout]-only resource whose server spans several. The
+bundles are reserved once, when the run starts, and held until it ends: role switches never wait
+for Ray, and nothing else can take a GPU mid-run. Everything that computes on a resource runs in
+its bundle and asks for its share of it, so Ray pins it to that resource's GPU (it sets
+CUDA_VISIBLE_DEVICES for the actor): on a [train, rollout] resource the trainer rank and the vLLM
+server each ask for half of the bundle and so land on the same GPU; a resource with one role gives
+its one resident the whole bundle. Inside an actor, `assigned_device()` is the CUDA index to use,
+taken from what Ray assigned, never a fixed 0.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from seamless.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DeviceSlot:
+    """One resource's bundle in the run's placement group."""
+
+    resource_id: int
+    placement_group: Any
+    gpus: int
+    """GPUs in the bundle (more than 1 only for a tensor-parallel rollout server)."""
+    residents: int
+    """Processes that live on it for the whole run: 2 on a [train, rollout] resource, else 1."""
+
+    @property
+    def shared(self) -> bool:
+        return self.residents > 1
+
+    def strategy(self) -> Any:
+        """Ray scheduling strategy that puts an actor or task into this bundle."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return PlacementGroupSchedulingStrategy(placement_group=self.placement_group,
+                                                placement_group_bundle_index=self.resource_id)
+
+    def actor_options(self) -> dict[str, Any]:
+        """Ray options for one resident: its share of the bundle's GPUs, and no CPU (on a 2-CPU
+        cluster each resident asking for one would leave nothing for the rest)."""
+        return {"num_cpus": 0, "num_gpus": self.gpus / self.residents, "scheduling_strategy": self.strategy()}
+
+
+@dataclass(frozen=True)
+class DeviceNeed:
+    """What one resource needs: its GPUs and how many residents share them."""
+
+    gpus: int = 1
+    residents: int = 1
+
+
+class DeviceMap:
+    """The run's devices, reserved in one placement group; `release()` frees them (and ends every
+    actor placed in them), so call it after the trainer and the servers have shut down."""
+
+    def __init__(self, placement_group: Any, needs: list[DeviceNeed]) -> None:
+        self.placement_group = placement_group
+        self.slots = [DeviceSlot(i, placement_group, n.gpus, n.residents) for i, n in enumerate(needs)]
+
+    @classmethod
+    def reserve(cls, needs: list[DeviceNeed], name: str = "seamless", timeout_s: float = 30.0) -> DeviceMap:
+        """Place one bundle per resource on the connected Ray cluster (PACK: as few nodes as fit)."""
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        total = sum(n.gpus for n in needs)
+        have = int(ray.cluster_resources().get("GPU", 0))
+        if have < total:
+            raise ConfigError(
+                f"cluster.resources declares {total} GPUs but the Ray cluster has {have}; lower the counts "
+                "in cluster.resources (or rollout.tensor_parallel_size) or join a larger cluster with "
+                "cluster.address")
+        group = placement_group([{"GPU": n.gpus} for n in needs], strategy="PACK", name=f"{name}-devices")
+        if not group.wait(timeout_s):
+            remove_placement_group(group)
+            raise ConfigError(
+                f"could not reserve {total} GPU(s) for cluster.resources within {timeout_s:g} s: the Ray "
+                "cluster has no free GPUs for them (another job holds some); lower the counts in "
+                "cluster.resources, free GPUs, or raise cluster.placement_timeout_s")
+        return cls(group, needs)
+
+    def slot(self, resource_id: int) -> DeviceSlot:
+        return self.slots[resource_id]
+
+    def release(self) -> None:
+        """Free the devices; returns once Ray reports the group removed."""
+        from ray.util.placement_group import placement_group_table, remove_placement_group
+
+        if self.placement_group is None:
+            return
+        group, self.placement_group = self.placement_group, None
+        remove_placement_group(group)
+        deadline = time.monotonic() + 30
+        while placement_group_table(group).get("state") != "REMOVED" and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+
+def assigned_device() -> int | None:
+    """Inside a Ray actor: the CUDA index of the (first) GPU Ray assigned to it, counted within this
+    process's CUDA_VISIBLE_DEVICES; None when Ray assigned no GPU."""
+    try:
+        import ray
+    except ImportError:  # a process run without Ray (scripts/gpu_check.py on a bare GPU machine)
+        return None
+    if not ray.is_initialized():
+        return None
+    ids = [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+    if not ids:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:  # Ray left visibility alone (RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES)
+        return int(ids[0])
+    listed = [v.strip() for v in visible.split(",")]
+    if ids[0] not in listed:
+        raise RuntimeError(f"Ray assigned GPU {ids[0]} but CUDA_VISIBLE_DEVICES is {visible!r}")
+    return listed.index(ids[0])
+
+
+def device_report() -> dict[str, Any]:
+    """What this process sees: for tests and `seamless doctor`."""
+    import ray
+
+    return {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "ray_gpu_ids": [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])],
+            "index": assigned_device(), "pid": os.getpid()}
