@@ -10,7 +10,7 @@ import redis
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from seamless.errors import SeamlessError, UnknownSession, UpstreamUnavailable
+from seamless.errors import SeamlessError, SessionFinished, UnknownSession, UpstreamUnavailable
 from seamless.store import CorruptRecord
 
 log = logging.getLogger("seamless.proxy")
@@ -38,6 +38,8 @@ def parse_json_object(raw: bytes) -> dict:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body nests JSON too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     return body
@@ -47,6 +49,8 @@ def translate(exc: Exception) -> ApiError:
     """Map an exception raised while serving a request to the error the client gets."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, SessionFinished):
+        return ApiError(409, str(exc), "conflict")
     if isinstance(exc, UnknownSession):
         return ApiError(404, str(exc), "not_found_error")
     if isinstance(exc, UpstreamUnavailable):

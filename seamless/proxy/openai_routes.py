@@ -25,8 +25,8 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from seamless.errors import UpstreamUnavailable
-from seamless.proxy import continuation, tito
+from seamless.errors import SessionFinished, UpstreamUnavailable
+from seamless.proxy import continuation, delivery, tito
 from seamless.proxy.auth import agent_session, bearer_of
 from seamless.proxy.errors import ApiError, parse_json_object, translate
 from seamless.proxy.recording import AgentWants, Api, CallRecorder, upstream_body
@@ -39,6 +39,8 @@ log = logging.getLogger("seamless.proxy")
 
 _AGENT_POST = re.compile(r"^(?:/sessions/([^/]+))?/v1/(chat/completions|completions)$")
 _JSON = [(b"content-type", b"application/json")]
+BODY_TIMEOUT_S = 30.0
+"""Longest wait for the next part of a request body."""
 
 
 class _UpstreamFailed(Exception):
@@ -86,6 +88,7 @@ async def _call(state: ProxyState, api: Api, path_session: str | None, scope: di
                                          path_session)
         body = await _read_body(headers.get(b"content-length"), receive, state.settings.max_body_bytes)
         _validate(api, body)
+        _check_n(body, state.settings.max_n)
         wants = AgentWants.of(body)
         await state.pool.wait_running()
         if wants.stream:
@@ -94,20 +97,22 @@ async def _call(state: ProxyState, api: Api, path_session: str | None, scope: di
             await _send_stream(stream, receive, send)
             state.metrics.observe(route, 200, time.perf_counter() - started)
             return
-        recorder = await _complete(state, api, body, session_id)
+        recorder = await delivery.until_disconnect(_complete(state, api, body, session_id), receive)
         state.metrics.observe(route, 200, time.perf_counter() - started)
         await _send_json(send, 200, recorder.response(wants))
     except Exception as exc:  # every failure becomes an OpenAI-shaped error
         error = translate(exc)
         state.metrics.observe(route, error.status, time.perf_counter() - started)
         state.metrics.errors[error.type] += 1
-        await _send_json(send, error.status, error.body())
+        # a body cut off (too slow, too big) leaves the connection mid-request: close it
+        await _send_json(send, error.status, error.body(), close=error.status in (408, 413))
 
 
-async def _send_json(send: Callable, status: int, payload: dict[str, Any]) -> None:
+async def _send_json(send: Callable, status: int, payload: dict[str, Any], close: bool = False) -> None:
     data = json.dumps(payload, separators=(",", ":")).encode()
+    headers = [*_JSON, (b"content-length", str(len(data)).encode())]
     await send({"type": "http.response.start", "status": status,
-                "headers": [*_JSON, (b"content-length", str(len(data)).encode())]})
+                "headers": headers + [(b"connection", b"close")] if close else headers})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -146,7 +151,11 @@ async def _read_body(declared: bytes | None, receive: Callable, limit: int) -> d
                             "(proxy.max_body_bytes)")
     raw = bytearray()
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):  # a client that dribbles its body holds no slot
+                message = await receive()
+        except TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s") from None
         if message["type"] == "http.disconnect":
             raise ApiError(400, "the client disconnected while sending the request")
         raw += message.get("body", b"")
@@ -179,6 +188,20 @@ def _validate(api: Api, body: dict[str, Any]) -> None:
             raise ApiError(400, f"'{name}' has the wrong type ({type(value).__name__})", param=name)
     if isinstance(body.get("n"), int) and body["n"] < 1:
         raise ApiError(400, "'n' must be at least 1", param="n")
+
+
+def _check_n(body: dict[str, Any], max_n: int) -> None:
+    """Bound what one call can make the proxy generate, hold and store (n choices, each recorded)."""
+    prompt = body.get("prompt")
+    # completions take a batch of prompts (a list of strings or of token-id lists): n choices each
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+    for name in ("n", "best_of"):
+        value = body.get(name)
+        choices = prompts * (value if isinstance(value, int) and not isinstance(value, bool) else 1)
+        if choices > max_n:
+            raise ApiError(400, f"this call asks for {choices} choices ({prompts} prompt(s) x {name}={value}); "
+                                f"this proxy allows at most {max_n} per call (proxy setting max_n): make "
+                                "several calls instead", param=name)
 
 
 async def _open(state: ProxyState, api: Api, body: dict[str, Any],
@@ -397,11 +420,12 @@ async def _stream_to_agent(state: ProxyState, api: Api, body: dict[str, Any], wa
                 yield sse({"id": (recorder.first_chunk or {}).get("id", ""), "choices": [],
                            "usage": recorder.usage})
         await _record(state, recorder, body)
-        yield b"data: [DONE]\n\n"
-    except (_UpstreamFailed, ApiError) as exc:
+        with delivery.voided_unless_delivered(state.voids, session_id, recorder.call_id):
+            yield b"data: [DONE]\n\n"
+    except (_UpstreamFailed, ApiError, SessionFinished) as exc:
         # tokens were already sent, so the call cannot move to another server: end it visibly
-        error = exc if isinstance(exc, ApiError) else ApiError(502, f"the rollout server failed mid-stream: {exc}",
-                                                               "upstream_error")
+        error = translate(exc) if not isinstance(exc, _UpstreamFailed) else ApiError(
+            502, f"the rollout server failed mid-stream: {exc}", "upstream_error")
         state.metrics.errors[error.type] += 1
         yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
 
@@ -411,6 +435,7 @@ async def _record(state: ProxyState, recorder: CallRecorder, body: dict[str, Any
     if problem is not None:
         raise ApiError(502, f"cannot record this call token-exactly: {problem}", "upstream_error")
     turns = recorder.turns()
-    await state.store.append_turns(recorder.session_id, [(turn, body) for turn in turns])
+    await delivery.record(state.store, state.voids, state.settings.store_timeout_s, recorder.session_id,
+                          recorder.call_id, turns, body)
     state.metrics.prompt_tokens += recorder.prompt_tokens
     state.metrics.completion_tokens += sum(len(t.completion_token_ids) for t in turns)
