@@ -195,7 +195,7 @@ def main() -> int:
             samples = sequential_latencies(url, key, args.requests)
             rps = asyncio.run(_throughput(url, key, args.concurrency, args.seconds))
             rows[name] = (_pct(samples, 0.5), _pct(samples, 0.99), rps)
-        turns = int(httpx.get(f"{proxy.url}/metrics").text.split('kind="completion"} ')[1].split()[0]) // 8
+        turns = int(httpx.get(f"{proxy.url}/metrics", headers={"Authorization": f"Bearer {proxy.admin_key}"}).text.split('kind="completion"} ')[1].split()[0]) // 8
 
         base50, base99, _ = rows["direct"]
         print(f"\n{'target':<12} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'req/s':>8}")

@@ -2,16 +2,19 @@
 
 For every episode the runner creates a session (shared `group_id` within a GRPO group), runs the
 agent against the session's base URL under a time limit, scores the answer, posts the reward and
-finishes the session, which puts it on the finished-episode stream the trainer reads. An agent
-that crashes or times out gets reward 0 and a logged reason; it never holds up its group.
+finishes the session, which puts it on the finished-episode stream the trainer reads. An episode
+that fails (the agent crashes or times out, the reward is not a finite number) gets reward 0 and a logged reason, is finished as discarded so it never trains (as is one without any LLM call), and
+never holds up its group. A run whose episodes mostly fail stops (`FailureWatch`).
 Failures of the proxy itself (admin calls) raise `ServiceError`: those are not the agent's fault.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 import uuid
@@ -41,7 +44,8 @@ class EpisodeResult:
     answer: str
     """The agent's final answer text ("" when it failed)."""
     error: str | None
-    """Why the agent failed (crash, timeout, bad return, reward error); None when it answered."""
+    """Why the episode failed (agent crash, timeout, bad return, a reward function that raised or
+    returned a non-finite number); None when it answered. A failed episode never trains."""
     num_llm_calls: int
     """Calls the proxy recorded for the session (one per returned choice)."""
     wall_time_s: float
@@ -118,13 +122,17 @@ class AgentRunner:
             reward, error = self._score(task, answer, error)
             await self._admin(client, "POST", f"/sessions/{sid}/reward", {"reward": reward})
             trajectory = await self._admin(client, "GET", f"/sessions/{sid}/trajectory")
+            calls = len(trajectory.get("turns", []))
+            # a failed episode, or one without a call of the policy, is finished (its group
+            # completes) but never trains
+            discard = error or (None if calls else "made no LLM call (nothing the policy sampled)")
             if finish:
-                await self._admin(client, "POST", f"/sessions/{sid}/finish")
+                await self._admin(client, "POST", f"/sessions/{sid}/finish", {"discard": discard} if discard else None)
             if error:
-                log.warning("episode %s (task %s, group %s): reward 0 because the agent %s",
+                log.warning("episode %s (task %s, group %s) failed, not trained: the agent %s",
                             sid, task.task_id, group_id, error)
             return EpisodeResult(session_id=sid, group_id=group_id, task_id=task.task_id, reward=reward,
-                                 answer=answer, error=error, num_llm_calls=len(trajectory.get("turns", [])),
+                                 answer=answer, error=error, num_llm_calls=calls,
                                  wall_time_s=time.monotonic() - started, finished=finish)
 
     async def aclose(self) -> None:
@@ -167,22 +175,51 @@ class AgentRunner:
         if error is not None:
             return 0.0, error
         try:
-            return float(self.reward_fn(task, answer)), None
+            reward = float(self.reward_fn(task, answer))
         except Exception as exc:
             return 0.0, f"answered but the reward function raised {type(exc).__name__}: {exc}"
+        if not math.isfinite(reward):  # one bad score must not end the run, nor train
+            return 0.0, f"answered but the reward function returned {reward} (not a finite number)"
+        return reward, None
 
     async def _admin(self, client: httpx.AsyncClient, method: str, path: str,
                      body: dict[str, Any] | None = None) -> dict[str, Any]:
         url = self.proxy_url + path
-        try:
-            response = await client.request(method, url, json=body)
-        except httpx.HTTPError as exc:
-            raise ServiceError(f"trajectory manager at {self.proxy_url} did not answer {method} {path}: "
-                               f"{exc!r}; is the proxy running?") from exc
+        deadline, delay = time.monotonic() + self._admin_timeout_s, 0.2
+        while True:
+            try:
+                response = await client.request(method, url, json=body)
+            except httpx.HTTPError as exc:
+                raise ServiceError(f"trajectory manager at {self.proxy_url} did not answer {method} {path}: "
+                                   f"{exc!r}; is the proxy running?") from exc
+            # 503: the proxy's Redis is away (restarting); ride it out rather than end the run
+            if response.status_code != 503 or time.monotonic() + delay > deadline:
+                break
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 5.0)
         if response.status_code >= 300:
             raise ServiceError(f"trajectory manager refused {method} {path} with {response.status_code}: "
                                f"{response.text[:300]}")
         return response.json()
+
+
+class FailureWatch:
+    """Stops a run whose recent episodes mostly failed: failures (a typo'd agent, a reward function
+    that raises, servers that are down) are not the policy's doing, and training on what is left
+    of such a run would only hide them."""
+
+    def __init__(self, window: int = 64, max_ratio: float = 0.5, min_episodes: int = 16) -> None:
+        self.window, self.max_ratio, self.min_episodes = window, max_ratio, min_episodes
+        self.recent: collections.deque[str | None] = collections.deque(maxlen=window)
+
+    def add(self, episodes: Sequence[EpisodeResult]) -> None:
+        """Count finished episodes; raises ServiceError naming the commonest cause past the limit."""
+        self.recent.extend(e.error for e in episodes)
+        failed = [error for error in self.recent if error is not None]
+        if len(self.recent) >= self.min_episodes and len(failed) > self.max_ratio * len(self.recent):
+            cause, count = collections.Counter(failed).most_common(1)[0]
+            raise ServiceError(f"{len(failed)} of the last {len(self.recent)} episodes failed (none of them "
+                               f"trains); the commonest cause ({count}x): the agent {cause}")
 
 
 class BackgroundGroups:
@@ -199,6 +236,7 @@ class BackgroundGroups:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agents", daemon=True)
         self._pending: set[concurrent.futures.Future] = set()
+        self.failures = FailureWatch()
 
     def __enter__(self) -> BackgroundGroups:
         self._thread.start()
@@ -218,13 +256,16 @@ class BackgroundGroups:
 
     def wait_finished(self, timeout_s: float) -> list[list[EpisodeResult]]:
         """Groups that finished, waiting up to `timeout_s` for the first; a group whose run failed
-        (the proxy did not answer) raises its ServiceError here."""
+        (the proxy did not answer), or too many failed episodes (FailureWatch), raise ServiceError here."""
         if not self._pending:
             return []
         done, _ = concurrent.futures.wait(self._pending, timeout=timeout_s,
                                           return_when=concurrent.futures.FIRST_COMPLETED)
         self._pending -= done
-        return [future.result() for future in done]
+        groups = [future.result() for future in done]
+        for group in groups:
+            self.failures.add(group)
+        return groups
 
     def close(self) -> None:
         """Cancel the groups still running (their sessions stay unfinished: never trained) and stop."""

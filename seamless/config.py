@@ -209,6 +209,12 @@ class ProxyConfig(Section):
     token_in_token_out: bool = False
     """Build each next prompt from the recorded token ids plus newly rendered messages, so multi-turn
     agents never suffer re-tokenization drift."""
+    store_timeout_s: float = Field(10.0, gt=0)
+    """Longest a call's record may take; past it the call is dropped (voided) and the agent gets a
+    503 it can retry, instead of an answer the trace may or may not hold (a stalled Redis)."""
+    max_n: int = Field(64, ge=1)
+    """Most choices one call may ask for (`n`, times the prompts of a completions call): each is
+    generated, recorded and sent back."""
 
 
 class StoreConfig(Section):

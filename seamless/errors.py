@@ -19,3 +19,7 @@ class UpstreamUnavailable(SeamlessError):
 
 class UnknownSession(SeamlessError):
     """A session id that the store does not know (never created, or already cleaned up)."""
+
+
+class SessionFinished(SeamlessError):
+    """A call or change for a session that has finished (its episode was handed to the trainer)."""

@@ -77,3 +77,19 @@ async def test_replayed_entries_come_back_once_each_until_acknowledged(redis_ser
     queue = EpisodeQueue(redis_server.url, prefix)  # another life: all five are pending now
     assert [e.session_id for e in queue.backlog()] == [f"s{i}" for i in range(5)]
     queue.close()
+
+
+async def test_open_sessions_expire_and_finished_ones_wait_for_the_trainer(redis_server):
+    import redis as sync_redis
+
+    store = TraceStore(redis_server.url, "test-ttl", open_ttl_s=60)
+    await store.create_session("s1", "key-ttl", None, None, {})
+    await store.append_call("s1", "c1", [TURN, TURN], {"messages": []})
+    await store.void_call("s1", "c0")
+    keys = [store.keys.session("s1"), store.keys.apikey("key-ttl"), store.keys.turns("s1"), store.keys.void("s1")]
+    with sync_redis.Redis.from_url(redis_server.url) as client:
+        assert all(0 < client.ttl(key) <= 60 for key in keys)  # an abandoned or evaluation session goes
+        assert await store.finish("s1")
+        assert [client.ttl(key) for key in keys] == [-1, -2, -1, -1]  # kept until acknowledged
+    assert len(await store.turns("s1")) == 2
+    await store.close()

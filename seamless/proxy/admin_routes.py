@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import math
 import os
 from typing import Any
 
+import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from seamless.proxy.auth import require_admin
+from seamless.proxy.auth import bearer, is_admin, require_admin
 from seamless.proxy.errors import ApiError, parse_json_object, translate
 from seamless.proxy.metrics import Metrics
 from seamless.proxy.state import ProxyState, new_key
@@ -61,8 +63,7 @@ async def create_session(request: Request) -> Response:
                                      metadata)
     state.session_of_key[key] = sid
     state.metrics.sessions_created += 1
-    base = str(request.base_url).rstrip("/")
-    return JSONResponse({"session_id": sid, "api_key": key, "base_url": f"{base}/sessions/{sid}/v1"},
+    return JSONResponse({"session_id": sid, "api_key": key, "base_url": f"{_own_url(request)}/sessions/{sid}/v1"},
                         status_code=201)
 
 
@@ -83,6 +84,19 @@ async def set_reward(request: Request, session_id: str) -> Response:
     return JSONResponse({"session_id": session_id, "reward": reward, "turn_rewards": turn_rewards})
 
 
+def _own_url(request: Request) -> str:
+    """This server's URL as the connection reached it (the socket's address, never the Host
+    header, which the client writes: a base URL built from it could send an agent elsewhere)."""
+    host, port = request.scope.get("server") or ("127.0.0.1", 80)
+    host = f"[{host}]" if ":" in host else host
+    return f"{request.url.scheme}://{host}:{port}"
+
+
+def _plain_url(url: str) -> bool:
+    """No whitespace or control characters (CR/LF would split the request line sent to it)."""
+    return url.isprintable() and not any(c.isspace() for c in url) and len(url) <= 2048
+
+
 def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -91,9 +105,13 @@ def _finite_number(value: Any) -> bool:
 @_admin
 async def finish_session(request: Request, session_id: str) -> Response:
     state = _state(request)
+    body = await _json_object(request)
+    discard = _optional_str(body, "discard")  # why this episode must not train (it failed)
     record = await state.store.session(session_id)
-    published = await state.store.finish(session_id)
+    await state.voids.flush(session_id)  # calls the agent never got stay out of the episode
+    published = await state.store.finish(session_id, discard=discard or None)
     state.session_of_key.pop(record.api_key, None)
+    await state.control.bus.forget_key(record.api_key)  # and the other workers' caches
     state.pool.unpin(session_id)
     if published:
         state.metrics.sessions_finished += 1
@@ -166,7 +184,7 @@ async def list_upstreams(request: Request) -> Response:
 async def add_upstream(request: Request) -> Response:
     body = await _json_object(request)
     url = body.get("url")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or not _plain_url(url):
         raise ApiError(400, "'url' must be the http(s) base URL of a vLLM server, e.g. http://127.0.0.1:8000",
                        param="url")
     upstream = await _state(request).control.add(url)
@@ -187,16 +205,36 @@ async def remove_upstream(request: Request) -> Response:
 
 @router.get("/health")
 async def health(request: Request) -> Response:
+    """503 "unhealthy" while the proxy itself is broken (Redis unreachable, the control bus away,
+    health checks not running); 200 "degraded" while it works but no server is healthy, else 200
+    "ok". Without the admin key only the status: upstream URLs and counters are not public."""
     state = _state(request)
     healthy = sum(u.healthy for u in state.pool.upstreams.values())
-    ok = await state.store.ping()
-    return JSONResponse({"status": "ok" if ok and healthy else "degraded", "store": ok,
-                         "healthy_upstreams": healthy, "upstreams": len(state.pool.upstreams),
-                         "paused": state.pool.paused, "weight_version": state.pool.version,
-                         "worker": os.getpid()})
+    store = await _store_answers(state)
+    control = state.control.bus.connected
+    checks = state.pool.health_checks_current(state.settings.health_interval_s)
+    status = "unhealthy" if not (store and control and checks) else "ok" if healthy else "degraded"
+    body: dict[str, Any] = {"status": status}
+    if is_admin(state, bearer(request)):
+        body |= {"store": store, "control": control, "health_checks": checks,
+                 "control_error": "" if control else state.control.bus.last_error,
+                 "pending_voids": len(state.voids.pending),
+                 "healthy_upstreams": healthy, "upstreams": len(state.pool.upstreams),
+                 "paused": state.pool.paused, "weight_version": state.pool.version, "worker": os.getpid()}
+    return JSONResponse(body, status_code=503 if status == "unhealthy" else 200)
+
+
+async def _store_answers(state: ProxyState, timeout_s: float = 2.0) -> bool:
+    """Whether Redis answers a PING soon (a stopped Redis would hold it forever)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await state.store.ping()
+    except (TimeoutError, redis.RedisError, OSError):
+        return False
 
 
 @router.get("/metrics")
+@_admin  # counters and upstream URLs are the operator's, not the public's
 async def metrics(request: Request) -> Response:
     state = _state(request)
     metrics = state.metrics
@@ -206,3 +244,10 @@ async def metrics(request: Request) -> Response:
         metrics = Metrics.total([*others, metrics.snapshot()])
     return PlainTextResponse(metrics.render([u.as_dict() for u in state.pool.upstreams.values()]),
                              media_type="text/plain; version=0.0.4")
+
+
+@router.get("/openapi.json")
+@_admin
+async def openapi(request: Request) -> Response:
+    """The API schema, for the operator only (it lists every route)."""
+    return JSONResponse(request.app.openapi())

@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncIterator
 
 import httpx
+import redis
 from fastapi import FastAPI
 
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from seamless.proxy import admin_routes, openai_routes, vllm_routes
 from seamless.proxy.control import ControlBus, ControlOp
+from seamless.proxy.delivery import VoidLedger
 from seamless.proxy.errors import handle_exception, handle_http_exception, handle_validation_error
 from seamless.proxy.state import SETTINGS_ENV, ProxySettings, ProxyState
 from seamless.proxy.upstream_http import UpstreamHTTP
@@ -40,13 +42,19 @@ def create_app(settings: ProxySettings) -> openai_routes.AgentAPI:
         async with httpx.AsyncClient(limits=limits, timeout=settings.upstream_timeout_s) as client:
             store = TraceStore(settings.store_url, settings.key_prefix)
             pool = UpstreamPool(client)
-            bus = ControlBus(store.redis, settings.key_prefix, settings.workers, pool.apply)
+            session_of_key: dict[str, str] = {}
+            bus = ControlBus(store.redis, settings.key_prefix, settings.workers, pool.apply,
+                             forget=lambda key: session_of_key.pop(key, None))
             upstream_http = UpstreamHTTP()
+            voids = VoidLedger(store)
             state = ProxyState(settings=settings, store=store, client=client, pool=pool,
-                               upstream_http=upstream_http, control=PoolControl(pool, bus))
+                               upstream_http=upstream_http, control=PoolControl(pool, bus), voids=voids,
+                               session_of_key=session_of_key)
             app.state.proxy = state
             try:
                 await store.ping()
+                # none of these tasks ends by itself (each retries what fails): a task that ended the
+                # group would cancel the others and close the clients, leaving a half-dead proxy
                 async with asyncio.TaskGroup() as tasks:
                     listening = tasks.create_task(bus.listen())
                     await bus.ready()  # the shared pool state is applied before any request is served
@@ -56,15 +64,17 @@ def create_app(settings: ProxySettings) -> openai_routes.AgentAPI:
                         await bus.remember(op)
                     health = tasks.create_task(pool.health_loop(settings.health_interval_s))
                     shared = tasks.create_task(_share_metrics(state)) if settings.workers > 1 else None
+                    voiding = tasks.create_task(voids.run())
                     yield
-                    for task in (health, listening, shared):
+                    for task in (health, listening, shared, voiding):
                         if task is not None:
                             task.cancel()
             finally:
                 await upstream_http.aclose()
                 await store.close()
 
-    app = FastAPI(title="seamless trajectory manager", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="seamless trajectory manager", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)  # served by admin_routes, behind the admin key
     app.include_router(openai_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(vllm_routes.router)
@@ -77,6 +87,9 @@ def create_app(settings: ProxySettings) -> openai_routes.AgentAPI:
 async def _share_metrics(state: ProxyState) -> None:
     """With several workers, each keeps its counters in Redis so /metrics on any of them sums all."""
     while True:
-        await state.store.redis.hset(state.control.bus.keys.metrics, str(os.getpid()),
-                                     json.dumps(state.metrics.snapshot()))
+        try:
+            await state.store.redis.hset(state.control.bus.keys.metrics, str(os.getpid()),
+                                         json.dumps(state.metrics.snapshot()))
+        except redis.RedisError as exc:  # Redis away: /health says so; the next round tries again
+            log.debug("sharing metrics failed: %r", exc)
         await asyncio.sleep(min(1.0, state.settings.health_interval_s))

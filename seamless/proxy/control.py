@@ -13,19 +13,26 @@ runs; it costs a Redis round trip per admin call, never one per agent call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+import redis
 import redis.asyncio as aioredis
 
 from seamless.errors import UpstreamUnavailable
 from seamless.store import Keys
 
 log = logging.getLogger("seamless.proxy")
+
+RETRY_FIRST_S = 0.1
+"""First wait before reconnecting to Redis after the control listener lost it; doubles up to RETRY_MAX_S."""
+RETRY_MAX_S = 5.0
 
 OpKind = Literal["add", "remove", "gate", "version"]
 
@@ -48,24 +55,56 @@ class ControlBus:
     """Publishes ControlOps to all workers (`broadcast`) and applies the ones it receives (`listen`)."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str, workers: int,
-                 apply: Callable[[ControlOp], Awaitable[None]], timeout_s: float = 15.0) -> None:
+                 apply: Callable[..., Awaitable[None]], timeout_s: float = 15.0,
+                 forget: Callable[[str], None] = lambda key: None) -> None:
         self.redis = redis
+        self.forget = forget
         self.keys = Keys(prefix).proxy  # the schema lives with the rest of the run's, in store.py
         self.workers = workers
         self.apply = apply
         self.timeout_s = timeout_s
         self._subscribed = asyncio.Event()
+        self.connected = False
+        """Subscribed to the control channel now (False while Redis is away)."""
+        self.last_error = ""
+        self.disconnected_at: float | None = None
 
     async def listen(self) -> None:
-        """Apply the stored state, then every published op, acknowledging each; runs until cancelled."""
+        """Apply the stored state, then every published op, acknowledging each; runs until cancelled.
+
+        A lost Redis connection (Redis restarted, a network blip) never ends it: it reconnects with
+        backoff and reads the stored state again, so ops published while it was away still apply.
+        Until then `connected` is False and /health says the proxy is unhealthy.
+        """
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                await self._listen_once()
+            except Exception as exc:  # CancelledError is no Exception: cancelling still ends it
+                self.connected = False
+                self.last_error = f"{exc!r}"
+                self.disconnected_at = self.disconnected_at or time.time()
+                # a Redis outage is expected and says enough in one line; anything else is our bug
+                log.warning("control bus lost Redis (%r); reconnecting in %.1f s", exc, delay,
+                            exc_info=None if isinstance(exc, (redis.RedisError, OSError)) else exc)
+            await asyncio.sleep(delay)
+            delay = RETRY_FIRST_S if self.connected else min(2 * delay, RETRY_MAX_S)
+
+    async def _listen_once(self) -> None:
         pubsub = self.redis.pubsub()
-        await pubsub.subscribe(self.keys.channel)
         try:
+            await pubsub.subscribe(self.keys.channel, self.keys.finished_keys)
             for op in await self._stored_ops():
-                await self.apply(op)
+                await self.apply(op, stored=True)
+            if self.disconnected_at is not None:
+                log.info("control bus reconnected to Redis after %.1f s", time.time() - self.disconnected_at)
+            self.connected, self.disconnected_at = True, None
             self._subscribed.set()
             async for message in pubsub.listen():
                 if message.get("type") != "message":
+                    continue
+                if message["channel"].decode() == self.keys.finished_keys:
+                    self.forget(message["data"].decode())
                     continue
                 payload = json.loads(message["data"])
                 try:
@@ -73,7 +112,9 @@ class ControlBus:
                 finally:
                     await self.redis.rpush(self.keys.acks(payload["id"]), b"1")
         finally:
-            await pubsub.aclose()
+            self.connected = False
+            with contextlib.suppress(Exception):  # the connection may be the thing that broke
+                await pubsub.aclose()
 
     async def ready(self) -> None:
         await self._subscribed.wait()
@@ -85,8 +126,8 @@ class ControlBus:
         if "version" in state or "cache_salt" in state:
             ops.append(ControlOp("version", version=int(state.get("version", 0)),
                                  cache_salt=state.get("cache_salt")))
-        if state.get("paused") == "1":
-            ops.append(ControlOp("gate", paused=True, mode=state.get("mode", "keep")))
+        if "paused" in state:  # on a reconnect, a resume published while away must still apply
+            ops.append(ControlOp("gate", paused=state["paused"] == "1", mode=state.get("mode", "keep")))
         return ops
 
     async def broadcast(self, op: ControlOp) -> None:
@@ -109,6 +150,11 @@ class ControlBus:
                     got += 1
         finally:
             await self.redis.delete(acks)
+
+    async def forget_key(self, api_key: str) -> None:
+        """Tell every worker that a finished session's agent key no longer works (fire and forget:
+        a worker that misses it still refuses to record for a finished session)."""
+        await self.redis.publish(self.keys.finished_keys, api_key)
 
     async def remember(self, op: ControlOp) -> None:
         """Keep the change in Redis, for workers that start later."""

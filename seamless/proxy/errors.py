@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse
 
-from seamless.errors import SeamlessError, UnknownSession, UpstreamUnavailable
+from seamless.errors import SeamlessError, SessionFinished, UnknownSession, UpstreamUnavailable
 from seamless.store import CorruptRecord
 
 log = logging.getLogger("seamless.proxy")
@@ -40,6 +40,8 @@ def parse_json_object(raw: bytes) -> dict:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body nests JSON too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     return body
@@ -49,6 +51,8 @@ def translate(exc: Exception) -> ApiError:
     """Map an exception raised while serving a request to the error the client gets."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, SessionFinished):
+        return ApiError(409, str(exc), "conflict")
     if isinstance(exc, UnknownSession):
         return ApiError(404, str(exc), "not_found_error")
     if isinstance(exc, UpstreamUnavailable):

@@ -25,8 +25,8 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from seamless.errors import UpstreamUnavailable
-from seamless.proxy import continuation, episodes, responses_api, tito
+from seamless.errors import SessionFinished, UpstreamUnavailable
+from seamless.proxy import continuation, delivery, episodes, responses_api, tito
 from seamless.proxy.auth import agent_session, bearer_of
 from seamless.proxy.errors import ApiError, parse_json_object, translate
 from seamless.proxy.recording import AgentWants, Api, CallRecorder, upstream_body
@@ -42,6 +42,8 @@ _ROUTES = {"chat/completions": "chat", "completions": "completions", "responses"
 _JSON = [(b"content-type", b"application/json")]
 _NO_DERENDER: set[str] = set()  # servers without /v1/chat/completions/derender
 _RESPONSE_TTL_S = 24 * 3600  # how long previous_response_id can refer to a response
+BODY_TIMEOUT_S = 30.0
+"""Longest wait for the next part of a request body."""
 
 
 class _UpstreamFailed(Exception):
@@ -108,12 +110,14 @@ async def _call(state: ProxyState, route: str, path_session: str | None, scope: 
         error = translate(exc)
         state.metrics.observe(route, error.status, time.perf_counter() - started)
         state.metrics.errors[error.type] += 1
-        await _send_json(send, error.status, error.body())
+        # a body cut off (too slow, too big) leaves the connection mid-request: close it
+        await _send_json(send, error.status, error.body(), close=error.status in (408, 413))
 
 
 async def _chat_or_completion(api: Api, state: ProxyState, session_id: str, body: dict[str, Any],
                               receive: Callable, send: Callable) -> None:
     _validate(api, body)
+    _check_n(body, state.settings.max_n)
     wants = AgentWants.of(body)
     await state.pool.wait_running()
     if wants.stream:
@@ -121,7 +125,7 @@ async def _chat_or_completion(api: Api, state: ProxyState, session_id: str, body
         shape = _ChatSSE(wants)
         await _send_stream(_stream_to_agent(state, api, body, session_id, upstream, response, shape), receive, send)
         return
-    recorder = await _complete(state, api, body, session_id)
+    recorder = await delivery.until_disconnect(_complete(state, api, body, session_id), receive)
     await _send_json(send, 200, await _answer(state, api, body, recorder, wants))
 
 
@@ -138,7 +142,7 @@ async def _responses(state: ProxyState, session_id: str, body: dict[str, Any], r
         shape = _ResponsesSSE(state, session_id, body, chat, response_id)
         await _send_stream(_stream_to_agent(state, "chat", chat, session_id, upstream, response, shape), receive, send)
         return
-    recorder = await _complete(state, "chat", chat, session_id)
+    recorder = await delivery.until_disconnect(_complete(state, "chat", chat, session_id), receive)
     wants = AgentWants(model=body.get("model"), stream=False, logprobs=True, token_ids=False, usage=True)
     result = responses_api.from_chat(body, response_id, await _answer(state, "chat", chat, recorder, wants))
     await _store_response(state, session_id, body, chat, result)
@@ -171,10 +175,11 @@ async def _store_response(state: ProxyState, session_id: str, body: dict[str, An
                                 ex=_RESPONSE_TTL_S)
 
 
-async def _send_json(send: Callable, status: int, payload: dict[str, Any]) -> None:
+async def _send_json(send: Callable, status: int, payload: dict[str, Any], close: bool = False) -> None:
     data = json.dumps(payload, separators=(",", ":")).encode()
+    headers = [*_JSON, (b"content-length", str(len(data)).encode())]
     await send({"type": "http.response.start", "status": status,
-                "headers": [*_JSON, (b"content-length", str(len(data)).encode())]})
+                "headers": headers + [(b"connection", b"close")] if close else headers})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -213,7 +218,11 @@ async def _read_body(declared: bytes | None, receive: Callable, limit: int) -> d
                             "(proxy.max_body_bytes)")
     raw = bytearray()
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):  # a client that dribbles its body holds no slot
+                message = await receive()
+        except TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s") from None
         if message["type"] == "http.disconnect":
             raise ApiError(400, "the client disconnected while sending the request")
         raw += message.get("body", b"")
@@ -253,6 +262,20 @@ def _validate(api: Api, body: dict[str, Any]) -> None:
         raise ApiError(400, "'prompt_logprobs' is not served through the seamless proxy (it records every call "
                             "from vLLM's stream, which has no prompt logprobs); for scoring use echo=true with "
                             "logprobs, which gives the prompt's logprobs", param="prompt_logprobs")
+
+
+def _check_n(body: dict[str, Any], max_n: int) -> None:
+    """Bound what one call can make the proxy generate, hold and store (n choices, each recorded)."""
+    prompt = body.get("prompt")
+    # completions take a batch of prompts (a list of strings or of token-id lists): n choices each
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+    for name in ("n", "best_of"):
+        value = body.get(name)
+        choices = prompts * (value if isinstance(value, int) and not isinstance(value, bool) else 1)
+        if choices > max_n:
+            raise ApiError(400, f"this call asks for {choices} choices ({prompts} prompt(s) x {name}={value}); "
+                                f"this proxy allows at most {max_n} per call (proxy setting max_n): make "
+                                "several calls instead", param=name)
 
 
 async def _open(state: ProxyState, api: Api, body: dict[str, Any],
@@ -517,12 +540,13 @@ async def _stream_to_agent(state: ProxyState, api: Api, body: dict[str, Any], se
                     for part in shape.chunk(chunk):
                         yield part
         await _record(state, recorder, body)
-        for part in await shape.end(continued):
-            yield part
-    except (_UpstreamFailed, ApiError) as exc:
+        with delivery.voided_unless_delivered(state.voids, session_id, recorder.call_id):
+            for part in await shape.end(continued):
+                yield part
+    except (_UpstreamFailed, ApiError, SessionFinished) as exc:
         # tokens were already sent, so the call cannot move to another server: end it visibly
-        error = exc if isinstance(exc, ApiError) else ApiError(502, f"the rollout server failed mid-stream: {exc}",
-                                                               "upstream_error")
+        error = translate(exc) if not isinstance(exc, _UpstreamFailed) else ApiError(
+            502, f"the rollout server failed mid-stream: {exc}", "upstream_error")
         state.metrics.errors[error.type] += 1
         yield shape.error(error)
 
@@ -577,6 +601,7 @@ async def _record(state: ProxyState, recorder: CallRecorder, body: dict[str, Any
     if problem is not None:
         raise ApiError(502, f"cannot record this call token-exactly: {problem}", "upstream_error")
     turns = recorder.turns()
-    await state.store.append_turns(recorder.session_id, [(turn, body) for turn in turns])
+    await delivery.record(state.store, state.voids, state.settings.store_timeout_s, recorder.session_id,
+                          recorder.call_id, turns, body)
     state.metrics.prompt_tokens += recorder.prompt_tokens
     state.metrics.completion_tokens += sum(len(t.completion_token_ids) for t in turns)

@@ -9,6 +9,7 @@ same stream, less the fields it did not ask for, or one assembled non-streaming 
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -51,6 +52,8 @@ class CallRecorder:
         self.session_id = session_id
         self.upstream = upstream
         self.started_at = time.time()
+        self.call_id = secrets.token_hex(8)
+        """Names the call's turns in the store (to void them if the answer never reaches the agent)."""
         self.prompt_token_ids: list[int] | None = None
         self.choices: dict[int, ChoiceTrace] = {}
         self.usage: dict[str, Any] | None = None

@@ -71,6 +71,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     import uvicorn
 
     from seamless.proxy.app import create_app
+    from seamless.proxy.http_protocol import HeaderDeadlineProtocol
     from seamless.services.redis_server import RedisServer
 
     config = config_of(args)
@@ -98,7 +99,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     # closing one just as a client reuses it fails that request with a ReadError (seen once in a
     # 40-step benchmark, on POST /finish after a training step)
     serve = dict(host=config.host, port=port, log_level="warning", access_log=False, loop="uvloop",
-                 http="httptools", timeout_graceful_shutdown=5, timeout_keep_alive=120)
+                 http=HeaderDeadlineProtocol, timeout_graceful_shutdown=5, timeout_keep_alive=120)
     try:
         if config.workers == 1:
             uvicorn.run(create_app(settings), **serve)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from seamless.config import ProxyConfig
+from seamless.proxy.delivery import VoidLedger
 from seamless.proxy.metrics import Metrics
 from seamless.proxy.upstream_http import UpstreamHTTP
 from seamless.proxy.upstreams import PoolControl, UpstreamPool
@@ -45,6 +46,7 @@ class ProxyState:
     pool: UpstreamPool
     upstream_http: UpstreamHTTP
     control: PoolControl
+    voids: VoidLedger
     metrics: Metrics = field(default_factory=Metrics)
     session_of_key: dict[str, str] = field(default_factory=dict)
     """Cache of agent key -> session id (the store is the source of truth)."""

@@ -67,6 +67,8 @@ class UpstreamPool:
         self._running.set()
         self._changed = asyncio.Condition()  # notified when an upstream is added or recovers
         self.failovers: list[FailoverEvent] = []
+        self.last_health_round = time.monotonic()
+        """When the health loop last finished a round (time.monotonic)."""
 
     # membership -----------------------------------------------------------------------------
 
@@ -80,9 +82,12 @@ class UpstreamPool:
             raise UpstreamUnavailable(f"upstream {url} did not answer GET /v1/models ({exc!r}); "
                                       "is it a running vLLM server?") from exc
 
-    async def apply(self, op: ControlOp) -> None:
-        """A change every worker makes to its own pool (control.py publishes it to all)."""
-        if op.kind == "add":
+    async def apply(self, op: ControlOp, stored: bool = False) -> None:
+        """A change every worker makes to its own pool (control.py publishes it to all). `stored`:
+        read back from Redis (start, reconnect), where a known server keeps the health it has."""
+        if op.kind == "add" and stored and op.url in self.upstreams:
+            self.upstreams[op.url].model = op.model
+        elif op.kind == "add":
             upstream = self.upstreams.get(op.url) or Upstream(url=op.url, model=op.model)
             upstream.model, upstream.healthy = op.model, True
             self.upstreams[op.url] = upstream
@@ -156,9 +161,20 @@ class UpstreamPool:
         await asyncio.gather(*(check(u) for u in list(self.upstreams.values())))
 
     async def health_loop(self, interval_s: float) -> None:
+        """Check every server each `interval_s`, forever: a failed round is logged and the next one
+        runs (a server that comes back is only re-admitted by a round that runs)."""
         while True:
             await asyncio.sleep(interval_s)
-            await self.check_health()
+            try:
+                await self.check_health()
+            except Exception:  # CancelledError is no Exception: cancelling still ends the loop
+                log.exception("upstream health check failed; retrying in %.1f s", interval_s)
+                continue
+            self.last_health_round = time.monotonic()
+
+    def health_checks_current(self, interval_s: float) -> bool:
+        """Whether a health round finished recently (one round may take a 5 s check)."""
+        return time.monotonic() - self.last_health_round < 2 * interval_s + 10.0
 
     # pause / resume --------------------------------------------------------------------------
 

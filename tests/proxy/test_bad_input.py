@@ -87,7 +87,8 @@ def test_a_client_that_disconnects_mid_stream_records_nothing(proxy, session):
         raw.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {session['api_key']}\r\n"
                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
         assert b"200 OK" in raw.recv(4096)  # the stream started; now hang up
-    health = httpx.get(f"{proxy.url}/health", timeout=30).json()
+    health = httpx.get(f"{proxy.url}/health", timeout=30,
+                       headers={"Authorization": f"Bearer {proxy.admin_key}"}).json()
     assert health["healthy_upstreams"] == 1
     reply = httpx.post(session["base_url"] + "/completions", timeout=60,
                        headers={"Authorization": f"Bearer {session['api_key']}"},

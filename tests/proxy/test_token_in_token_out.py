@@ -93,6 +93,7 @@ def test_token_in_token_out_keeps_a_drifting_conversation_one_exact_sequence(tit
     # the spliced prompt is what the template would show, with the sampled tokens kept
     text = tokenizer.decode(sequence["token_ids"])
     assert text.count("<|im_start|>assistant\nffffff<|im_end|>\n<|im_start|>user\nagain") == 3
-    metrics = httpx.get(f"{tito_proxy.url}/metrics").text
+    metrics = httpx.get(f"{tito_proxy.url}/metrics",
+                        headers={"Authorization": f"Bearer {tito_proxy.admin_key}"}).text
     assert 'seamless_proxy_token_in_prompts_total{outcome="spliced"} 3' in metrics
     assert 'seamless_proxy_token_in_prompts_total{outcome="rendered"} 0' in metrics

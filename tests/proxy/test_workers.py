@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 def _health(proxy) -> dict:
     # a new connection per request, so requests land on either worker
-    return httpx.get(f"{proxy.url}/health", headers={"Connection": "close"}, timeout=30).json()
+    return httpx.get(f"{proxy.url}/health", timeout=30,
+                     headers={"Connection": "close", "Authorization": f"Bearer {proxy.admin_key}"}).json()
 
 
 def test_two_workers_share_sessions_the_pause_gate_and_the_weight_version(tmp_path, redis_server, vllm_server):

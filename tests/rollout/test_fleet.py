@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 from seamless.config import RolloutConfig, TinyModelConfig
 from seamless.models.tiny import build_tiny_model
 from seamless.rollout import ProxyAdmin, VLLMFleet
+from seamless.rollout.server_metrics import read_metrics
+from seamless.rollout.transport import post_each
 from seamless.scheduler.placement import RayPlacement
 from seamless.scheduler.resources import Resource, ResourcePool, Role
 from tests.proxy.helpers import Admin
@@ -147,13 +149,19 @@ def test_a_call_in_flight_across_an_update_completes_with_both_versions(fleet, f
             started.set()
             result["finish"] = [client.completions.create(**kwargs).choices[0].finish_reason]
 
+    urls = list(fleet.servers().values())
+    generated = lambda: sum(read_metrics(url).get("vllm:generation_tokens_total", 0.0) for url in urls)  # noqa: E731
+    before = generated()
     thread = threading.Thread(target=agent)
     thread.start()
     assert started.wait(60)
-    deadline = time.monotonic() + 30  # a non-streaming call: wait until the proxy has it in flight
-    while not stream and not sum(fleet.in_flight().values()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.05)
+    # arranged, not timed: once the servers count the call's first generated tokens, freeze it there, so however slowly the update
+    # below starts, the call cannot finish before it: its first tokens are the old version's, the
+    # rest come after the update resumes the servers
+    deadline = time.monotonic() + 60
+    while generated() == before and time.monotonic() < deadline:
+        time.sleep(0.005)
+    post_each(urls, "/pause", params={"mode": "keep"})
     old = fleet.version
     # alternate between the two weight sets; a folder source is reloaded in place (no copy)
     metrics = fleet.sync_weights(new_weights[0] if old % 2 == 0 else tiny_model_dir, old + 1)
