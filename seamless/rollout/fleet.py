@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from seamless.config import ModelConfig, RolloutConfig
-from seamless.devices import DeviceMap
+from seamless.devices import DeviceMap, DeviceSlot
 from seamless.errors import ConfigError, ServiceError
 from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.rollout.records import Lease, ServerEvent, ServerStats, WeightUpdateMetrics
@@ -204,18 +204,25 @@ class VLLMFleet:
         self._launches += 1
         actor = ray.remote(ServerActor).options(**self.actor_options(rid, lease)).remote()
         work_dir = self.run_dir / "servers" / f"r{rid}-{self._launches}"
-        slot = lease.slot if lease is not None else self.devices.slot(rid) if self.devices is not None else None
+        slot = self._slot(rid, lease)
         # a server sharing its GPU with a trainer rank must be able to sleep (free its memory)
         options = replace(self.options, enable_sleep_mode=slot is not None and slot.shared)
         return actor, actor.start.remote(str(self.model_dir), str(work_dir), options)
 
     def actor_options(self, rid: int, lease: Lease | None) -> dict[str, Any]:
         """Ray options of the server actor on resource `rid`: its share of the resource's device."""
-        slot = lease.slot if lease is not None else self.devices.slot(rid) if self.devices is not None else None
+        slot = self._slot(rid, lease)
         options: dict[str, Any] = {"num_cpus": 0, "num_gpus": 0, "max_restarts": 0}
         if slot is not None:
             options.update(slot.actor_options())
         return options
+
+    def _slot(self, rid: int, lease: Lease | None) -> DeviceSlot | None:
+        """The device a server on `rid` runs on: its lease's, a resident's from the run's devices, or
+        none (a fleet used without devices)."""
+        if lease is not None:
+            return lease.slot
+        return self.devices.slot(rid) if self.devices is not None else None
 
     def _finish_launch(self, rid: int, lease: Lease | None, actor: Any, pending: Any) -> _Server:
         import ray
