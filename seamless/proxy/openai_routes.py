@@ -195,21 +195,13 @@ async def _send_stream(stream: AsyncIterator[bytes], receive: Callable, send: Ca
                 await send({"type": "http.response.body", "body": part, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
 
-    async def disconnected() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    pumping = asyncio.ensure_future(pump())
-    watching = asyncio.ensure_future(disconnected())
     try:
-        await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (pumping, watching):
-            task.cancel()
-        await asyncio.gather(pumping, watching, return_exceptions=True)
-    if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
+        await delivery.until_disconnect(pump(), receive)
+    except delivery.ClientGone:
+        pass  # the stream is closed, and with it the upstream call
+    except Exception:
         # the response has started, so no error response can follow: log our bug, end the stream
-        log.error("streaming to the agent failed", exc_info=pumping.exception())
+        log.error("streaming to the agent failed", exc_info=True)
 
 
 async def _read_body(declared: bytes | None, receive: Callable, limit: int) -> dict[str, Any]:
