@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 import openai
 
 from agents.calculator_tool import calculate
-from seamless.agent_api import AgentContext
-from seamless.data import Task
-from seamless.warmup import IM_END, render_chat
+from seamless.agent.api import AgentContext
+from seamless.agent.tasks import Task
+from seamless.run.warmup import IM_END, render_chat
 
 log = logging.getLogger("agents.calculator")
 
@@ -141,7 +141,7 @@ def calculator_expression(task: Task) -> str:
 
 
 def warmup(task: Task, tokenizer) -> list[tuple[str, bool]]:
-    """Warm-start data (seamless.agent_api.WarmupFn): the prompt with the tool, a Hermes tool call,
+    """Warm-start data (seamless.agent.api.WarmupFn): the prompt with the tool, a Hermes tool call,
     the tool's result, then `answer<|im_end|>`."""
     tools = [CALCULATOR_TOOL]
     messages = build_messages(task)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from seamless.agent_api import AgentContext
-from seamless.data import Task
-from seamless.warmup import IM_END, render_chat
+from seamless.agent.api import AgentContext
+from seamless.agent.tasks import Task
+from seamless.run.warmup import IM_END, render_chat
 
 SYSTEM_PROMPT = "Answer with the final number only."
 
@@ -23,7 +23,7 @@ async def run(task: Task, ctx: AgentContext) -> str:
 
 
 def warmup(task: Task, tokenizer) -> list[tuple[str, bool]]:
-    """Warm-start data (seamless.agent_api.WarmupFn): this agent's prompt, then `answer<|im_end|>`."""
+    """Warm-start data (seamless.agent.api.WarmupFn): this agent's prompt, then `answer<|im_end|>`."""
     prompt = render_chat(tokenizer, build_messages(task), None, True)
     return [(prompt, False), (task.answer + IM_END, True)]
 

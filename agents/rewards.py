@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from seamless.data import Task
+from seamless.agent.tasks import Task
 
 # a number: thousands groups with commas, or plain digits; an optional decimal part
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")

@@ -139,7 +139,7 @@ def seamless_overrides(steps: int, model_dir: Path) -> list[str]:
 
 def warm_up(recipe: Recipe, out: Path) -> tuple[Path, str]:
     """The recipe's model after seamless's supervised warm-up, as a Hugging Face folder; and a note."""
-    from seamless.data import load_tasks
+    from seamless.agent.tasks import load_tasks
     from seamless.models.tiny import build_tiny_model
 
     base = Path(recipe.model.path) if recipe.model.path else build_tiny_model(out / "tiny", recipe.model.tiny)
@@ -148,10 +148,10 @@ def warm_up(recipe: Recipe, out: Path) -> tuple[Path, str]:
         return base, "no warm-up (trainer.sft_warmup.steps is 0)"
     from transformers import AutoTokenizer
 
-    from seamless.ray_cluster import start_ray, stop_ray
+    from seamless.cluster.ray_cluster import start_ray, stop_ray
     from seamless.scheduler import ResourcePool
     from seamless.trainer import Trainer
-    from seamless.warmup import supervised_warmup
+    from seamless.run.warmup import supervised_warmup
 
     ranks = len(ResourcePool.from_cluster(recipe.cluster).trainers)
     started = time.monotonic()
@@ -242,8 +242,8 @@ def trl_worker(plan_file: str) -> int:
     from trl import GRPOConfig, GRPOTrainer
 
     from agents.math_agent import build_messages
-    from seamless.agent_specs import resolve_reward
-    from seamless.data import load_tasks
+    from seamless.agent.specs import resolve_reward
+    from seamless.agent.tasks import load_tasks
 
     plan = Plan(**json.loads(Path(plan_file).read_text()))
     recipe = load_recipe(plan.recipe, plan.overrides)
@@ -425,7 +425,7 @@ def main() -> int:
 
 
 def load_eval_ids(recipe: Recipe) -> list[str]:
-    from seamless.data import load_tasks
+    from seamless.agent.tasks import load_tasks
 
     return [task.task_id for task in load_tasks(recipe.data).eval_tasks]
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from seamless.config import GrpoConfig, TrainerConfig  # noqa: E402
 from seamless.models.tiny import build_tiny_model  # noqa: E402
-from seamless.ray_cluster import start_ray, stop_ray  # noqa: E402
+from seamless.cluster.ray_cluster import start_ray, stop_ray  # noqa: E402
 from seamless.trainer import Trainer  # noqa: E402
 from seamless.types import NO_VERSION, TrainingSequence  # noqa: E402
 

@@ -45,7 +45,7 @@ def main() -> None:
     from seamless.config import RolloutConfig, TinyModelConfig
     from seamless.models.tiny import build_tiny_model
     from seamless.proxy.server import ProxyProcess
-    from seamless.ray_cluster import start_ray, stop_ray
+    from seamless.cluster.ray_cluster import start_ray, stop_ray
     from seamless.rollout import ProxyAdmin, VLLMFleet
     from seamless.services.redis_server import RedisServer
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from seamless.config import DataConfig
-from seamless.data import read_dataset
+from seamless.agent.tasks import read_dataset
 from seamless.errors import ConfigError
 
 

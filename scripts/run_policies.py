@@ -95,7 +95,7 @@ def measure_switch(out: Path) -> None:
     unpark (unregister, /pause?mode=abort, later reload + /resume + register)."""
     from seamless.config import RolloutConfig
     from seamless.proxy.server import ProxyProcess
-    from seamless.ray_cluster import start_ray, stop_ray
+    from seamless.cluster.ray_cluster import start_ray, stop_ray
     from seamless.rollout.fleet import VLLMFleet
     from seamless.rollout.proxy_admin import ProxyAdmin
     from seamless.rollout.server_http import post_each

@@ -157,7 +157,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from seamless.config import load_recipe
-    from seamless.runs import create_run_dir
+    from seamless.run.folders import create_run_dir
 
     if args.resume:
         resolved = Path(args.resume) / "recipe.resolved.yaml"
@@ -166,8 +166,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                               "that seamless run created")
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = create_run_dir(recipe, args.resume or args.run_dir)
-    from seamless.loop import run
-    from seamless.parts import describe_failure
+    from seamless.run.loop import run
+    from seamless.run.parts import describe_failure
 
     # SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C, so every service is stopped and a
     # checkpoint is written; Python's default would exit without running any cleanup

@@ -1,7 +1,7 @@
 """Typed records that cross the boundaries between seamless's parts.
 
 The proxy records `Turn`s (one LLM call as tokens) in the store; when the main loop reads a
-finished episode, the store merges its turns into `TrainingSequence`s (`trajectory.merge_turns`)
+finished episode, the episode queue merges its turns into `TrainingSequence`s (`traces.merge.merge_turns`)
 and hands back a `Trajectory`; the trainer turns sequences into tensors. These records hold plain
 Python lists so the proxy and the store never need torch.
 """

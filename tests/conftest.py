@@ -84,7 +84,7 @@ def vllm_server(tiny_model_dir: Path, session_dir: Path):
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray with 2 CPUs and 4 logical GPUs, bound to 127.0.0.1, for the whole session."""
-    from seamless.ray_cluster import start_ray, stop_ray
+    from seamless.cluster.ray_cluster import start_ray, stop_ray
 
     start_ray(num_gpus=4, num_cpus=2)
     yield

@@ -12,12 +12,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "seamless"
 
 # lowest first; a module may import its own layer and the ones below, never one above
 LAYERS = [
-    {"types", "errors", "trajectory"},  # typed records and the errors every part raises
+    {"types", "errors"},  # typed records and the errors every part raises
     {"config"},  # the recipe, one class per section
-    {"store", "algorithms", "rollout", "services", "data", "models", "traces", "runs", "run_logger",
-     "ray_cluster", "agent_api", "devices"},  # the Redis schema, pure RL math, vLLM servers, tasks, agent interface
-    {"proxy", "trainer", "scheduler", "agent_specs", "agent_runner", "warmup", "evaluation"},  # the services
-    {"parts", "loop", "doctor"},  # the run: every part built, then the main loop; checks of a machine
+    {"traces", "algorithms", "rollout", "services", "models", "cluster"},  # Redis schema + merge of turns,
+    # pure RL math, vLLM servers and weight transports, local services, the tiny model, Ray and devices
+    {"proxy", "trainer", "scheduler", "agent"},  # the trajectory manager, DeepSpeed ranks, roles, running agents
+    {"run", "doctor"},  # one run: every part built, then the main loop; checks of a machine
     {"cli"},
 ]
 LAYER_OF = {name: i for i, layer in enumerate(LAYERS) for name in layer}
@@ -60,12 +60,12 @@ def test_no_import_reaches_a_higher_layer(path):
 def test_the_library_never_imports_the_example_agents():
     offenders = [str(p.relative_to(PACKAGE.parent)) for p in SOURCES
                  if any(name.split(".")[0] == "agents" for name in _imported(p))]
-    assert not offenders, f"{offenders} import the example agents; agents supply what seamless needs through agent_api"
+    assert not offenders, f"{offenders} import the example agents; agents supply what seamless needs through seamless.agent.api"
 
 
 def test_the_proxy_and_the_store_load_without_the_gpu_stack():
     code = ("import sys\n"
-            "import seamless.proxy.app, seamless.proxy.server, seamless.store\n"
+            "import seamless.proxy.app, seamless.proxy.server, seamless.traces.store, seamless.traces.episodes\n"
             "from seamless.proxy.state import ProxySettings\n"
             "seamless.proxy.app.create_app(ProxySettings(store_url='redis://127.0.0.1:1/0', key_prefix='t', admin_key='k'))\n"
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n")

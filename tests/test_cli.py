@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from seamless.cli import main
-from seamless.traces import read_traces
+from seamless.traces.export import read_traces
 
 REPO = Path(__file__).parents[1]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from seamless.config import DataConfig
-from seamless.data import Task, load_tasks, read_jsonl, read_parquet
+from seamless.agent.tasks import Task, load_tasks, read_jsonl, read_parquet
 from seamless.errors import ConfigError
 
 

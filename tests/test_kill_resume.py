@@ -22,7 +22,7 @@ import psutil
 import redis
 
 from seamless.services.redis_server import RedisServer
-from seamless.traces import read_traces
+from seamless.traces.export import read_traces
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "grpo_tiny_cpu.yaml"

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from seamless.config import Recipe, load_recipe, validate_recipe
 from seamless.errors import ConfigError
-from seamless.parts import build_parts, check_recipe
+from seamless.run.parts import build_parts, check_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

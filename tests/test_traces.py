@@ -5,7 +5,7 @@ import json
 import pytest
 
 from seamless.errors import SeamlessError
-from seamless.traces import drop_steps_after, read_traces, step_path, write_step
+from seamless.traces.export import drop_steps_after, read_traces, step_path, write_step
 from seamless.types import NO_VERSION, Trajectory, TrainingSequence, Turn
 
 

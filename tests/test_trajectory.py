@@ -1,4 +1,4 @@
-from seamless.trajectory import merge_turns
+from seamless.traces.merge import merge_turns
 from seamless.types import NO_VERSION, Turn
 
 

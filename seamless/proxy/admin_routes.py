@@ -17,7 +17,7 @@ from seamless.proxy.auth import bearer, is_admin, require_admin
 from seamless.proxy.errors import ApiError, parse_json_object, translate
 from seamless.proxy.metrics import Metrics
 from seamless.proxy.state import ProxyState, new_key
-from seamless.trajectory import merge_turns
+from seamless.traces.merge import merge_turns
 
 router = APIRouter()
 

@@ -24,7 +24,7 @@ from seamless.proxy.errors import handle_exception, handle_http_exception, handl
 from seamless.proxy.state import SETTINGS_ENV, ProxySettings, ProxyState
 from seamless.proxy.upstream_http import UpstreamHTTP
 from seamless.proxy.upstreams import PoolControl, UpstreamPool
-from seamless.store import TraceStore
+from seamless.traces.store import TraceStore
 
 log = logging.getLogger("seamless.proxy")
 

@@ -26,7 +26,7 @@ import redis
 import redis.asyncio as aioredis
 
 from seamless.errors import UpstreamUnavailable
-from seamless.store import Keys
+from seamless.traces.keys import Keys
 
 log = logging.getLogger("seamless.proxy")
 
@@ -59,7 +59,7 @@ class ControlBus:
                  forget: Callable[[str], None] = lambda key: None) -> None:
         self.redis = redis
         self.forget = forget
-        self.keys = Keys(prefix).proxy  # the schema lives with the rest of the run's, in store.py
+        self.keys = Keys(prefix).proxy  # the schema lives with the rest of the run's, in traces/keys.py
         self.workers = workers
         self.apply = apply
         self.timeout_s = timeout_s

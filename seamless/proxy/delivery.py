@@ -23,7 +23,7 @@ import redis
 from seamless.errors import SessionFinished
 from seamless.proxy.control import RETRY_FIRST_S, RETRY_MAX_S
 from seamless.proxy.errors import ApiError
-from seamless.store import TraceStore
+from seamless.traces.store import TraceStore
 from seamless.types import Turn
 
 log = logging.getLogger("seamless.proxy")

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse
 
 from seamless.errors import SeamlessError, SessionFinished, UnknownSession, UpstreamUnavailable
-from seamless.store import CorruptRecord
+from seamless.traces.codec import CorruptRecord
 
 log = logging.getLogger("seamless.proxy")
 

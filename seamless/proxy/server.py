@@ -19,7 +19,7 @@ from seamless.config import ProxyConfig
 from seamless.errors import ConfigError
 from seamless.proxy.state import SETTINGS_ENV, ProxySettings, new_key
 from seamless.services.process import ManagedProcess, free_port, http_ok
-from seamless.store import Keys
+from seamless.traces.keys import Keys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ from seamless.proxy.delivery import VoidLedger
 from seamless.proxy.metrics import Metrics
 from seamless.proxy.upstream_http import UpstreamHTTP
 from seamless.proxy.upstreams import PoolControl, UpstreamPool
-from seamless.store import TraceStore
+from seamless.traces.store import TraceStore
 
 
 SETTINGS_ENV = "SEAMLESS_PROXY_SETTINGS"

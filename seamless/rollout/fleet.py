@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from seamless.config import ModelConfig, RolloutConfig
-from seamless.devices import DeviceMap, DeviceSlot
+from seamless.cluster.devices import DeviceMap, DeviceSlot
 from seamless.errors import ConfigError, ServiceError
 from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.rollout.records import Lease, ServerEvent, ServerStats, WeightUpdateMetrics

@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-from seamless.devices import DeviceSlot
+from seamless.cluster.devices import DeviceSlot
 
 
 class Lease(Protocol):

@@ -37,7 +37,7 @@ class ServerActor:
 
     def device_report(self) -> dict:
         """The devices this actor (and so its server process) sees (tests, `seamless doctor`)."""
-        from seamless.devices import device_report
+        from seamless.cluster.devices import device_report
 
         return device_report()
 

@@ -1,4 +1,4 @@
-"""Real placement on Ray: the run's devices are reserved once (`seamless.devices`), and a lease is
+"""Real placement on Ray: the run's devices are reserved once (`seamless.cluster.devices`), and a lease is
 the scheduler's record that a resource holds a role.
 
 Every resource's device is one bundle of a placement group held for the whole run, so taking a
@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from seamless.devices import DeviceMap, DeviceNeed, DeviceSlot
+from seamless.cluster.devices import DeviceMap, DeviceNeed, DeviceSlot
 from seamless.errors import ConfigError
 from seamless.scheduler.resources import Resource, ResourcePool, Role
 

@@ -35,7 +35,7 @@ from seamless.algorithms import (
     truncated_is_weights,
 )
 from seamless.config import AlgorithmConfig, Recipe, TrainerConfig
-from seamless.devices import DeviceSlot
+from seamless.cluster.devices import DeviceSlot
 from seamless.errors import SeamlessError
 from seamless.trainer.batch import (
     MicroBatch,

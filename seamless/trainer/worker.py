@@ -56,7 +56,7 @@ class TrainWorker:
 
     def device_report(self) -> dict[str, Any]:
         """The devices this rank's process sees and the one it uses (tests, `seamless doctor`)."""
-        from seamless.devices import device_report
+        from seamless.cluster.devices import device_report
 
         return {**device_report(), "rank": self.rank}
 
@@ -72,7 +72,7 @@ class TrainWorker:
         """Join the process group (gloo on CPU, NCCL on GPUs) and build the engines."""
         import deepspeed
 
-        from seamless.devices import assigned_device
+        from seamless.cluster.devices import assigned_device
 
         # the GPU Ray assigned (its index among the visible ones; 0 when Ray narrowed visibility to
         # it): DeepSpeed takes the device from LOCAL_RANK

@@ -1,8 +1,8 @@
 import json
 
 from agents import calculator_agent
-from seamless.agent_api import AgentContext, Sampling
-from seamless.data import Task
+from seamless.agent.api import AgentContext, Sampling
+from seamless.agent.tasks import Task
 from tests.agents.fake_openai import FakeOpenAI, chat_reply, error_reply
 
 TASK = Task("sub-19-4", "What is 19 - 4?", "15", {"a": "19", "op": "-", "b": "4"})

@@ -1,7 +1,7 @@
 import pytest
 
 from agents.rewards import extract_final_integer, integer_match
-from seamless.data import Task
+from seamless.agent.tasks import Task
 
 
 @pytest.mark.parametrize("text, value", [
@@ -47,7 +47,7 @@ def test_gsm8k_answers_end_with_hashes(tmp_path, reply, reward):
     import json
 
     from seamless.config import DataConfig
-    from seamless.data import read_jsonl
+    from seamless.agent.tasks import read_jsonl
 
     path = tmp_path / "gsm8k.jsonl"
     path.write_text(json.dumps(GSM8K_RECORD) + "\n")

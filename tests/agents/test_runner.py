@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from seamless.agent_api import AgentContext, Sampling
-from seamless.agent_runner import AgentRunner
-from seamless.data import Task
-from seamless.evaluation import evaluate
+from seamless.agent.api import AgentContext, Sampling
+from seamless.agent.runner import AgentRunner
+from seamless.agent.tasks import Task
+from seamless.agent.evaluation import evaluate
 from tests.proxy.helpers import Admin
 
 pytestmark = pytest.mark.vllm

@@ -1,11 +1,11 @@
 import pytest
 
-from seamless.agent_api import Sampling
-from seamless.agent_runner import AgentRunner
-from seamless.data import Task
+from seamless.agent.api import Sampling
+from seamless.agent.runner import AgentRunner
+from seamless.agent.tasks import Task
 from seamless.errors import ConfigError
 from seamless.types import NO_VERSION
-from seamless.warmup import warmup_sequences
+from seamless.run.warmup import warmup_sequences
 from tests.proxy.helpers import Admin
 
 TASK = Task("add-7-5", "What is 7 + 5?", "12", {"a": "7", "op": "+", "b": "5"})

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from seamless.agent_api import AgentContext, Sampling
-from seamless.agent_runner import AgentRunner, EpisodeResult, FailureWatch
-from seamless.data import Task
+from seamless.agent.api import AgentContext, Sampling
+from seamless.agent.runner import AgentRunner, EpisodeResult, FailureWatch
+from seamless.agent.tasks import Task
 from seamless.errors import ServiceError
-from seamless.store import EpisodeQueue
+from seamless.traces.episodes import EpisodeQueue
 
 pytestmark = pytest.mark.vllm
 

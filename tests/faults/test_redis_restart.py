@@ -73,9 +73,9 @@ def test_a_redis_restart_leaves_control_routes_health_checks_and_readmission_wor
 def test_agent_runs_ride_out_a_redis_restart(own_redis, vllm_server, tmp_path):
     import threading
 
-    from seamless.agent_api import Sampling
-    from seamless.agent_runner import AgentRunner
-    from seamless.data import Task
+    from seamless.agent.api import Sampling
+    from seamless.agent.runner import AgentRunner
+    from seamless.agent.tasks import Task
 
     with ProxyProcess(own_redis.url, tmp_path / "proxy", upstreams=[vllm_server.url], prefix="ride") as proxy:
         runner = AgentRunner(proxy.url, proxy.admin_key, "math", concurrency=2, timeout_s=60,

@@ -18,8 +18,8 @@ import signal
 import sys
 from pathlib import Path
 
-from seamless.agent_api import AgentContext, AgentFn, RewardFn, WarmupFn
-from seamless.data import Task
+from seamless.agent.api import AgentContext, AgentFn, RewardFn, WarmupFn
+from seamless.agent.tasks import Task
 from seamless.errors import ConfigError, SeamlessError
 
 _CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")

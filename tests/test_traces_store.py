@@ -1,6 +1,8 @@
 import pytest
 
-from seamless.store import CorruptRecord, EpisodeQueue, TraceStore, decode_turn, encode_turn
+from seamless.traces.codec import CorruptRecord, decode_turn, encode_turn
+from seamless.traces.episodes import EpisodeQueue
+from seamless.traces.store import TraceStore
 from seamless.types import Turn
 
 pytestmark = pytest.mark.redis

@@ -23,16 +23,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from seamless.agent_runner import BackgroundGroups, EpisodeResult
+from seamless.agent.runner import BackgroundGroups, EpisodeResult
 from seamless.config import Recipe
-from seamless.evaluation import evaluate
-from seamless.parts import Parts, build_parts
+from seamless.agent.evaluation import evaluate
+from seamless.run.parts import Parts, build_parts
 from seamless.scheduler.validate import RunRecorder
-from seamless.store import EpisodeEntry
+from seamless.traces.episodes import EpisodeEntry
 from seamless.trainer.trainer import latest_checkpoint
-from seamless.traces import drop_steps_after, write_step
+from seamless.traces.export import drop_steps_after, write_step
 from seamless.types import TrainingSequence, Trajectory
-from seamless.warmup import supervised_warmup
+from seamless.run.warmup import supervised_warmup
 
 
 @dataclass

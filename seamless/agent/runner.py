@@ -24,10 +24,10 @@ from typing import Any
 
 import httpx
 
-from seamless.agent_api import AgentContext, Sampling
-from seamless.agent_specs import call_agent, resolve_agent, resolve_reward
+from seamless.agent.api import AgentContext, Sampling
+from seamless.agent.specs import call_agent, resolve_agent, resolve_reward
 from seamless.config import RolloutConfig
-from seamless.data import Task
+from seamless.agent.tasks import Task
 from seamless.errors import ServiceError
 
 log = logging.getLogger("seamless.agents")

@@ -19,21 +19,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from seamless.agent_runner import AgentRunner
-from seamless.agent_specs import resolve_agent, resolve_reward, resolve_warmup
+from seamless.agent.runner import AgentRunner
+from seamless.agent.specs import resolve_agent, resolve_reward, resolve_warmup
 from seamless.config import Recipe
-from seamless.data import TaskSet, load_tasks
+from seamless.agent.tasks import TaskSet, load_tasks
 from seamless.errors import ConfigError, SeamlessError, ServiceError
 from seamless.proxy.server import ProxyProcess
-from seamless.ray_cluster import start_ray, stop_ray
+from seamless.cluster.ray_cluster import start_ray, stop_ray
 from seamless.rollout.fleet import VLLMFleet
 from seamless.rollout.proxy_admin import ProxyAdmin
-from seamless.run_logger import RunLogger
+from seamless.run.logger import RunLogger
 from seamless.scheduler import RayPlacement, ResourcePool, TagScheduler, make_policy
 from seamless.scheduler.adapters import FleetOnLeases
 from seamless.services.process import dead_services
 from seamless.services.redis_server import RedisServer
-from seamless.store import EpisodeQueue
+from seamless.traces.episodes import EpisodeQueue
 from seamless.trainer.engines import deepspeed_config
 from seamless.trainer.trainer import Trainer
 

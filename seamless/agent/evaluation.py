@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from seamless.agent_api import Sampling
-from seamless.agent_runner import AgentRunner, EpisodeResult
-from seamless.data import Task
+from seamless.agent.api import Sampling
+from seamless.agent.runner import AgentRunner, EpisodeResult
+from seamless.agent.tasks import Task
 
 EVAL_METADATA = {"eval": "1"}
 

@@ -1,7 +1,7 @@
 """Supervised warm-start: a few SFT steps on the agent's own prompts followed by the answers it
 should give, so a tiny policy knows the task's format before RL.
 
-The data comes from the agent (its `warmup` attribute, see `agent_api.WarmupFn`) as text pieces;
+The data comes from the agent (its `warmup` attribute, see `agent.api.WarmupFn`) as text pieces;
 each piece is tokenized on its own and the ids concatenated. Pieces are cut only where the
 tokenizer cannot merge across (after `<|im_end|>` or `assistant\\n`), so the tokens equal what
 vLLM gets from re-tokenizing the rendered conversation: the prompt tokens of a warm-start sequence
@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from seamless.agent_specs import resolve_warmup
+from seamless.agent.specs import resolve_warmup
 from seamless.config import SftWarmupConfig
-from seamless.data import Task, TaskSet
+from seamless.agent.tasks import Task, TaskSet
 from seamless.types import NO_VERSION, TrainingSequence
 
 IM_END = "<|im_end|>"

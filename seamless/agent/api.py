@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Union
 
-from seamless.data import Task
+from seamless.agent.tasks import Task
 
 
 @dataclass(frozen=True, slots=True)

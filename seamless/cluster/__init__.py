@@ -1,0 +1,1 @@
+"""The cluster a run uses: starting or joining Ray, and which device each resource is."""
