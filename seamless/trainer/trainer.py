@@ -82,7 +82,7 @@ class Trainer:
         ds_config = deepspeed_config(config.deepspeed, num_ranks, config.grad_clip, dtype)
         self.zero_stage = zero_stage(ds_config)
         spec = WorkerSpec(model_dir=str(self.model_dir), ds_config=ds_config, dtype=dtype, lr=config.lr,
-                          critic_lr=config.critic_lr, weight_decay=config.weight_decay,
+                          critic_lr=self.algorithm.critic_lr or 0.0, weight_decay=config.weight_decay,
                           need_reference=self.algorithm.needs_reference, need_critic=self.algorithm.needs_critic,
                           algorithm=algorithm, seed=seed, gpu_memory_share=config.gpu_memory_share)
         self.step = 0  # RL steps done
@@ -188,7 +188,7 @@ class Trainer:
                 rank_mbs = self._micro_batches(batch, rows, per_token)
                 futures = [w.train_policy.remote(mbs, lr) for w, mbs in zip(self._workers, rank_mbs)]
                 if self.algorithm.needs_critic:
-                    critic_lr = self._lr(self.config.critic_lr)
+                    critic_lr = self._lr(self.algorithm.critic_lr)
                     futures += [w.train_critic.remote(mbs, critic_lr) for w, mbs in zip(self._workers, rank_mbs)]
                 results = ray.get(futures)
                 merged = _merge_rank_metrics(results, self.num_ranks)
