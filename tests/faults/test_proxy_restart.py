@@ -1,0 +1,60 @@
+"""The proxy killed (SIGKILL) and restarted on the same Redis: it carries on with the upstreams, the
+pause gate and the weight version its predecessor left, instead of serving as version 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import httpx
+import openai
+import pytest
+
+from seamless.proxy.server import ProxyProcess
+from tests.faults.helpers import health
+from tests.proxy.helpers import Admin
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+def _call(session: dict, result: dict) -> None:
+    client = openai.OpenAI(base_url=session["base_url"], api_key=session["api_key"], max_retries=0, timeout=120)
+    result["reply"] = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
+                                                     max_tokens=2)
+
+
+def test_a_restarted_proxy_keeps_version_pause_and_upstreams(own_redis, vllm_server, tmp_path):
+    proxy = ProxyProcess(own_redis.url, tmp_path / "proxy", prefix="restart").start()
+    try:
+        admin = Admin(proxy)
+        assert admin.post("/admin/upstreams", {"url": vllm_server.url}).status_code == 201
+        assert admin.post("/admin/resume", {"weight_version": 5}).status_code == 200
+        session = admin.session()
+        _call(session, {})
+        assert admin.post("/admin/pause", {"mode": "keep"}).status_code == 200  # a weight update begins
+
+        os.kill(proxy.pid, signal.SIGKILL)  # ... and the proxy dies in it
+        proxy.restart()
+        body = health(proxy).json()
+        assert body["paused"] is True and body["weight_version"] == 5 and body["upstreams"] == 1, body
+        assert "carrying on from the previous proxy" in (tmp_path / "proxy" / "proxy.log").read_text()
+
+        result: dict = {}
+        caller = threading.Thread(target=_call, args=(session, result))
+        caller.start()
+        caller.join(1.0)
+        assert caller.is_alive()  # held at the gate: no token of the old weights under a new number
+        assert admin.post("/admin/resume", {"weight_version": 6}).status_code == 200
+        caller.join(120)
+        assert "reply" in result
+        turns = admin.trajectory(session["session_id"])["turns"]
+        assert [set(t["weight_versions"]) for t in turns] == [{5}, {6}]  # the session lived on too
+    finally:
+        proxy.stop()
+        httpx.post(f"{vllm_server.url}/resume", timeout=30)  # the shared server never stays paused
+
+    # a new run's proxy (`--fresh`, what ProxyProcess starts with) forgets all of it
+    with ProxyProcess(own_redis.url, tmp_path / "fresh", prefix="restart") as fresh:
+        body = health(fresh).json()
+        assert body["paused"] is False and body["weight_version"] == 0 and body["upstreams"] == 0, body
