@@ -227,6 +227,9 @@ class StoreConfig(Section):
     """Prefix of every key of this run; defaults to the run name."""
     retention_s: int = Field(86_400, ge=60)
     """Consumed episodes are deleted after this long."""
+    outage_s: float = Field(600.0, gt=0)
+    """How long the trainer waits for a Redis that is unreachable or does not answer (restarted,
+    stopped, a network blip), retrying with backoff and logging each wait, before the run stops."""
 
     @model_validator(mode="after")
     def _url_scheme(self) -> StoreConfig:
