@@ -143,6 +143,12 @@ class RolloutConfig(Section):
     """Sampling temperature for training episodes (evaluation is greedy)."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     """Nucleus sampling mass."""
+    train_constrained: bool = False
+    """Train on tokens an agent sampled under constraints (structured outputs / response_format,
+    guided_*, logit_bias, allowed_token_ids, bad_words, a forced tool_choice, min_tokens,
+    penalties). Off: the trace marks them and they join their sequence as context (loss mask 0),
+    because the policy did not choose them freely and their logprobs are not those of the
+    distribution they were drawn from."""
     agent: str = "math"
     """Agent to run: a name from agents/ (`math`, `calculator`), `module:function`, or a shell command."""
     agent_concurrency: int = Field(32, ge=1)

@@ -33,6 +33,7 @@ from seamless.proxy.recording import AgentWants, Api, CallRecorder, upstream_bod
 from seamless.proxy.state import ProxyState
 from seamless.proxy.upstream_http import UpstreamConnectionError, UpstreamResponse, UpstreamStreamError
 from seamless.proxy.upstreams import Upstream
+from seamless.traces.constraints import prompt_replacement
 
 router = APIRouter()
 log = logging.getLogger("seamless.proxy")
@@ -178,6 +179,8 @@ async def _store_response(state: ProxyState, session_id: str, body: dict[str, An
 async def _send_json(send: Callable, status: int, payload: dict[str, Any], close: bool = False) -> None:
     data = json.dumps(payload, separators=(",", ":")).encode()
     headers = [*_JSON, (b"content-length", str(len(data)).encode())]
+    if status == 409:  # a finished session stays finished: the openai client retries 409 unless told not to
+        headers.append((b"x-should-retry", b"false"))
     await send({"type": "http.response.start", "status": status,
                 "headers": headers + [(b"connection", b"close")] if close else headers})
     await send({"type": "http.response.body", "body": data})
@@ -250,6 +253,8 @@ def _validate(api: Api, body: dict[str, Any]) -> None:
     if body.get("stream_options") and not body.get("stream"):
         # vLLM refuses it too; the proxy streams from vLLM either way, so it must check for itself
         raise ApiError(400, "Stream options can only be defined when `stream=True`.", param="stream_options")
+    if (replaced := prompt_replacement(body)) is not None:
+        raise ApiError(400, replaced, param=replaced.split("'")[1])
     if body.get("prompt_logprobs") not in (None, 0):
         raise ApiError(400, "'prompt_logprobs' is not served through the seamless proxy (it records every call "
                             "from vLLM's stream, which has no prompt logprobs); for scoring use echo=true with "

@@ -142,7 +142,8 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         fleet.start_supervisor()
         runner = AgentRunner.from_config(proxy.url, proxy.admin_key, recipe.rollout)
         rollout_runner = AgentRunner.from_config(proxy.url, proxy.admin_key, recipe.rollout)
-        episodes = EpisodeQueue(store_url, prefix, outage_s=recipe.store.outage_s)
+        episodes = EpisodeQueue(store_url, prefix, outage_s=recipe.store.outage_s,
+                                train_constrained=recipe.rollout.train_constrained)
         stack.callback(episodes.close)
         logger = RunLogger(recipe, run_dir, resume=resume)
         try:

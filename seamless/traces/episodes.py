@@ -46,8 +46,9 @@ class EpisodeQueue:
     """
 
     def __init__(self, url: str, prefix: str, consumer: str = "trainer-0", *, outage_s: float = 600.0,
-                 socket_timeout_s: float = 15.0):
+                 socket_timeout_s: float = 15.0, train_constrained: bool = False):
         self.keys = Keys(prefix)
+        self.train_constrained = train_constrained
         self.url, self.outage_s = url, outage_s
         # a stopped Redis never answers: the socket timeout turns that into an error we retry and
         # log (a blocking read must ask for less than it); redis-py's own silent retries are off
@@ -138,7 +139,7 @@ class EpisodeQueue:
         turns = [turn for turn, _ in decode_turns(blobs, voided)]
         record = SessionRecord.from_hash(session_id, fields, len(turns))
         sequences, branches = merge_turns(turns, reward=record.reward or 0.0, group_id=record.group_id,
-                                          task_id=record.task_id)
+                                          task_id=record.task_id, train_constrained=self.train_constrained)
         if discarded := fields.get(b"discarded", b"").decode():
             sequences = []  # a failed episode is no evidence about the policy: nothing of it trains
         return Trajectory(session_id=session_id, turns=turns, sequences=sequences, reward=record.reward or 0.0,
