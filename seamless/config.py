@@ -75,6 +75,10 @@ class ModelConfig(Section):
         if self.dtype == "float16":
             raise ValueError("dtype float16 is not supported by the trainer (no loss scaling); use "
                              "bfloat16 on GPUs or float32 on CPU")
+        if self.path is None and self.max_model_len > self.tiny.max_position_embeddings:
+            raise ValueError(f"max_model_len ({self.max_model_len}) is above tiny.max_position_embeddings "
+                             f"({self.tiny.max_position_embeddings}); vLLM would refuse the tiny model. Lower "
+                             "model.max_model_len or raise model.tiny.max_position_embeddings")
         return self
 
 
