@@ -254,7 +254,7 @@ def _validate(api: Api, body: dict[str, Any]) -> None:
         # vLLM refuses it too; the proxy streams from vLLM either way, so it must check for itself
         raise ApiError(400, "Stream options can only be defined when `stream=True`.", param="stream_options")
     if (replaced := prompt_replacement(body)) is not None:
-        raise ApiError(400, replaced, param=replaced.split("'")[1])
+        raise ApiError(400, replaced[1], param=replaced[0])
     if body.get("prompt_logprobs") not in (None, 0):
         raise ApiError(400, "'prompt_logprobs' is not served through the seamless proxy (it records every call "
                             "from vLLM's stream, which has no prompt logprobs); for scoring use echo=true with "

@@ -51,10 +51,11 @@ PROMPT_REPLACING = {
 the proxy refuses them (an agent of a run has no use for disaggregated-serving plumbing)."""
 
 
-def prompt_replacement(request: dict[str, Any]) -> str | None:
-    """Why the proxy must refuse this request (a key that replaces the recorded prompt), or None."""
+def prompt_replacement(request: dict[str, Any]) -> tuple[str, str] | None:
+    """(key, why) when the proxy must refuse this request (a key that replaces the recorded
+    prompt), else None."""
     for name, why in PROMPT_REPLACING.items():
         if request.get(name) not in (None, {}, [], ""):
-            return (f"'{name}' is not accepted through the seamless proxy: {why}, so the trace would not "
-                    "record what the model was conditioned on")
+            return name, (f"'{name}' is not accepted through the seamless proxy: {why}, so the trace would "
+                          "not record what the model was conditioned on")
     return None
