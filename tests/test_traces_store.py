@@ -88,7 +88,7 @@ async def test_open_sessions_expire_and_finished_ones_wait_for_the_trainer(redis
 
     store = TraceStore(redis_server.url, "test-ttl", open_ttl_s=60)
     await store.create_session("s1", "key-ttl", None, None, {})
-    await store.append_call("s1", "c1", [TURN, TURN], {"messages": []})
+    await store.append_call("s1", "c1", [TURN, TURN], {"messages": []}, "test-store:proxy:indoubt:w")
     await store.void_call("s1", "c0")
     keys = [store.keys.session("s1"), store.keys.apikey("key-ttl"), store.keys.turns("s1"), store.keys.void("s1")]
     with sync_redis.Redis.from_url(redis_server.url) as client:

@@ -65,8 +65,11 @@ def create_app(settings: ProxySettings) -> openai_routes.AgentAPI:
                     health = tasks.create_task(pool.health_loop(settings.health_interval_s))
                     shared = tasks.create_task(_share_metrics(state)) if settings.workers > 1 else None
                     voiding = tasks.create_task(voids.run())
+                    with contextlib.suppress(redis.RedisError, OSError):  # a Redis away: the watcher retries
+                        await voids.recover()  # a predecessor's calls in doubt, before serving
+                    watching = tasks.create_task(voids.watch_workers())
                     yield
-                    for task in (health, listening, shared, voiding):
+                    for task in (health, listening, shared, voiding, watching):
                         if task is not None:
                             task.cancel()
             finally:

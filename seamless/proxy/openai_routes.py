@@ -128,6 +128,7 @@ async def _chat_or_completion(api: Api, state: ProxyState, session_id: str, body
         return
     recorder = await delivery.until_disconnect(_complete(state, api, body, session_id), receive)
     await _send_json(send, 200, await _answer(state, api, body, recorder, wants))
+    state.voids.delivered(recorder.call_id)
 
 
 async def _responses(state: ProxyState, session_id: str, body: dict[str, Any], receive: Callable,
@@ -148,6 +149,7 @@ async def _responses(state: ProxyState, session_id: str, body: dict[str, Any], r
     result = responses_api.from_chat(body, response_id, await _answer(state, "chat", chat, recorder, wants))
     await _store_response(state, session_id, body, chat, result)
     await _send_json(send, 200, result)
+    state.voids.delivered(recorder.call_id)
 
 
 def _response_key(state: ProxyState, session_id: str, response_id: str) -> str:

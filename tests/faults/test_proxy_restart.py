@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from seamless.proxy.server import ProxyProcess
-from tests.faults.helpers import health
+from tests.faults.helpers import health, wait_for
 from tests.proxy.helpers import Admin
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -58,3 +58,40 @@ def test_a_restarted_proxy_keeps_version_pause_and_upstreams(own_redis, vllm_ser
     with ProxyProcess(own_redis.url, tmp_path / "fresh", prefix="restart") as fresh:
         body = health(fresh).json()
         assert body["paused"] is False and body["weight_version"] == 0 and body["upstreams"] == 0, body
+
+
+def test_calls_a_killed_proxy_recorded_but_never_delivered_are_voided_on_restart(own_redis, vllm_server, tmp_path):
+    """A proxy killed between a call's record and the end of its answer: the restarted proxy voids
+    that call (the agent never got it), and keeps the calls it did deliver. The kill inside that
+    window is arranged by recording the call the way the proxy does, into the dead worker's hash."""
+    import asyncio
+
+    import redis
+
+    from seamless.traces.keys import Keys
+    from seamless.traces.store import TraceStore
+
+    with ProxyProcess(own_redis.url, tmp_path / "proxy", upstreams=[vllm_server.url], prefix="doubt") as proxy:
+        admin = Admin(proxy)
+        session = admin.session()
+        _call(session, {})  # delivered: leaves the worker's in-doubt hash
+        keys = Keys("doubt").proxy
+        with redis.Redis.from_url(own_redis.url) as client:
+            [in_doubt] = [k.decode() for k in client.scan_iter(match=keys.in_doubt_prefix + "*")]
+            wait_for(lambda: client.hlen(in_doubt) == 0, 10, "the delivered call left the in-doubt hash")
+        [turn] = admin.trajectory(session["session_id"])["turns"]
+
+        async def record_undelivered() -> None:
+            store = TraceStore(own_redis.url, "doubt")
+            from seamless.types import Turn
+            recorded = Turn(session["session_id"], 1, turn["prompt_token_ids"], [5, 6], [-0.1, -0.2], [0, 0])
+            await store.append_call(session["session_id"], "undelivered", [recorded], {"messages": []}, in_doubt)
+            await store.close()
+
+        asyncio.run(record_undelivered())
+        assert len(admin.trajectory(session["session_id"])["turns"]) == 2  # in the trace, never sent
+        os.kill(proxy.pid, signal.SIGKILL)
+        proxy.restart()
+        turns = admin.trajectory(session["session_id"])["turns"]
+        assert [t["completion_token_ids"] for t in turns] == [turn["completion_token_ids"]]
+        assert "voided 1 call(s)" in (tmp_path / "proxy" / "proxy.log").read_text()
