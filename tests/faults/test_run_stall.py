@@ -3,14 +3,13 @@ the agents' calls are retried, the loop's reads are retried (and logged), and th
 episode with exactly the calls the agents received.
 
 The episodes are held at a gate until Redis is stopped, and Redis stays stopped until the proxy
-has refused a call and the loop has logged a retry, so the order of events is arranged."""
+has refused their calls; then, once the group finished (as the loop would), Redis is stopped again
+until the loop's read has timed out and logged a retry: the order of events is arranged."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import threading
 from types import SimpleNamespace
 
@@ -24,7 +23,7 @@ from seamless.config import RolloutConfig
 from seamless.run.loop import Progress, _collect
 from seamless.traces.episodes import EpisodeQueue
 from tests.faults.helpers import wait_for
-from tests.faults.test_stalls import _errors
+from tests.faults.test_stalls import Stalled, _errors
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -54,16 +53,15 @@ def test_the_loop_and_its_agents_ride_out_a_redis_stall(stall_proxy, own_redis, 
         with BackgroundGroups(runner) as groups:
             groups.start(Task("add-7-5", "What is 7 + 5?", "12", {}), group_size=2)
             wait_for(lambda: len(ARRIVED) == 2, 60, "both episodes have a session and wait at the gate")
-            os.kill(own_redis.pid, signal.SIGSTOP)
-            try:
-                collector.start()  # the loop waits for the step's episodes on a stopped Redis
-                GATE.set()  # the agents call the policy; the proxy cannot record
+            with Stalled(own_redis):  # the agents call the policy; the proxy cannot record
+                GATE.set()
                 wait_for(lambda: _errors(stall_proxy, "store_unavailable") >= 2, 30, "the proxy refused both calls")
-                wait_for(lambda: "Redis did not answer XREADGROUP" in caplog.text, 30, "the loop logged a retry")
-            finally:
-                os.kill(own_redis.pid, signal.SIGCONT)
-            collector.join(90)
-            [group] = groups.wait_finished(timeout_s=60)
+            [group] = groups.wait_finished(timeout_s=90)  # their retries went through
+        # as in the loop, the step collects once the scheduler counted the group finished
+        with Stalled(own_redis):
+            collector.start()
+            wait_for(lambda: "Redis did not answer XREADGROUP" in caplog.text, 30, "the loop logged a retry")
+        collector.join(60)
     finally:
         GATE.set()
         queue.close()
