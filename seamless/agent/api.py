@@ -18,8 +18,9 @@ from typing import Any, Union
 from seamless.agent.tasks import Task
 
 
-AGENT_RETRIES = 4
-"""Retries of an agent's `ctx.openai_client()` (the openai client's backoff: 0.5 s doubling to 8 s)."""
+AGENT_RETRIES = 6
+"""Retries of an agent's `ctx.openai_client()` (the openai client's backoff: 0.5 s doubling to 8 s): with
+the proxy's store timeout they span about a minute of Redis outage (4 spanned 30 s, with nothing spare)."""
 
 
 @dataclass(frozen=True, slots=True)
