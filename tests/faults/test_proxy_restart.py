@@ -77,7 +77,8 @@ def test_calls_a_killed_proxy_recorded_but_never_delivered_are_voided_on_restart
         _call(session, {})  # delivered: leaves the worker's in-doubt hash
         keys = Keys("doubt").proxy
         with redis.Redis.from_url(own_redis.url) as client:
-            [in_doubt] = [k.decode() for k in client.scan_iter(match=keys.in_doubt_prefix + "*")]
+            [alive] = [k.decode() for k in client.scan_iter(match=keys.alive_prefix + "*")]  # the one worker
+            in_doubt = keys.in_doubt(alive.removeprefix(keys.alive_prefix))
             wait_for(lambda: client.hlen(in_doubt) == 0, 10, "the delivered call left the in-doubt hash")
         [turn] = admin.trajectory(session["session_id"])["turns"]
 
