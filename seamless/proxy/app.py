@@ -72,6 +72,8 @@ def create_app(settings: ProxySettings) -> openai_routes.AgentAPI:
                     for task in (health, listening, shared, voiding, watching):
                         if task is not None:
                             task.cancel()
+                # a clean stop leaves no delivered call in doubt (the next proxy would void it)
+                await voids.flush_delivered()
             finally:
                 await upstream_http.aclose()
                 await store.close()

@@ -94,6 +94,12 @@ class VoidLedger:
             raise ApiError(503, f"session {session_id} has calls to void that the trace store (Redis) "
                                 "cannot take yet; retry the finish", "store_unavailable")
 
+    async def flush_delivered(self) -> None:
+        """Store the pending delivered marks now (a clean stop), if Redis takes them."""
+        if not await self._store_delivered():
+            log.warning("%d delivered call(s) stay in doubt (Redis did not answer); a later proxy voids them",
+                        len(self._delivered))
+
     async def _store_delivered(self) -> bool:
         calls, self._delivered = self._delivered, []
         if not calls:
