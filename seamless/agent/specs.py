@@ -137,12 +137,20 @@ class ShellAgent:
             "/bin/sh", "-c", self.command, env={**os.environ, **ctx.env(task)},
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True)  # own group: kill its children too
+        out = asyncio.ensure_future(_read_capped(process.stdout, MAX_ANSWER_BYTES))
+        err = asyncio.ensure_future(_read_tail(process.stderr, _STDERR_TAIL))
         try:
-            stdout, stderr = await asyncio.gather(_read_capped(process.stdout, MAX_ANSWER_BYTES),
-                                                  _read_tail(process.stderr, _STDERR_TAIL))
+            stdout, stderr = await asyncio.gather(out, err)
             await process.wait()
         except BaseException:  # timeout, too much output or shutdown: leave no process behind
             _kill_group(process.pid)
+            for reader in (out, err):
+                reader.cancel()
+            await asyncio.gather(out, err, return_exceptions=True)
+            # what the killed command left in its pipes is read, or wait() never sees them close
+            for stream in (process.stdout, process.stderr):
+                while await stream.read(65536):
+                    pass
             await process.wait()
             raise
         if process.returncode != 0:
