@@ -32,9 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", default="seamless", help="Redis key prefix of this run")
     parser.add_argument("--run-dir", help="folder for the private Redis (default runs/proxy-<time>)")
     parser.add_argument("--fresh", action="store_true",
-                        help="start with an empty pool, unpaused, at weight version 0: drop what a previous "
-                             "proxy of this prefix left in Redis (a new run). Without it a restarted proxy "
-                             "carries on with its predecessor's upstreams, pause gate and weight version")
+                        help="start with an empty pool, unpaused: drop the upstreams and the pause gate a "
+                             "previous proxy of this prefix left in Redis (a new or resumed run; the weight "
+                             "version stays, runs publish above it). Without it a restarted proxy carries on "
+                             "with its predecessor's upstreams, pause gate and weight version")
     for name, field in ProxyConfig.model_fields.items():
         help_text = f"{field.description} (default: {field.default})"
         if field.annotation in (bool, "bool"):
@@ -118,17 +119,21 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def _previous_proxy(store_url: str, prefix: str, forget: bool) -> None:
     """What a previous proxy of this prefix left in Redis: its counters always go (they were its
-    workers'); its upstreams, pause gate and weight version go only with `--fresh` (a new run).
-    Otherwise the workers read them on start (`ControlBus.listen`), so a proxy killed and restarted
-    stamps the version the trainer last published, and one killed during a weight update stays
-    paused until the trainer resumes it, instead of serving old weights as version 0."""
+    workers'); its upstreams and pause gate go with `--fresh` (a new or resumed run). The weight
+    version always stays: a resumed run publishes above it, so no version ever names two sets of
+    weights. Without `--fresh` the workers read all of it on start (`ControlBus.listen`), so a proxy
+    killed and restarted stamps the version the trainer last published, and one killed during a
+    weight update stays paused until the trainer resumes it, instead of serving old weights."""
     import redis
 
     keys = Keys(prefix).proxy
     with redis.Redis.from_url(store_url) as client:
+        version = client.hget(keys.state, "version")
         client.delete(keys.metrics, *((keys.state, keys.upstreams) if forget else ()))
+        if forget and version is not None:
+            client.hset(keys.state, "version", version)
         state = {k.decode(): v.decode() for k, v in client.hgetall(keys.state).items()}
-    if state:
+    if state and not forget:
         print(f"seamless proxy: carrying on from the previous proxy of prefix {prefix!r}: weight version "
               f"{state.get('version', 0)}, {'paused' if state.get('paused') == '1' else 'not paused'}", flush=True)
 
