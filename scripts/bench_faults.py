@@ -160,7 +160,14 @@ def main() -> int:
             rows.append(measure("redis SIGSTOP (proxy gives up)", proxy, Agents(proxy, args.agents), redis_stall))
             rows.append(measure("redis SIGSTOP (client gives up, retries)", proxy,
                                 Agents(proxy, args.agents, client_timeout_s=1.0), redis_stall))
+            def proxy_restart() -> float:
+                os.kill(proxy.pid, signal.SIGKILL)
+                time.sleep(args.fault_s)
+                proxy.restart()  # same port, key and Redis: it carries on from the shared state
+                return time.monotonic()
+
             rows.append(measure("vLLM server unreachable", proxy, Agents(proxy, args.agents), vllm_gone))
+            rows.append(measure("proxy SIGKILL + restart", proxy, Agents(proxy, args.agents), proxy_restart))
             rows.append(finish_race(proxy, args.agents))
     finally:
         relay.close()

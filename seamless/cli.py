@@ -165,9 +165,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume {args.resume}: no recipe.resolved.yaml there; pass a run folder "
                               "that seamless run created")
     recipe = load_recipe(args.recipe, args.overrides)
+    from seamless.run.parts import check_recipe, describe_failure
+
+    check_recipe(recipe)  # a recipe that cannot run fails here: no run folder, no services, no resume hint
     run_dir = create_run_dir(recipe, args.resume or args.run_dir)
     from seamless.run.loop import run
-    from seamless.run.parts import describe_failure
 
     # SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C, so every service is stopped and a
     # checkpoint is written; Python's default would exit without running any cleanup
@@ -180,7 +182,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 130
     except Exception as exc:
         print(f"seamless run: failed: {describe_failure(exc, run_dir)}", file=sys.stderr)
-        print(f"seamless run: resume with: seamless run {args.recipe} --resume {run_dir}", file=sys.stderr)
+        if not isinstance(exc, ConfigError):  # a config mistake needs a fix, not a resume
+            print(f"seamless run: resume with: seamless run {args.recipe} --resume {run_dir}", file=sys.stderr)
         return 1
     return 0
 

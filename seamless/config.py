@@ -75,6 +75,10 @@ class ModelConfig(Section):
         if self.dtype == "float16":
             raise ValueError("dtype float16 is not supported by the trainer (no loss scaling); use "
                              "bfloat16 on GPUs or float32 on CPU")
+        if self.path is None and self.max_model_len > self.tiny.max_position_embeddings:
+            raise ValueError(f"max_model_len ({self.max_model_len}) is above tiny.max_position_embeddings "
+                             f"({self.tiny.max_position_embeddings}); vLLM would refuse the tiny model. Lower "
+                             "model.max_model_len or raise model.tiny.max_position_embeddings")
         return self
 
 
@@ -143,6 +147,12 @@ class RolloutConfig(Section):
     """Sampling temperature for training episodes (evaluation is greedy)."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     """Nucleus sampling mass."""
+    train_constrained: bool = False
+    """Train on tokens an agent sampled under constraints (structured outputs / response_format,
+    guided_*, logit_bias, allowed_token_ids, bad_words, a forced tool_choice, min_tokens,
+    penalties). Off: the trace marks them and they join their sequence as context (loss mask 0),
+    because the policy did not choose them freely and their logprobs are not those of the
+    distribution they were drawn from."""
     agent: str = "math"
     """Agent to run: a name from agents/ (`math`, `calculator`), `module:function`, or a shell command."""
     agent_concurrency: int = Field(32, ge=1)
@@ -227,6 +237,9 @@ class StoreConfig(Section):
     """Prefix of every key of this run; defaults to the run name."""
     retention_s: int = Field(86_400, ge=60)
     """Consumed episodes are deleted after this long."""
+    outage_s: float = Field(600.0, gt=0)
+    """How long the trainer waits for a Redis that is unreachable or does not answer (restarted,
+    stopped, a network blip), retrying with backoff and logging each wait, before the run stops."""
 
     @model_validator(mode="after")
     def _url_scheme(self) -> StoreConfig:

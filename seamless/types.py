@@ -32,6 +32,11 @@ class Turn:
     """URL of the rollout server that served the call."""
     started_at: float = 0.0
     ended_at: float = 0.0
+    constraints: tuple[str, ...] = ()
+    """The request keys under which the completion was sampled from something other than the
+    policy's own distribution (structured outputs, logit_bias, allowed_token_ids, ...:
+    `traces/constraints.py`); () for a free draw. Such tokens train only with
+    `rollout.train_constrained`."""
 
     def __post_init__(self) -> None:
         n = len(self.completion_token_ids)

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -5,7 +6,8 @@ import pytest
 from seamless.config import GrpoConfig, PpoConfig, Recipe, apply_override, load_recipe
 from seamless.errors import ConfigError
 
-RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
+REPO = Path(__file__).parents[1]
+RECIPES = sorted(REPO.joinpath("recipes").glob("*.yaml"))
 
 
 def test_defaults_validate():
@@ -152,3 +154,42 @@ def test_tensor_parallel_rollout_servers_count_their_gpus():
     recipe = _recipe_with(cluster={"policy": "disaggregated", "resources": [
         {"count": 2, "tags": ["train"]}, {"count": 3, "tags": ["rollout"]}]}, rollout={"tensor_parallel_size": 2})
     assert recipe.cluster.num_gpus == 5 and recipe.num_devices == 2 + 3 * 2
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["rollout.agent=math2"], "'math2' is not a command on PATH; did you mean math?"),
+    (["rollout.reward=no_such_module:score"], "rollout.reward: cannot import module 'no_such_module'"),
+    (["rollout.agent=agents.math_agent:nope"], "has no 'nope'"),
+    (["model.path=/nonexistent/model"], "model.path /nonexistent/model has no config.json"),
+    (["model.max_model_len=4096"], "above tiny.max_position_embeddings (2048)"),
+])
+def test_recipe_mistakes_that_need_code_fail_before_any_service(overrides, message):
+    from seamless.run.parts import check_recipe
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_recipe(load_recipe(REPO / "recipes/grpo_tiny_cpu.yaml", ["trainer.micro_batch_tokens=4096", *overrides]))
+
+
+def test_a_model_path_whose_context_is_shorter_than_max_model_len_fails_at_load(tmp_path):
+    from seamless.run.parts import check_recipe
+
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 256}')
+    with pytest.raises(ConfigError, match=r"max_model_len \(512\) is above the model's max_position_embeddings \(256\)"):
+        check_recipe(load_recipe(REPO / "recipes/grpo_tiny_cpu.yaml", [f"model.path={tmp_path}"]))
+
+
+def test_shell_agents_that_exist_pass_the_check():
+    from seamless.run.parts import check_recipe
+
+    for agent in ("python3 -c 'print(1)'", "FOO=1 sh -c 'echo 1'", "./agents/run.sh", "echo 12"):
+        check_recipe(load_recipe(REPO / "recipes/grpo_tiny_cpu.yaml", [f"rollout.agent={agent}",
+                                                                  "trainer.sft_warmup.steps=0"]))
+
+
+def test_seamless_run_with_a_config_mistake_makes_no_run_folder_and_no_resume_hint(tmp_path, capsys):
+    from seamless.cli import main
+
+    code = main(["run", str(REPO / "recipes/grpo_tiny_cpu.yaml"), "rollout.agent=math2", "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "did you mean math" in err and "resume with" not in err, err
+    assert not (tmp_path / "r").exists()

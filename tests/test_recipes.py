@@ -107,7 +107,7 @@ def test_key_check_can_fail():
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_passes_the_checks_run_before_services_start(path):
-    check_recipe(load_recipe(path))
+    check_recipe(load_recipe(path), files=False)  # GPU recipes' model folders live where they run
 
 
 @pytest.mark.parametrize("overrides,match", [

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from seamless.traces.codec import CorruptRecord, decode_turn, encode_turn
@@ -86,7 +88,7 @@ async def test_open_sessions_expire_and_finished_ones_wait_for_the_trainer(redis
 
     store = TraceStore(redis_server.url, "test-ttl", open_ttl_s=60)
     await store.create_session("s1", "key-ttl", None, None, {})
-    await store.append_call("s1", "c1", [TURN, TURN], {"messages": []})
+    await store.append_call("s1", "c1", [TURN, TURN], {"messages": []}, "test-store:proxy:indoubt:w")
     await store.void_call("s1", "c0")
     keys = [store.keys.session("s1"), store.keys.apikey("key-ttl"), store.keys.turns("s1"), store.keys.void("s1")]
     with sync_redis.Redis.from_url(redis_server.url) as client:
@@ -95,3 +97,40 @@ async def test_open_sessions_expire_and_finished_ones_wait_for_the_trainer(redis
         assert [client.ttl(key) for key in keys] == [-1, -2, -1, -1]  # kept until acknowledged
     assert len(await store.turns("s1")) == 2
     await store.close()
+
+
+def test_entries_a_lost_read_delivered_are_taken_after_redis_answers_again(tmp_path, caplog):
+    """A read whose reply never came (Redis stalled past the socket timeout) may still have
+    delivered entries; the queue reads its pending list again instead of leaving them there."""
+    import logging
+    import os
+    import signal
+    import threading
+
+    import redis
+
+    from seamless.services.redis_server import RedisServer
+    from seamless.traces.keys import CONSUMER_GROUP, Keys
+
+    caplog.set_level(logging.WARNING, logger="seamless.run")
+    with RedisServer(tmp_path / "redis") as server, redis.Redis.from_url(server.url) as raw:
+        queue = EpisodeQueue(server.url, "lost", socket_timeout_s=0.5, outage_s=30)
+        assert queue.take(10, block_ms=None) == []
+        stream = Keys("lost").episodes
+        entry_id = raw.xadd(stream, {"session_id": "s1"}).decode()
+        # the reply that got lost: delivered to this consumer, never seen by the queue
+        assert raw.xreadgroup(CONSUMER_GROUP, queue.consumer, {stream: ">"}, count=10)
+        got: list = []
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            reader = threading.Thread(target=lambda: got.extend(queue.take(10, block_ms=2000)))
+            reader.start()
+            deadline = time.monotonic() + 20
+            while "Redis did not answer XREADGROUP" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        reader.join(30)
+        assert [e.entry_id for e in got] == [entry_id]
+        assert queue.take(10, block_ms=None) == []  # once
+        queue.close()

@@ -18,6 +18,11 @@ from typing import Any, Union
 from seamless.agent.tasks import Task
 
 
+AGENT_RETRIES = 6
+"""Retries of an agent's `ctx.openai_client()` (the openai client's backoff: 0.5 s doubling to 8 s): with
+the proxy's store timeout they span about a minute of Redis outage (4 spanned 30 s, with nothing spare)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Sampling:
     """Sampling parameters an agent passes on every LLM call of an episode."""
@@ -48,13 +53,17 @@ class AgentContext:
     """The runner ends the episode after this long; agents may use it for their own client timeouts."""
 
     def openai_client(self):
-        """An `openai.AsyncOpenAI` on this session (retries off: the runner owns the time budget)."""
+        """An `openai.AsyncOpenAI` on this session; it retries what the proxy did not record (the
+        runner's `timeout_s` still bounds the episode)."""
         import openai
 
         # a client of its own (agents close it), but not a TLS context of its own: building one
         # took 32 ms of CPU per client here, 4 s of every 128-episode step of the tiny recipe
         http = openai.DefaultAsyncHttpxClient(verify=_tls_context(), timeout=self.timeout_s)
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0,
+        # a 503 from the proxy (its Redis stalled or restarting, no server up) means the call was
+        # not recorded, so a retry is safe and lets the episode ride the outage out instead of
+        # failing; a 409 (session finished) says not to retry (x-should-retry: false)
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=AGENT_RETRIES,
                                   timeout=self.timeout_s, http_client=http)
 
     def env(self, task: Task) -> dict[str, str]:

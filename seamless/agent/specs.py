@@ -24,6 +24,10 @@ from seamless.errors import ConfigError, SeamlessError
 
 _CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _STDERR_TAIL = 500
+MAX_ANSWER_BYTES = 64 * 1024
+"""Most a shell agent may print (its answer); more fails the episode. An answer is the final text,
+not a log: 6.7 MB per episode once took a run to 1.66 GB and its samples file to 213 MB."""
+_PLAIN_WORD = re.compile(r"^[\w.+-]+$")
 
 
 class AgentFailed(SeamlessError):
@@ -106,15 +110,47 @@ class ShellAgent:
     def __repr__(self) -> str:
         return f"ShellAgent({self.command!r})"
 
+    def check_runnable(self) -> None:
+        """ConfigError when the command's program is not found (a typo'd agent name such as `math2`
+        is a shell command too, and would fail every episode); commands that start otherwise (a
+        variable, a path, shell syntax) are left to run."""
+        import difflib
+        import shlex
+        import subprocess
+
+        try:
+            program = shlex.split(self.command)[0]
+        except (ValueError, IndexError):
+            return
+        if not _PLAIN_WORD.match(program):
+            return
+        found = subprocess.run(["/bin/sh", "-c", 'command -v "$1"', "sh", program], capture_output=True).returncode
+        if found != 0:
+            names = sorted(agents_package().AGENTS)
+            close = difflib.get_close_matches(program, names, n=1)
+            raise ConfigError(f"rollout.agent {self.command!r} is not an agent name ({', '.join(names)}), not "
+                              f"module:function, and {program!r} is not a command on PATH"
+                              + (f"; did you mean {close[0]}?" if close else ""))
+
     async def __call__(self, task: Task, ctx: AgentContext) -> str:
         process = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", self.command, env={**os.environ, **ctx.env(task)},
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True)  # own group: kill its children too
+        out = asyncio.ensure_future(_read_capped(process.stdout, MAX_ANSWER_BYTES))
+        err = asyncio.ensure_future(_read_tail(process.stderr, _STDERR_TAIL))
         try:
-            stdout, stderr = await process.communicate()
-        except BaseException:  # timeout or shutdown: leave no process behind
+            stdout, stderr = await asyncio.gather(out, err)
+            await process.wait()
+        except BaseException:  # timeout, too much output or shutdown: leave no process behind
             _kill_group(process.pid)
+            for reader in (out, err):
+                reader.cancel()
+            await asyncio.gather(out, err, return_exceptions=True)
+            # what the killed command left in its pipes is read, or wait() never sees them close
+            for stream in (process.stdout, process.stderr):
+                while await stream.read(65536):
+                    pass
             await process.wait()
             raise
         if process.returncode != 0:
@@ -122,6 +158,25 @@ class ShellAgent:
             raise AgentFailed(f"command exited with status {process.returncode}"
                               + (f"; stderr: {tail}" if tail else ""))
         return stdout.decode(errors="replace").strip()
+
+
+async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
+    """The whole stream, or AgentFailed once it passes `limit` bytes (the caller kills the agent)."""
+    data = bytearray()
+    while chunk := await stream.read(65536):
+        data += chunk
+        if len(data) > limit:
+            raise AgentFailed(f"printed more than {limit} bytes on stdout (MAX_ANSWER_BYTES); a shell agent "
+                              "prints only its final answer there (logs go to stderr)")
+    return bytes(data)
+
+
+async def _read_tail(stream: asyncio.StreamReader, keep: int) -> bytes:
+    """The last `keep` bytes of the stream, read to its end (stderr may be long; only its tail is kept)."""
+    tail = b""
+    while chunk := await stream.read(65536):
+        tail = (tail + chunk)[-keep:]
+    return tail
 
 
 def _kill_group(pid: int) -> None:

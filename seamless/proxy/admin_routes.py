@@ -125,8 +125,10 @@ async def trajectory(request: Request, session_id: str) -> Response:
     record = await state.store.session(session_id)
     recorded = await state.store.turns_with_requests(session_id)
     turns = [turn for turn, _ in recorded]
+    # ?train_constrained=true: the sequences as a recipe with rollout.train_constrained trains them
+    train_constrained = request.query_params.get("train_constrained", "").lower() in ("1", "true")
     sequences, branches = merge_turns(turns, reward=record.reward or 0.0, group_id=record.group_id,
-                                      task_id=record.task_id)
+                                      task_id=record.task_id, train_constrained=train_constrained)
     return JSONResponse({
         "session_id": session_id, "status": record.status, "reward": record.reward,
         "turn_rewards": record.turn_rewards, "group_id": record.group_id, "task_id": record.task_id,
@@ -135,7 +137,7 @@ async def trajectory(request: Request, session_id: str) -> Response:
                    "completion_token_ids": t.completion_token_ids, "logprobs": t.completion_logprobs,
                    "weight_versions": t.weight_versions, "finish_reason": t.finish_reason,
                    "upstream": t.upstream, "started_at": t.started_at, "ended_at": t.ended_at,
-                   "request": request_body} for t, request_body in recorded],
+                   "constraints": list(t.constraints), "request": request_body} for t, request_body in recorded],
         "sequences": [{"token_ids": s.token_ids, "loss_mask": s.loss_mask, "logprobs": s.rollout_logprobs,
                        "weight_versions": s.weight_versions, "reward": s.reward} for s in sequences],
     })

@@ -65,10 +65,15 @@ def create_app(settings: ProxySettings) -> openai_routes.AgentAPI:
                     health = tasks.create_task(pool.health_loop(settings.health_interval_s))
                     shared = tasks.create_task(_share_metrics(state)) if settings.workers > 1 else None
                     voiding = tasks.create_task(voids.run())
+                    with contextlib.suppress(redis.RedisError, OSError):  # a Redis away: the watcher retries
+                        await voids.recover()  # a predecessor's calls in doubt, before serving
+                    watching = tasks.create_task(voids.watch_workers())
                     yield
-                    for task in (health, listening, shared, voiding):
+                    for task in (health, listening, shared, voiding, watching):
                         if task is not None:
                             task.cancel()
+                # a clean stop leaves no delivered call in doubt (the next proxy would void it)
+                await voids.flush_delivered()
             finally:
                 await upstream_http.aclose()
                 await store.close()

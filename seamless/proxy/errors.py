@@ -31,7 +31,10 @@ class ApiError(Exception):
                           "code": self.code if self.code is not None else self.status}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        # the openai client retries 409 by default; a finished session stays finished, so tell it
+        # not to (it reads this header before its own rules)
+        headers = {"x-should-retry": "false"} if self.status == 409 else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 def parse_json_object(raw: bytes) -> dict:

@@ -33,6 +33,7 @@ from seamless.proxy.recording import AgentWants, Api, CallRecorder, upstream_bod
 from seamless.proxy.state import ProxyState
 from seamless.proxy.upstream_http import UpstreamConnectionError, UpstreamResponse, UpstreamStreamError
 from seamless.proxy.upstreams import Upstream
+from seamless.traces.constraints import prompt_replacement
 
 router = APIRouter()
 log = logging.getLogger("seamless.proxy")
@@ -127,6 +128,7 @@ async def _chat_or_completion(api: Api, state: ProxyState, session_id: str, body
         return
     recorder = await delivery.until_disconnect(_complete(state, api, body, session_id), receive)
     await _send_json(send, 200, await _answer(state, api, body, recorder, wants))
+    state.voids.delivered(recorder.call_id)
 
 
 async def _responses(state: ProxyState, session_id: str, body: dict[str, Any], receive: Callable,
@@ -147,6 +149,7 @@ async def _responses(state: ProxyState, session_id: str, body: dict[str, Any], r
     result = responses_api.from_chat(body, response_id, await _answer(state, "chat", chat, recorder, wants))
     await _store_response(state, session_id, body, chat, result)
     await _send_json(send, 200, result)
+    state.voids.delivered(recorder.call_id)
 
 
 def _response_key(state: ProxyState, session_id: str, response_id: str) -> str:
@@ -178,6 +181,8 @@ async def _store_response(state: ProxyState, session_id: str, body: dict[str, An
 async def _send_json(send: Callable, status: int, payload: dict[str, Any], close: bool = False) -> None:
     data = json.dumps(payload, separators=(",", ":")).encode()
     headers = [*_JSON, (b"content-length", str(len(data)).encode())]
+    if status == 409:  # a finished session stays finished: the openai client retries 409 unless told not to
+        headers.append((b"x-should-retry", b"false"))
     await send({"type": "http.response.start", "status": status,
                 "headers": headers + [(b"connection", b"close")] if close else headers})
     await send({"type": "http.response.body", "body": data})
@@ -250,6 +255,8 @@ def _validate(api: Api, body: dict[str, Any]) -> None:
     if body.get("stream_options") and not body.get("stream"):
         # vLLM refuses it too; the proxy streams from vLLM either way, so it must check for itself
         raise ApiError(400, "Stream options can only be defined when `stream=True`.", param="stream_options")
+    if (replaced := prompt_replacement(body)) is not None:
+        raise ApiError(400, replaced[1], param=replaced[0])
     if body.get("prompt_logprobs") not in (None, 0):
         raise ApiError(400, "'prompt_logprobs' is not served through the seamless proxy (it records every call "
                             "from vLLM's stream, which has no prompt logprobs); for scoring use echo=true with "

@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                        "private Redis in the run folder")
     parser.add_argument("--prefix", default="seamless", help="Redis key prefix of this run")
     parser.add_argument("--run-dir", help="folder for the private Redis (default runs/proxy-<time>)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start with an empty pool, unpaused: drop the upstreams and the pause gate a "
+                             "previous proxy of this prefix left in Redis (a new or resumed run; the weight "
+                             "version stays, runs publish above it). Without it a restarted proxy carries on "
+                             "with its predecessor's upstreams, pause gate and weight version")
     for name, field in ProxyConfig.model_fields.items():
         help_text = f"{field.description} (default: {field.default})"
         if field.annotation in (bool, "bool"):
@@ -94,7 +99,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                              key_prefix=args.prefix, upstreams=tuple(args.upstream))
     print(f"seamless proxy: serving on http://{config.host}:{port} (store {store_url})", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    _forget_previous_proxy(store_url, args.prefix)
+    _previous_proxy(store_url, args.prefix, forget=args.fresh)
     # keep idle connections far longer than clients do (httpx drops its own after 5 s): a server
     # closing one just as a client reuses it fails that request with a ReadError (seen once in a
     # 40-step benchmark, on POST /finish after a training step)
@@ -112,18 +117,25 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def _forget_previous_proxy(store_url: str, prefix: str) -> None:
-    """A proxy starts with an empty pool: drop the upstreams, gate and counters that a previous
-    proxy of this prefix left in Redis (a worker that restarts keeps them). The weight version
-    stays: a resumed run publishes above it, so no version ever names two sets of weights."""
+def _previous_proxy(store_url: str, prefix: str, forget: bool) -> None:
+    """What a previous proxy of this prefix left in Redis: its counters always go (they were its
+    workers'); its upstreams and pause gate go with `--fresh` (a new or resumed run). The weight
+    version always stays: a resumed run publishes above it, so no version ever names two sets of
+    weights. Without `--fresh` the workers read all of it on start (`ControlBus.listen`), so a proxy
+    killed and restarted stamps the version the trainer last published, and one killed during a
+    weight update stays paused until the trainer resumes it, instead of serving old weights."""
     import redis
 
     keys = Keys(prefix).proxy
     with redis.Redis.from_url(store_url) as client:
         version = client.hget(keys.state, "version")
-        client.delete(keys.state, keys.upstreams, keys.metrics)
-        if version is not None:
+        client.delete(keys.metrics, *((keys.state, keys.upstreams) if forget else ()))
+        if forget and version is not None:
             client.hset(keys.state, "version", version)
+        state = {k.decode(): v.decode() for k, v in client.hgetall(keys.state).items()}
+    if state and not forget:
+        print(f"seamless proxy: carrying on from the previous proxy of prefix {prefix!r}: weight version "
+              f"{state.get('version', 0)}, {'paused' if state.get('paused') == '1' else 'not paused'}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 class ProxyProcess:
     """The proxy as a child process; `start()` returns once /health answers. `config` is the
     recipe's `proxy` section (its port 0 and unset admin key are chosen here, so the caller knows
-    both); `extra_args` are more `seamless proxy` flags."""
+    both); `extra_args` are more `seamless proxy` flags. It starts `--fresh` (a new run's pool);
+    `restart()` starts it again on the same port and key, carrying on from the shared state."""
 
     def __init__(self, store_url: str, work_dir: str | Path, upstreams: list[str] = (),
                  prefix: str = "seamless", config: ProxyConfig = ProxyConfig(), extra_args: list[str] = ()):
@@ -146,7 +159,8 @@ class ProxyProcess:
         argv = [sys.executable, "-m", "seamless.proxy", f"--redis={store_url}", f"--prefix={prefix}",
                 *argv_of(self.config), *extra_args]
         argv += [f"--upstream={url}" for url in upstreams]
-        self._process = ManagedProcess(f"seamless proxy ({self.url})", argv, self.work_dir / "proxy.log")
+        self._process = ManagedProcess(f"seamless proxy ({self.url})", [*argv, "--fresh"], self.work_dir / "proxy.log")
+        self._argv = argv
 
     @property
     def url(self) -> str:
@@ -160,6 +174,12 @@ class ProxyProcess:
         self._process.start()
         self._process.wait_until(lambda: http_ok(f"{self.url}/health"), timeout_s, poll_s=0.05)
         return self
+
+    def restart(self, timeout_s: float = 60.0) -> ProxyProcess:
+        """Stop the proxy if it still runs, then start it again without `--fresh`."""
+        self._process.stop()
+        self._process = ManagedProcess(self._process.name, self._argv, self._process.log_path)
+        return self.start(timeout_s)
 
     def stop(self) -> None:
         self._process.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seamless.agent.runner import AgentRunner
-from seamless.agent.specs import resolve_agent, resolve_reward, resolve_warmup
+from seamless.agent.specs import ShellAgent, resolve_agent, resolve_reward, resolve_warmup
 from seamless.config import Recipe
 from seamless.agent.tasks import TaskSet, load_tasks
 from seamless.errors import ConfigError, SeamlessError, ServiceError
@@ -66,11 +67,7 @@ class Parts:
 def resolve_model_dir(recipe: Recipe, run_dir: Path) -> Path:
     """The recipe's model folder, or the tiny model built into `run_dir/model` (reused if present)."""
     if recipe.model.path:
-        path = Path(recipe.model.path)
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.path {path} has no config.json; point it at a Hugging Face "
-                              "model folder, or unset it to build the tiny model")
-        return path
+        return _check_model_path(recipe)
     from seamless.models.tiny import build_tiny_model
 
     path = run_dir / "model"
@@ -80,16 +77,38 @@ def resolve_model_dir(recipe: Recipe, run_dir: Path) -> Path:
     return path
 
 
-def check_recipe(recipe: Recipe) -> None:
+def check_recipe(recipe: Recipe, files: bool = True) -> None:
     """The checks that span sections or need code beyond the config (the agent, the scheduling
     policy, the DeepSpeed section), run before any service starts: a recipe that cannot run fails
-    in a second, naming the key to change."""
-    resolve_agent(recipe.rollout.agent)
+    in a second, naming the key to change. `files`: also what the recipe points at on this
+    machine (model.path)."""
+    agent = resolve_agent(recipe.rollout.agent)
+    if isinstance(agent, ShellAgent):
+        agent.check_runnable()  # a typo'd agent name would otherwise run as a shell command, and fail each episode
     resolve_reward(recipe.rollout.reward)
     if recipe.trainer.sft_warmup.steps:
         resolve_warmup(recipe.rollout.agent)
+    if files and recipe.model.path:
+        _check_model_path(recipe)
     make_policy(recipe.cluster.policy, ResourcePool.from_cluster(recipe.cluster), recipe.cluster.staleness)
     deepspeed_config(recipe.trainer.deepspeed, 1, recipe.trainer.grad_clip, recipe.model.dtype)
+
+
+def _check_model_path(recipe: Recipe) -> Path:
+    """model.path: a Hugging Face folder whose context fits model.max_model_len."""
+    path = Path(recipe.model.path)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model.path {path} has no config.json; point it at a Hugging Face "
+                          "model folder, or unset it to build the tiny model")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.path {path}: config.json does not read as JSON ({exc})") from None
+    limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if isinstance(limit, int) and recipe.model.max_model_len > limit:
+        raise ConfigError(f"model.max_model_len ({recipe.model.max_model_len}) is above the model's "
+                          f"max_position_embeddings ({limit}) in {path / 'config.json'}; lower model.max_model_len")
+    return path
 
 
 @contextlib.contextmanager
@@ -145,7 +164,8 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         fleet.start_supervisor()
         runner = AgentRunner.from_config(proxy.url, proxy.admin_key, recipe.rollout)
         rollout_runner = AgentRunner.from_config(proxy.url, proxy.admin_key, recipe.rollout)
-        episodes = EpisodeQueue(store_url, prefix)
+        episodes = EpisodeQueue(store_url, prefix, outage_s=recipe.store.outage_s,
+                                train_constrained=recipe.rollout.train_constrained)
         stack.callback(episodes.close)
         logger = RunLogger(recipe, run_dir, resume=resume)
         try:

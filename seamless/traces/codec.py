@@ -3,6 +3,7 @@ record. `decode_*` raise `CorruptRecord` on anything seamless did not write."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from array import array
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from seamless.errors import SeamlessError
+from seamless.traces.constraints import constraints_of
 from seamless.types import Turn
 
 _HEADER = struct.Struct("<I")  # length of the JSON header of an encoded turn
@@ -42,6 +44,8 @@ def encode_turn(turn: Turn, request: dict[str, Any] | None = None, call_id: str 
         header["call"] = call_id
     if same_prompt:
         header["same_prompt"] = True
+    if turn.constraints:
+        header["constrained"] = list(turn.constraints)
     head = json.dumps(header, separators=(",", ":")).encode()
     prompt = b"" if same_prompt else _packed(turn.prompt_token_ids, "i")
     return b"".join([_HEADER.pack(len(head)), head, prompt, _packed(turn.completion_token_ids, "i"),
@@ -49,7 +53,10 @@ def encode_turn(turn: Turn, request: dict[str, Any] | None = None, call_id: str 
 
 
 def encode_call(turns: list[Turn], request: dict[str, Any] | None, call_id: str) -> list[bytes]:
-    """The records of one call's turns: the request on the first only, a shared prompt once."""
+    """The records of one call's turns: the request on the first only, a shared prompt once; every
+    turn marked with the constraints its request sampled under (`traces/constraints.py`)."""
+    if marked := constraints_of(request):
+        turns = [turn if turn.constraints else dataclasses.replace(turn, constraints=marked) for turn in turns]
     return [encode_turn(turn, request if i == 0 else None, call_id,
                         same_prompt=i > 0 and turn.prompt_token_ids == turns[i - 1].prompt_token_ids)
             for i, turn in enumerate(turns)]
@@ -107,7 +114,7 @@ def _decode(blob: bytes, index: int, previous: Turn | None) -> tuple[Turn, dict[
                     completion_token_ids=completion, completion_logprobs=logprobs,
                     weight_versions=versions, finish_reason=header["finish_reason"],
                     upstream=header["upstream"], started_at=header["started_at"],
-                    ended_at=header["ended_at"])
+                    ended_at=header["ended_at"], constraints=tuple(header.get("constrained", ())))
         return turn, header.get("request"), header.get("call")
     except (struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptRecord(f"turn record does not decode ({exc}); was it written by seamless?") from exc

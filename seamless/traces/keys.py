@@ -17,6 +17,9 @@ Keys (all under the run's prefix `P`):
     P:proxy:metrics     hash   worker pid -> its metrics snapshot (JSON), with several workers
     P:proxy:control     pubsub admin changes every proxy worker applies (proxy/control.py)
     P:proxy:ack:{op}    list   one element per worker that applied change `op`
+    P:proxy:indoubt:{w} hash   call id -> session key of calls worker `w` recorded and has not yet
+                               seen delivered; a worker that finds `w` dead voids them
+    P:proxy:alive:{w}   string worker `w`'s heartbeat (expires when it stops)
 
 Token arrays are stored as packed little-endian int32/float32 (4 bytes a token, not JSON
 lists). Every multi-key change is one MULTI/EXEC transaction, so a crash never leaves half a
@@ -62,7 +65,8 @@ class Keys:
         base = f"{self.prefix}:proxy"
         return ProxyKeys(state=f"{base}:state", upstreams=f"{base}:upstreams", metrics=f"{base}:metrics",
                          channel=f"{base}:control", finished_keys=f"{base}:finished-keys",
-                         ack_prefix=f"{base}:ack:")
+                         ack_prefix=f"{base}:ack:", in_doubt_prefix=f"{base}:indoubt:",
+                         alive_prefix=f"{base}:alive:")
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,14 @@ class ProxyKeys:
     finished_keys: str
     """channel: agent keys of finished sessions, for every worker to drop from its cache"""
     ack_prefix: str
+    in_doubt_prefix: str
+    alive_prefix: str
 
     def acks(self, op_id: str) -> str:
         return self.ack_prefix + op_id
+
+    def in_doubt(self, worker: str) -> str:
+        return self.in_doubt_prefix + worker
+
+    def alive(self, worker: str) -> str:
+        return self.alive_prefix + worker

@@ -36,11 +36,13 @@ def _is_prefix(prefix: list[int], of: list[int]) -> bool:
 
 
 def merge_turns(turns: list[Turn], reward: float = 0.0, group_id: str | None = None,
-                task_id: str | None = None) -> tuple[list[TrainingSequence], int]:
+                task_id: str | None = None, train_constrained: bool = False) -> tuple[list[TrainingSequence], int]:
     """Training sequences of an episode, and how many branches started after the first.
 
     Each turn extends the longest existing sequence that is a prefix of its prompt; if none is,
-    the turn starts a new branch (counted). Turns are taken in their recorded order.
+    the turn starts a new branch (counted). Turns are taken in their recorded order. A turn
+    sampled under constraints (`Turn.constraints`) joins as context (loss mask 0, like a prompt)
+    unless `train_constrained`: the policy did not choose those tokens freely.
     """
     branches: list[_Branch] = []
     new_branches = 0
@@ -56,8 +58,11 @@ def merge_turns(turns: list[Turn], reward: float = 0.0, group_id: str | None = N
             branch = _Branch()
             branches.append(branch)
             branch.extend(prompt, mask=0)
-        branch.extend(turn.completion_token_ids, mask=1, logprobs=list(turn.completion_logprobs),
-                      versions=list(turn.weight_versions))
+        if turn.constraints and not train_constrained:
+            branch.extend(turn.completion_token_ids, mask=0)
+        else:
+            branch.extend(turn.completion_token_ids, mask=1, logprobs=list(turn.completion_logprobs),
+                          versions=list(turn.weight_versions))
     session_id = turns[0].session_id if turns else ""
     sequences = [TrainingSequence(session_id=session_id, token_ids=b.token_ids, loss_mask=b.loss_mask,
                                   rollout_logprobs=b.logprobs, weight_versions=b.versions,

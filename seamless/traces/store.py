@@ -29,6 +29,7 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return -1 end
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return -2 end
 local length = redis.call('RPUSH', KEYS[2], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[1], KEYS[1])
 return length
 """
 
@@ -81,12 +82,14 @@ class TraceStore:
         """Append turns as they are, without the checks of `append_call` (tests, imports)."""
         await self.redis.rpush(self.keys.turns(sid), *[encode_turn(t, r) for t, r in turns])
 
-    async def append_call(self, sid: str, call_id: str, turns: list[Turn], request: dict[str, Any] | None) -> None:
+    async def append_call(self, sid: str, call_id: str, turns: list[Turn], request: dict[str, Any] | None,
+                          in_doubt: str) -> None:
         """Record the turns of one call (one per choice) atomically, with its request once: one
-        round trip on every agent call's critical path. Raises SessionFinished once the session
-        finished, and records nothing for a call already voided."""
+        round trip on every agent call's critical path. The call joins the hash `in_doubt` (its
+        proxy worker's calls recorded and not yet delivered) in the same step. Raises
+        SessionFinished once the session finished, and records nothing for a call already voided."""
         records = encode_call(turns, request, call_id)
-        keys = [self.keys.session(sid), self.keys.turns(sid), self.keys.void(sid)]
+        keys = [self.keys.session(sid), self.keys.turns(sid), self.keys.void(sid), in_doubt]
         if await self._append_script(keys=keys, args=[call_id, self.open_ttl_s, *records]) == -1:
             raise SessionFinished(f"session {sid} has finished (or does not exist); this call was not "
                                   "recorded: create a new session for new calls")
@@ -95,6 +98,20 @@ class TraceStore:
         """The call's answer never reached the agent: its turns, recorded or still on the way to
         Redis (a stalled connection), are left out of every read."""
         await self._void_script(keys=[self.keys.void(sid), self.keys.session(sid)], args=[call_id, self.open_ttl_s])
+
+    async def delivered(self, in_doubt: str, call_ids: list[str]) -> None:
+        """These calls' answers reached their agents: no longer in doubt."""
+        await self.redis.hdel(in_doubt, *call_ids)
+
+    async def void_in_doubt(self, in_doubt: str) -> int:
+        """Void every call a dead proxy worker recorded and may not have delivered (it died between
+        the record and the end of the answer), then forget the hash. Returns how many."""
+        calls = await self.redis.hgetall(in_doubt)
+        session_prefix = self.keys.session("")
+        for call_id, session_key in calls.items():
+            await self.void_call(session_key.decode().removeprefix(session_prefix), call_id.decode())
+        await self.redis.delete(in_doubt)
+        return len(calls)
 
     async def turns(self, sid: str) -> list[Turn]:
         return [turn for turn, _ in await self.turns_with_requests(sid)]

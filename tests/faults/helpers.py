@@ -33,7 +33,11 @@ class TcpRelay:
     """127.0.0.1:port -> target: a real server behind a link the test can cut (`stop`: every
     connection closed, nothing listens) and restore (`start`: the same port again)."""
 
-    def __init__(self, target_url: str) -> None:
+    def __init__(self, target_url: str, cut_after_bytes: int | None = None) -> None:
+        """`cut_after_bytes`: a connection whose answer grows past this many bytes is cut there
+        (a server that dies mid-call, on every call through this relay)."""
+        self.cut_after_bytes = cut_after_bytes
+        self.cuts = 0
         host_port = httpx.URL(target_url)
         self.target = (host_port.host, host_port.port)
         self.port = free_port()
@@ -76,12 +80,18 @@ class TcpRelay:
             return
         self._writers |= {writer, up_writer}
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, limit: int | None) -> None:
+            sent = 0
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
                     dst.write(data)
                     await dst.drain()
+                    sent += len(data)
+                    if limit is not None and sent > limit:
+                        self.cuts += 1
+                        up_writer.transport.abort()
+                        break
             dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, None), pipe(up_reader, writer, self.cut_after_bytes))
         self._writers -= {writer, up_writer}

@@ -84,3 +84,41 @@ def test_n_is_capped_and_a_call_stores_its_request_and_shared_prompt_once(proxy,
           f"prompt {prompt_tokens} tokens)")
     assert per_choice <= 15 * (12 * 4 + 300)
     assert per_choice / 15 < 4 * prompt_tokens  # a choice costs less than a copy of the prompt (or the request)
+
+
+def test_the_openai_client_does_not_retry_a_call_refused_because_its_session_finished(proxy, vllm_server):
+    import threading
+
+    from tests.faults.helpers import wait_for
+    from tests.faults.test_stalls import _errors
+
+    admin = Admin(proxy)
+    session = admin.session()
+    client = openai.OpenAI(base_url=session["base_url"], api_key=session["api_key"], max_retries=3, timeout=120)
+    result: dict = {}
+
+    def call() -> None:
+        try:
+            client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=200, extra_body={"ignore_eos": True})
+        except openai.APIStatusError as exc:
+            result["error"] = exc
+
+    def inflight() -> int:
+        text = httpx.get(f"{proxy.url}/metrics", headers=admin.headers, timeout=10).text
+        return sum(int(l.split()[-1]) for l in text.splitlines() if l.startswith("seamless_proxy_upstream_inflight{"))
+
+    before = _errors(proxy, "conflict")
+    # the server itself paused: it takes the call and holds it, so the call is in flight for sure
+    httpx.post(f"{vllm_server.url}/pause", params={"mode": "keep"}, timeout=30).raise_for_status()
+    try:
+        caller = threading.Thread(target=call)
+        caller.start()
+        wait_for(lambda: inflight() >= 1, 30, "the call reached the server")
+        assert admin.post(f"/sessions/{session['session_id']}/finish").status_code == 200
+    finally:
+        httpx.post(f"{vllm_server.url}/resume", timeout=30).raise_for_status()
+    caller.join(120)
+    # refused once with 409, and not retried (a retry would have met a 401: the key died with the session)
+    assert result["error"].status_code == 409, result
+    assert result["error"].response.headers["x-should-retry"] == "false"
+    assert _errors(proxy, "conflict") == before + 1

@@ -69,7 +69,8 @@ def _conversation(proxy, tokenizer, turns: int) -> dict:
         assert reply.choices[0].message.content == "ffffff"
         messages += [{"role": "assistant", "content": reply.choices[0].message.content},
                      {"role": "user", "content": f"again {turn}"}]
-    return admin.trajectory(session["session_id"])
+    # allowed_token_ids constrains every answer: read the sequences as train_constrained trains them
+    return admin.get(f"/sessions/{session['session_id']}/trajectory?train_constrained=true").json()
 
 
 @pytest.mark.vllm
