@@ -9,7 +9,8 @@ pytestmark = pytest.mark.redis
 
 TURN = Turn(session_id="s1", index=0, prompt_token_ids=[1, 2, 300000], completion_token_ids=[7, 8],
             completion_logprobs=[-0.25, -1.5], weight_versions=[3, 4], finish_reason="stop",
-            upstream="http://127.0.0.1:1", started_at=1.5, ended_at=2.5)
+            upstream="http://127.0.0.1:1", started_at=1.5, ended_at=2.5, sent_at=1.6, answered_at=1.7,
+            first_token_at=2.0)
 
 
 def test_turn_round_trips_compactly():
@@ -19,6 +20,23 @@ def test_turn_round_trips_compactly():
     # exactly 4 bytes a token for ids, logprobs and versions beyond the JSON header
     empty = Turn("s1", 0, [], [], [], [], "stop", "http://127.0.0.1:1", 1.5, 2.5)
     assert len(blob) - len(encode_turn(empty, {"messages": []})) == 4 * (3 + 3 * 2)
+
+
+def test_records_of_the_first_clock_still_decode():
+    """A record written before the call clock had its stamps (its started_at was the server's headers)."""
+    import json
+    import struct
+
+    blob = encode_turn(TURN)
+    (head_len,) = struct.unpack_from("<I", blob)
+    header = json.loads(blob[4:4 + head_len])
+    for key in ("clock", "sent_at", "answered_at", "first_token_at"):
+        del header[key]
+    head = json.dumps(header).encode()
+    decoded, _ = decode_turn(struct.pack("<I", len(head)) + head + blob[4 + head_len:], 0)
+    assert decoded.completion_token_ids == TURN.completion_token_ids
+    assert (decoded.started_at, decoded.sent_at, decoded.answered_at, decoded.first_token_at, decoded.ended_at) == (
+        1.5, 1.5, 1.5, 1.5, 2.5)
 
 
 @pytest.mark.parametrize("blob", [b"", b"\x05\x00\x00\x00{bad}", encode_turn(TURN)[:-3]])

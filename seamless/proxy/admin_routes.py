@@ -135,6 +135,7 @@ async def trajectory(request: Request, session_id: str) -> Response:
                    "completion_token_ids": t.completion_token_ids, "logprobs": t.completion_logprobs,
                    "weight_versions": t.weight_versions, "finish_reason": t.finish_reason,
                    "upstream": t.upstream, "started_at": t.started_at, "ended_at": t.ended_at,
+                   "sent_at": t.sent_at, "answered_at": t.answered_at, "first_token_at": t.first_token_at,
                    "request": request_body} for t, request_body in recorded],
         "sequences": [{"token_ids": s.token_ids, "loss_mask": s.loss_mask, "logprobs": s.rollout_logprobs,
                        "weight_versions": s.weight_versions, "reward": s.reward} for s in sequences],

@@ -29,7 +29,7 @@ from seamless.errors import SessionFinished, UpstreamUnavailable
 from seamless.proxy import continuation, delivery, episodes, responses_api, tito
 from seamless.proxy.auth import agent_session, bearer_of
 from seamless.proxy.errors import ApiError, parse_json_object, translate
-from seamless.proxy.recording import AgentWants, Api, CallRecorder, upstream_body
+from seamless.proxy.recording import RECEIVED_AT, AgentWants, Api, CallRecorder, upstream_body
 from seamless.proxy.state import ProxyState
 from seamless.proxy.upstream_http import UpstreamConnectionError, UpstreamResponse, UpstreamStreamError
 from seamless.proxy.upstreams import Upstream
@@ -94,6 +94,7 @@ class AgentAPI:
 async def _call(state: ProxyState, route: str, path_session: str | None, scope: dict, receive: Callable,
                 send: Callable) -> None:
     started = time.perf_counter()
+    RECEIVED_AT.set(time.time())
     headers = dict(scope["headers"])
     try:
         session_id = await agent_session(state, bearer_of(headers.get(b"authorization", b"").decode("latin-1")),
@@ -380,7 +381,8 @@ async def _complete(state: ProxyState, api: Api, body: dict[str, Any], session_i
     """A whole call for a non-streaming agent; retried on another server if one dies mid-call."""
     while True:
         upstream, response = await _open(state, api, body, session_id)
-        recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")))
+        recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")),
+                            opened=response)
         try:
             async with contextlib.aclosing(_fold(state, session_id, upstream, response, recorder)) as chunks:
                 async for _ in chunks:
@@ -514,7 +516,8 @@ class _ResponsesSSE:
 
 async def _stream_to_agent(state: ProxyState, api: Api, body: dict[str, Any], session_id: str, upstream: Upstream,
                            response: UpstreamResponse, shape: _ChatSSE | _ResponsesSSE) -> AsyncIterator[bytes]:
-    recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")))
+    recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")),
+                            opened=response)
     try:
         for part in shape.start(recorder):
             yield part
