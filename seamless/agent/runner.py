@@ -34,6 +34,25 @@ log = logging.getLogger("seamless.agents")
 
 
 @dataclass(frozen=True, slots=True)
+class EpisodeTimes:
+    """When an episode passed each of its phases (wall clock, time.time(); the step profile reads
+    them beside the proxy's call stamps)."""
+
+    queued_at: float
+    """The episode was asked for (it then waits for one of the runner's `concurrency` slots)."""
+    admitted_at: float
+    """It had a slot."""
+    session_at: float
+    """Its session existed on the trajectory manager; the agent starts."""
+    answered_at: float
+    """The agent returned (or failed)."""
+    rewarded_at: float
+    """Its reward was computed and posted."""
+    finished_at: float
+    """It was finished (on the stream) and the runner was done with it."""
+
+
+@dataclass(frozen=True, slots=True)
 class EpisodeResult:
     """How one episode ended."""
 
@@ -51,6 +70,7 @@ class EpisodeResult:
     wall_time_s: float
     finished: bool
     """Whether the session was finished (so it is on the training stream)."""
+    times: EpisodeTimes | None = None
 
 
 class AgentRunner:
@@ -109,8 +129,9 @@ class AgentRunner:
         """One episode in its own session: run, score, post the reward, finish (when `finish`)."""
         sampling = sampling or self.sampling
         client, slots = self._loop_state()
+        queued_at = time.time()
         async with slots:
-            started = time.monotonic()
+            admitted_at = time.time()
             session = await self._admin(client, "POST", "/sessions", {
                 "group_id": group_id, "task_id": task.task_id,
                 "metadata": {"agent": self.agent_spec, **(metadata or {})}})
@@ -118,9 +139,12 @@ class AgentRunner:
             ctx = AgentContext(base_url=session["base_url"], api_key=session["api_key"], session_id=sid,
                                group_id=group_id, sampling=sampling, model=self.model,
                                max_turns=self.max_turns, timeout_s=self.timeout_s)
+            session_at = time.time()
             answer, error = await self._answer(task, ctx)
+            answered_at = time.time()
             reward, error = self._score(task, answer, error)
             await self._admin(client, "POST", f"/sessions/{sid}/reward", {"reward": reward})
+            rewarded_at = time.time()
             trajectory = await self._admin(client, "GET", f"/sessions/{sid}/trajectory")
             calls = len(trajectory.get("turns", []))
             # a failed episode, or one without a call of the policy, is finished (its group
@@ -131,9 +155,10 @@ class AgentRunner:
             if error:
                 log.warning("episode %s (task %s, group %s) failed, not trained: the agent %s",
                             sid, task.task_id, group_id, error)
+            times = EpisodeTimes(queued_at, admitted_at, session_at, answered_at, rewarded_at, time.time())
             return EpisodeResult(session_id=sid, group_id=group_id, task_id=task.task_id, reward=reward,
                                  answer=answer, error=error, num_llm_calls=calls,
-                                 wall_time_s=time.monotonic() - started, finished=finish)
+                                 wall_time_s=times.finished_at - admitted_at, finished=finish, times=times)
 
     async def aclose(self) -> None:
         if self._client is not None:
