@@ -130,6 +130,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64, 256])
     parser.add_argument("--calls", type=int, default=1, help="LLM calls per episode")
     parser.add_argument("--episodes", type=int, default=256, help="episodes per concurrency (at least 2x it)")
+    parser.add_argument("--no-derender", action="store_true",
+                        help="the fake has no derender route (so the proxy makes one upstream call per LLM call)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per point; the median is printed")
     args = parser.parse_args()
     os.environ["SEAMLESS_BENCH_CALLS"] = str(args.calls)
@@ -138,7 +140,14 @@ def main() -> int:
     started: list = []
     try:
         upstream_port = free_port()
-        (work / "fake.py").write_text(FAKE_UPSTREAM)
+        fake = FAKE_UPSTREAM
+        if args.no_derender:  # a server without vLLM's derender route: the proxy answers from the stream
+            fake = fake.replace('    if path.endswith("/models"):', '    if path.endswith("/derender"):\n'
+                                '        payload, kind = b"", b"text/plain"\n'
+                                '        await send({"type": "http.response.start", "status": 404, "headers": []})\n'
+                                '        await send({"type": "http.response.body", "body": payload})\n'
+                                '        return\n    if path.endswith("/models"):')
+        (work / "fake.py").write_text(fake)
         upstream = ManagedProcess("fake upstream", [sys.executable, str(work / "fake.py"), str(upstream_port)],
                                   work / "fake.log")
         upstream.start()

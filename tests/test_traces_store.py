@@ -2,7 +2,8 @@ import pytest
 
 from seamless.traces.codec import CorruptRecord, decode_turn, encode_turn
 from seamless.traces.episodes import EpisodeQueue
-from seamless.traces.store import TraceStore
+from seamless.errors import UnknownSession
+from seamless.traces.store import EpisodeEnd, TraceStore
 from seamless.types import Turn
 
 pytestmark = pytest.mark.redis
@@ -71,6 +72,31 @@ async def test_session_lifecycle_and_episode_stream_with_replay(redis_server):
     queue.ack(again, retention_s=60)
     assert queue.take(10, block_ms=50) == []
     assert 0 < queue.redis.ttl(queue.keys.session("s1")) <= 60
+    queue.close()
+
+
+async def test_a_group_is_created_rewarded_and_finished_in_one_go(redis_server):
+    prefix = "test-store-group"
+    store = TraceStore(redis_server.url, prefix)
+    await store.create_sessions([("a", "ka"), ("b", "kb"), ("c", "kc")], "g", "t", {"k": "v"})
+    await store.append_turns("a", [(TURN, None)])
+    await store.append_turns("c", [(TURN, None)])
+    ends = await store.finish_many([EpisodeEnd("a", reward=1.0), EpisodeEnd("b", reward=0.0),
+                                    EpisodeEnd("c", reward=0.0, discard="crashed")])
+    assert [(e.num_turns, e.discarded, e.api_key) for e in ends] == [
+        (1, None, "ka"), (0, "made no LLM call (nothing the policy sampled)", "kb"), (1, "crashed", "kc")]
+    a = await store.session("a")
+    assert (a.status, a.reward, a.group_id, a.task_id, a.metadata) == ("finished", 1.0, "g", "t", {"k": "v"})
+    assert await store.session_of_key("ka") is None  # the agent keys stop working
+    again = await store.finish_many([EpisodeEnd("a", reward=0.5)])
+    assert again[0].already_finished and (await store.session("a")).reward == 1.0  # published and rewarded once
+    with pytest.raises(UnknownSession):
+        await store.finish_many([EpisodeEnd("nope", reward=0.0)])
+    await store.close()
+    queue = EpisodeQueue(redis_server.url, prefix)
+    assert [e.session_id for e in queue.take(10, block_ms=100)] == ["a", "b", "c"]
+    assert queue.trajectory("b").sequences == [] and queue.trajectory("c").sequences == []
+    assert len(queue.trajectory("a").sequences) == 1
     queue.close()
 
 

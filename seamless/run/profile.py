@@ -5,9 +5,10 @@ A step's time is the span from the end of the previous step's row to the end of 
 previous step's checkpoint and evaluation count as `other` in this one). The loop marks the end of
 each phase; everything since the last mark belongs to the phase marked. The rollout phase (from
 the previous step until a batch is ready) overlaps many episodes, so it is split by share: the
-window's time with no episode of the step in flight is `idle`, the rest goes to the episodes'
-parts in proportion to the episode-seconds each took inside the window. So the parts add up to
-the step's wall time exactly, and each shows what a second of rollout was spent on.
+window's time with no episode of the step active is `admission`, the rest goes to the active
+parts in proportion to the episode-seconds each took inside the window (an episode waiting for a
+runner slot is not active: it would crowd out what the active ones spend their time on). So the
+parts add up to the step's wall time exactly, and each shows what a second of rollout went to.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from PIL import Image, ImageDraw
 from seamless.agent.runner import EpisodeTimes
 from seamless.types import Turn
 
-ROLLOUT_PARTS = ("admission", "session", "proxy", "queued", "generation", "agent", "reward", "finish", "idle")
-"""admission: waiting for a runner slot; session: creating the proxy session; proxy: the proxy's own
-part of LLM calls (auth, a paused pool, token-in); queued: sent to vLLM until the first token
-(tokenizing, queue, prefill); generation: first token to the call's end; agent: the agent's own
-time between its calls; reward: scoring and posting it; finish: finishing the session; idle: no
-episode of the step in flight (the loop waiting, or the policy holding admission back)."""
+ROLLOUT_PARTS = ("admission", "session", "proxy", "queued", "generation", "agent", "reward", "finish")
+"""admission: no episode of the step active (waiting for the scheduler to admit them, or for a runner
+slot); session: creating proxy sessions; proxy: the proxy's own part of LLM calls (auth, a paused
+pool, token-in); queued: sent to vLLM until the first token (tokenizing, queue, prefill);
+generation: first token to the call's end; agent: the agent's own time between its calls; reward:
+scoring (and posting) it; finish: finishing the session."""
 LOOP_PARTS = ("stream", "switch", "train", "sync", "log", "other")
 """stream: reading whole groups from the episode stream; switch: role changes (begin/end step);
 train: the optimizer step; sync: staging and loading weights; log: traces and the row; other:
@@ -71,19 +72,19 @@ def split_rollout(windows: list[tuple[float, float]],
     """Shares (summing to 1) of the rollout windows' time spent on each of ROLLOUT_PARTS."""
     total = sum(end - start for start, end in windows)
     seconds = dict.fromkeys(ROLLOUT_PARTS, 0.0)
-    spans: list[tuple[float, float]] = []
+    active: list[tuple[float, float]] = []
     for window in windows:
         for times, turns in episodes:
             for name, value in _episode_seconds(times, _calls(turns), window).items():
                 seconds[name] += value
-            spans.append((max(times.queued_at, window[0]), min(times.finished_at, window[1])))
+            active += [(max(a, window[0]), min(b, window[1]))
+                       for a, b in (times.session, times.agent, times.reward, times.finish)]
+    del seconds["admission"]  # waiting for a slot: not active (see the module's docstring)
     episode_s = sum(seconds.values())
     if total <= 0 or episode_s <= 0:
-        return {name: float(name == "idle" and total > 0) for name in ROLLOUT_PARTS}
-    busy = min(total, _union(spans)) / total
-    shares = {name: busy * value / episode_s for name, value in seconds.items()}
-    shares["idle"] = 1.0 - busy
-    return shares
+        return {name: float(name == "admission" and total > 0) for name in ROLLOUT_PARTS}
+    busy = min(total, _union(active)) / total
+    return {"admission": 1.0 - busy} | {name: busy * value / episode_s for name, value in seconds.items()}
 
 
 def _calls(turns: Sequence[Turn]) -> list[tuple[float, float, float, float]]:
@@ -98,11 +99,10 @@ def _episode_seconds(e: EpisodeTimes, calls: list[tuple[float, float, float, flo
         return max(0.0, min(b, window[1]) - max(a, window[0]))
 
     in_calls = _union([(max(c[0], window[0]), min(c[3], window[1])) for c in calls])
-    return {"admission": clip(e.queued_at, e.admitted_at), "session": clip(e.admitted_at, e.session_at),
+    return {"admission": clip(*e.admission), "session": clip(*e.session),
             "proxy": sum(clip(c[0], c[1]) for c in calls), "queued": sum(clip(c[1], c[2]) for c in calls),
-            "generation": sum(clip(c[2], c[3]) for c in calls),
-            "agent": max(0.0, clip(e.session_at, e.answered_at) - in_calls),
-            "reward": clip(e.answered_at, e.rewarded_at), "finish": clip(e.rewarded_at, e.finished_at)}
+            "generation": sum(clip(c[2], c[3]) for c in calls), "agent": max(0.0, clip(*e.agent) - in_calls),
+            "reward": clip(*e.reward), "finish": clip(*e.finish)}
 
 
 def _union(spans: list[tuple[float, float]]) -> float:
@@ -118,7 +118,7 @@ def _union(spans: list[tuple[float, float]]) -> float:
 
 _COLOURS = {"admission": (160, 160, 160), "session": (140, 90, 60), "proxy": (250, 200, 60),
             "queued": (180, 205, 235), "generation": (52, 120, 200), "agent": (40, 160, 80),
-            "reward": (150, 220, 150), "finish": (120, 60, 160), "idle": (225, 225, 225),
+            "reward": (150, 220, 150), "finish": (120, 60, 160),
             "stream": (90, 200, 200), "switch": (210, 40, 40), "train": (230, 120, 30), "sync": (245, 160, 200),
             "log": (100, 100, 100), "other": (60, 60, 60)}
 
