@@ -7,7 +7,8 @@ each phase; everything since the last mark belongs to the phase marked. The roll
 the previous step until a batch is ready) overlaps many episodes, so it is split by share: the
 window's time with no episode of the step active is `admission`, the rest goes to the active
 parts in proportion to the episode-seconds each took inside the window (an episode waiting for a
-runner slot is not active: it would crowd out what the active ones spend their time on). So the
+runner slot is not active: it would crowd out what the active ones spend their time on; a GRPO
+group's session and finish calls, one for all its episodes, count once). So the
 parts add up to the step's wall time exactly, and each shows what a second of rollout went to.
 """
 
@@ -74,8 +75,13 @@ def split_rollout(windows: list[tuple[float, float]],
     seconds = dict.fromkeys(ROLLOUT_PARTS, 0.0)
     active: list[tuple[float, float]] = []
     for window in windows:
+        shared: set[tuple[str, tuple[float, float]]] = set()
         for times, turns in episodes:
             for name, value in _episode_seconds(times, _calls(turns), window).items():
+                if name in ("session", "finish"):  # a group's one call, shared by its episodes: count it once
+                    span = getattr(times, name)
+                    value = 0.0 if (name, span) in shared else value
+                    shared.add((name, span))
                 seconds[name] += value
             active += [(max(a, window[0]), min(b, window[1]))
                        for a, b in (times.session, times.agent, times.reward, times.finish)]

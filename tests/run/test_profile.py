@@ -55,3 +55,10 @@ def test_the_clock_adds_up_to_the_time_between_takes():
     assert all(v >= 0 for v in row.values())
     assert sum(row[f"profile/{p}_s"] for p in PARTS) == pytest.approx(row["profile/step_s"])
     assert row["profile/switch_s"] >= 0.02 and row["profile/admission_s"] < row["profile/step_s"]
+
+
+def test_a_groups_shared_calls_count_once():
+    # 4 episodes whose one session call (0-1) and one finish call (3-4) are shared; agents 1-3
+    group = [EpisodeTimes(admission=(1, 1), session=(0, 1), agent=(1, 3), reward=(3, 3), finish=(3, 4))] * 4
+    shares = split_rollout([(0.0, 4.0)], [(times, []) for times in group])
+    assert shares["session"] == pytest.approx(1 / 10) and shares["agent"] == pytest.approx(8 / 10)
