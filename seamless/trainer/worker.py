@@ -103,6 +103,34 @@ class TrainWorker:
                 "server sharing the GPU would not fit. Raise trainer.gpu_memory_share and lower "
                 "rollout.gpu_memory_utilization, or use ZeRO-3 / optimizer offload in trainer.deepspeed")
 
+    def offload_states(self, kinds: list[str]) -> int:
+        """Move these states of the trained engines (`optimizer`, `grads`, `params`) to host memory,
+        giving the GPU to the vLLM server beside this rank; returns the bytes freed on the device.
+        On CPU everything lives in host memory already: nothing moves, 0."""
+        if not (self.shares_device and torch.cuda.is_available()):
+            return 0
+        from deepspeed.runtime.zero.offload_config import OffloadStateTypeEnum as State
+
+        states = {"optimizer": [State.optim_states, State.hp_params],
+                  "grads": [State.lp_grads, State.contiguous_grad_buffer], "params": [State.lp_params]}
+        before = torch.cuda.memory_allocated()
+        for engine in self._trained():
+            engine.offload_states(include=[s for kind in kinds for s in states[kind]], non_blocking=False)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        return before - torch.cuda.memory_allocated()
+
+    def reload_states(self) -> None:
+        """Everything `offload_states` moved back on the GPU, before the rank computes again."""
+        if self.shares_device and torch.cuda.is_available():
+            for engine in self._trained():
+                engine.reload_states()
+            torch.cuda.synchronize()
+
+    def _trained(self) -> list[Any]:
+        """The engines with an optimizer (the frozen reference has none to move)."""
+        return [e for e in (self._e.policy, self._e.critic) if e is not None]
+
     @property
     def _e(self) -> Engines:
         assert self.engines is not None, "setup() has not run"
