@@ -1,10 +1,12 @@
 """Runs agent episodes through the trajectory manager: one proxy session per episode.
 
-For every episode the runner creates a session (shared `group_id` within a GRPO group), runs the
-agent against the session's base URL under a time limit, scores the answer, posts the reward and
-finishes the session, which puts it on the finished-episode stream the trainer reads. An episode
-that fails (the agent crashes or times out, the reward is not a finite number) gets reward 0 and a logged reason, is finished as discarded so it never trains (as is one without any LLM call), and
-never holds up its group. A run whose episodes mostly fail stops (`FailureWatch`).
+For every episode the runner has a session (shared `group_id` within a GRPO group; a group's
+sessions are made in one admin call), runs the agent against the session's base URL under a time
+limit and scores the answer; once its whole group has answered, one admin call posts the group's
+rewards and finishes its sessions, which puts them on the finished-episode stream the trainer
+reads. An episode that fails (the agent crashes or times out, the reward is not a finite number)
+gets reward 0 and a logged reason and is finished as discarded so it never trains (as is one
+without any LLM call). A run whose episodes mostly fail stops (`FailureWatch`).
 Failures of the proxy itself (admin calls) raise `ServiceError`: those are not the agent's fault.
 """
 
