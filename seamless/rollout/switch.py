@@ -40,6 +40,9 @@ class MemorySwitch(Protocol):
     def after_load(self, urls: Sequence[str]) -> None:
         """The rest of the servers' memory back, once the weights are in."""
 
+    def take_moves(self) -> list[Move]:
+        """The moves since the last call, each timed (for one step's metrics)."""
+
 
 class TrainerMemory(Protocol):
     """The trainer's ranks on the switching GPUs, as the switch needs them."""
@@ -60,6 +63,9 @@ class _NoSwitch:
 
     def after_load(self, urls: Sequence[str]) -> None:
         pass
+
+    def take_moves(self) -> list[Move]:
+        return []
 
 
 NO_SWITCH: MemorySwitch = _NoSwitch()
@@ -105,6 +111,5 @@ class ColocatedSwitch:
         self.moves.append(Move(name, time.perf_counter() - started, freed))
 
     def take_moves(self) -> list[Move]:
-        """The moves since the last call (for one step's metrics)."""
         moves, self.moves = self.moves, []
         return moves

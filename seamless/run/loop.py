@@ -52,6 +52,8 @@ class Progress:
     discarded_versions: range = range(0)
     """Weight versions a killed run published after its last checkpoint: those weights are gone,
     and episodes sampled with them never train (they are acknowledged, not trained)."""
+    discarded_entry_ids: list[str] = field(default_factory=list)
+    """Stream entries dropped for that reason (kept in checkpoints, for the record)."""
     in_train_step: bool = False
     held: dict[str, list[tuple[EpisodeEntry, Trajectory]]] = field(default_factory=dict)
     """Finished episodes of GRPO groups not yet complete (or not yet trained), by group id; not
@@ -155,7 +157,7 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
     if recipe.logging.traces:
         write_step(parts.run_dir, progress.step, [e.entry_id for e in entries], trajectories)
     totals.trained_tokens += totals.recorder.step(trajectories, sequences)
-    row = _step_metrics(parts, trajectories, sequences, totals, report) | sync | metrics
+    row = _step_metrics(parts, trajectories, sequences, totals, report) | sync | _switch_metrics(parts) | metrics
     clock.mark("log")
     row |= clock.take([(totals.episode_times.pop(t.session_id), t.turns) for t in trajectories
                        if t.session_id in totals.episode_times])
@@ -193,6 +195,17 @@ def _publish(parts: Parts) -> dict[str, float]:
             "sync/transfer_s": update.transfer_s}
 
 
+def _switch_metrics(parts: Parts) -> dict[str, float]:
+    """Seconds of each memory move of the step's GPU role switches (vLLM sleep/wake, trainer
+    offload/reload), summed over the resources that switched; none on CPU."""
+    row: dict[str, float] = {}
+    for move in parts.fleet.switch.take_moves():
+        row[f"switch/{move.name}_s"] = row.get(f"switch/{move.name}_s", 0.0) + move.seconds
+        if move.freed_bytes:
+            row["switch/trainer_freed_gib"] = row.get("switch/trainer_freed_gib", 0.0) + move.freed_bytes / 2**30
+    return row
+
+
 def _warm_start(parts: Parts) -> None:
     """A short supervised pass so the tiny policy knows the task's format, then publish it."""
     warm = parts.recipe.trainer.sft_warmup
@@ -218,9 +231,6 @@ def _collect(parts: Parts, progress: Progress) -> tuple[list[EpisodeEntry], list
     leftover: set[str] = set()
     for entry in progress.backlog:
         trajectory = parts.episodes.trajectory(entry.session_id)
-        if any(v in progress.discarded_versions for turn in trajectory.turns for v in turn.weight_versions):
-            progress.unacked.append(entry)  # sampled by weights the resume threw away
-            continue
         group = trajectory.group_id or entry.session_id
         progress.held.setdefault(group, []).append((entry, trajectory))
         leftover.add(group)
@@ -245,7 +255,8 @@ def _collect(parts: Parts, progress: Progress) -> tuple[list[EpisodeEntry], list
 
 def _checkpoint(parts: Parts, progress: Progress) -> None:
     extra = {"step": progress.step, "trained_entry_ids": progress.trained_entry_ids[-100_000:],
-             "eval_before": progress.eval_before, "weight_version": parts.fleet.version}
+             "eval_before": progress.eval_before, "weight_version": parts.fleet.version,
+             "discarded_entry_ids": progress.discarded_entry_ids[-100_000:]}
     parts.trainer.save_checkpoint(parts.checkpoint_dir, extra_state=extra)
     parts.episodes.ack(progress.unacked, parts.recipe.store.retention_s)
     progress.unacked = []
@@ -254,33 +265,51 @@ def _checkpoint(parts: Parts, progress: Progress) -> None:
 def _restore(parts: Parts) -> Progress:
     # versions are never reused: the killed run may have published (and the proxy stamped tokens
     # with) versions after its checkpoint; whatever is published now is newer than all of them
-    parts.fleet.publisher.start_above(parts.fleet.proxy.upstreams()["weight_version"])
+    stamped = parts.fleet.proxy.upstreams()["weight_version"]
     try:
         path = latest_checkpoint(parts.checkpoint_dir)
     except Exception:
         print("seamless run: no checkpoint to resume from yet; starting from the beginning")
+        parts.fleet.publisher.start_above(stamped)
         # every trained weight of the killed run is gone (the base model's, version 0, is not)
-        return _take_backlog(parts, Progress(discarded_versions=range(1, parts.fleet.version + 1)))
+        return _take_backlog(parts, Progress(discarded_versions=range(1, stamped + 1)))
     extra = parts.trainer.load_checkpoint(path)
-    floor = parts.fleet.version  # the newest version the killed run published
-    kept = extra.get("weight_version", floor)
+    kept = extra.get("weight_version", stamped)  # the checkpoint's weights
+    floor = max(stamped, kept)  # the newest version the killed run published
+    parts.fleet.publisher.start_above(floor)
     progress = Progress(step=extra["step"], trained_entry_ids=list(extra["trained_entry_ids"]),
                         eval_before=extra.get("eval_before"), restored=True,
+                        discarded_entry_ids=list(extra.get("discarded_entry_ids", [])),
                         discarded_versions=range(kept + 1, floor + 1))
     update = parts.fleet.publish(parts.trainer)
-    print(f"seamless run: resumed from {path} at step {progress.step} (weights version {update.version})")
+    lost = progress.discarded_versions
+    print(f"seamless run: resumed from {path} at step {progress.step} (weights version {update.version}"
+          + (f"; versions {lost.start}-{lost.stop - 1} of the killed run's weights are lost and never reused"
+             if lost else "") + ")")
     return _take_backlog(parts, progress)
 
 
 def _take_backlog(parts: Parts, progress: Progress) -> Progress:
     """Sort what the killed run left in the stream: entries the checkpoint already trained are only
-    acknowledged (at the next checkpoint); the others (trained after the checkpoint, or finished
+    acknowledged (at the next checkpoint), and so are episodes sampled (in part) by weights the kill
+    threw away; the others (trained after the checkpoint on the checkpoint's weights, or finished
     and never trained) join the next step, so none is lost and none is left over at the end."""
     # steps after the checkpoint are trained again: their old trace files would count episodes twice
     drop_steps_after(parts.run_dir, progress.step)
     trained = set(progress.trained_entry_ids)
+    lost = progress.discarded_versions
     for entry in parts.episodes.backlog():
-        (progress.unacked if entry.entry_id in trained else progress.backlog).append(entry)
+        if entry.entry_id in trained:
+            progress.unacked.append(entry)
+        elif lost and any(v in lost for turn in parts.episodes.trajectory(entry.session_id).turns
+                          for v in turn.weight_versions):
+            progress.unacked.append(entry)
+            progress.discarded_entry_ids.append(entry.entry_id)
+        else:
+            progress.backlog.append(entry)
+    if progress.discarded_entry_ids:
+        print(f"seamless run: {len(progress.discarded_entry_ids)} finished episode(s) sampled by the lost "
+              "weights are dropped, not trained")
     if progress.backlog:
         print(f"seamless run: {len(progress.backlog)} finished episode(s) from before the restart "
               f"join step {progress.step + 1}")
