@@ -4,7 +4,9 @@
 
 Each GRPO step forwards the batch once without gradients (logprobs it is trained from) and then
 ppo_epochs times with gradients; "trained tokens/s" counts the gradient passes' tokens over the
-whole step's wall time, "all tokens/s" counts every pass.
+whole step's wall time, "all tokens/s" counts every pass. The baseline, in the same run: the same
+step on the same batch in plain PyTorch (one process, no DeepSpeed, no Ray; seamless's batching
+and loss), at 1 and 2 torch threads. Compare it with `--ranks 1`.
 """
 
 from __future__ import annotations
@@ -55,6 +57,61 @@ def bench_stage(model_dir: Path, stage: int, ranks: int, steps: int, sequences: 
     return step_s, tokens * config.ppo_epochs / step_s, tokens * (1 + config.ppo_epochs) / step_s
 
 
+def bench_plain(model_dir: Path, steps: int, sequences: list[TrainingSequence], budget: int,
+                threads: int) -> float:
+    """The baseline: the same GRPO step on the same batch in plain PyTorch (one process, AdamW, no
+    DeepSpeed, no Ray), with seamless's batching and loss so only the engine differs: a no-grad
+    pass for the old logprobs, then ppo_epochs x (forward, backward per micro-batch, clip, step).
+    Returns the median step in seconds."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from seamless.algorithms import group_ids_to_index, make_algorithm, logprobs_from_logits
+    from seamless.trainer.batch import TrainBatch, pack_by_tokens, scatter_rows, slice_micro_batch, with_denominators
+    from seamless.trainer.objective import policy_objective
+
+    torch.set_num_threads(threads)
+    config, algo_config = TrainerConfig(lr=1e-4, micro_batch_tokens=budget), GrpoConfig(max_staleness=10**6)
+    algorithm = make_algorithm(algo_config)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  betas=(0.9, 0.999), eps=1e-8)
+
+    def micro_batches(batch: TrainBatch, rows: list[int], **per_token: torch.Tensor) -> list:
+        lengths = [int(batch.lengths[i]) for i in rows]
+        mbs = [slice_micro_batch(batch, [rows[i] for i in g], 0, **per_token) for g in pack_by_tokens(lengths, budget)]
+        return with_denominators([mbs], batch.loss_mask, rows)[0]
+
+    def logits(mb) -> torch.Tensor:
+        return model(input_ids=mb.token_ids, attention_mask=mb.attention_mask).logits
+
+    def step() -> None:
+        batch = TrainBatch.from_sequences(sequences, 0)
+        everything = micro_batches(batch, list(range(batch.size)))
+        model.eval()
+        with torch.no_grad():
+            outs = [logprobs_from_logits(logits(mb), mb.token_ids) for mb in everything]
+        old = scatter_rows(batch.size, batch.token_ids.shape[1], everything, outs)
+        groups = group_ids_to_index([s.group_id for s in sequences])
+        adv = algorithm.advantages(batch.rewards.clone(), groups, batch.loss_mask, old, None, None)
+        model.train()
+        for _ in range(config.ppo_epochs):
+            for mb in micro_batches(batch, list(range(batch.size)), old_logprobs=old, advantages=adv.advantages):
+                loss, _ = policy_objective(logits(mb), mb, algo_config)
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up, as for the trainer
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ranks", type=int, default=2)
@@ -64,6 +121,9 @@ def main() -> int:
     parser.add_argument("--gen-len", type=int, default=96)
     parser.add_argument("--micro-batch-tokens", type=int, default=1024)
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 2, 3])
+    parser.add_argument("--plain-threads", type=int, nargs="+", default=[1, 2],
+                        help="torch threads of the plain-PyTorch baseline (the trainer's ranks run with "
+                             "OMP_NUM_THREADS, 1 unless set)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="seamless-bench-"))
     model_dir = build_tiny_model(work / "tiny")
@@ -72,11 +132,17 @@ def main() -> int:
     try:
         print(f"tiny model, {args.ranks} ranks, {args.sequences} sequences x {args.prompt_len + args.gen_len} tokens, "
               f"micro-batch {args.micro_batch_tokens} tokens")
+        epochs = TrainerConfig().ppo_epochs
+        tokens = sum(len(s.token_ids) for s in sequences)
+        for threads in args.plain_threads:
+            step_s = bench_plain(model_dir, args.steps, sequences, args.micro_batch_tokens, threads)
+            print(f"plain PyTorch, 1 process, {threads} thread(s): step {step_s * 1000:7.1f} ms   trained tokens/s "
+                  f"{tokens * epochs / step_s:9.0f}   all tokens/s {tokens * (1 + epochs) / step_s:9.0f}", flush=True)
         for stage in args.stages:
             step_s, trained, total = bench_stage(model_dir, stage, args.ranks, args.steps, sequences,
                                                  args.micro_batch_tokens)
-            print(f"ZeRO-{stage}: step {step_s * 1000:7.1f} ms   trained tokens/s {trained:9.0f}   "
-                  f"all tokens/s {total:9.0f}", flush=True)
+            print(f"seamless ZeRO-{stage}, {args.ranks} rank(s): step {step_s * 1000:7.1f} ms   trained tokens/s "
+                  f"{trained:9.0f}   all tokens/s {total:9.0f}", flush=True)
     finally:
         stop_ray()
     return 0

@@ -30,8 +30,19 @@ class Turn:
     finish_reason: str | None = None
     upstream: str = ""
     """URL of the rollout server that served the call."""
+    # the call's clock (wall-clock seconds, time.time()); 0.0 where unknown. started -> sent is the
+    # proxy's own part (session check, a paused pool, token-in); sent -> first token is vLLM's queue
+    # and prefill (answered: its headers, after tokenizing); first token -> ended is generation
     started_at: float = 0.0
+    """When the agent's request reached the proxy."""
     ended_at: float = 0.0
+    """When the call's last token was in (and the call about to be recorded)."""
+    sent_at: float = 0.0
+    """When the proxy sent the request to the rollout server."""
+    answered_at: float = 0.0
+    """When the rollout server's response headers arrived."""
+    first_token_at: float = 0.0
+    """When the first generated token arrived (ended_at when none was generated)."""
     constraints: tuple[str, ...] = ()
     """The request keys under which the completion was sampled from something other than the
     policy's own distribution (structured outputs, logit_bias, allowed_token_ids, ...:

@@ -76,6 +76,15 @@ def test_run_trains_resumes_and_writes_a_summary(tmp_path, capsys):
     steps = [r for r in rows if "rollout/reward_mean" in r]
     assert [r["step"] for r in steps] == [1, 2]
     assert all("train/policy_loss" in r and "train/mismatch_mean_abs" in r for r in steps)
+    # the step profile: parts that are never negative and add up to the step's wall time, which is
+    # the time between two step rows (the logger's own clock)
+    for row in steps:
+        parts = {k: v for k, v in row.items() if k.startswith("profile/") and k != "profile/step_s"}
+        assert len(parts) == 14 and min(parts.values()) >= 0, parts
+        assert sum(parts.values()) == pytest.approx(row["profile/step_s"], rel=1e-6)
+        assert row["profile/generation_s"] > 0 and row["profile/train_s"] > 0
+    assert steps[1]["profile/step_s"] == pytest.approx(steps[1]["time"] - steps[0]["time"], abs=0.25)
+    assert (run_dir / "profile.png").is_file()
     # the trace export: every trained episode of every step, with the tokens the trainer saw
     traced = list(read_traces(run_dir))
     assert [t.step for t in traced] == [1] * 4 + [2] * 4

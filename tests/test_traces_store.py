@@ -4,14 +4,16 @@ import pytest
 
 from seamless.traces.codec import CorruptRecord, decode_turn, encode_turn
 from seamless.traces.episodes import EpisodeQueue
-from seamless.traces.store import TraceStore
+from seamless.errors import UnknownSession
+from seamless.traces.store import EpisodeEnd, TraceStore
 from seamless.types import Turn
 
 pytestmark = pytest.mark.redis
 
 TURN = Turn(session_id="s1", index=0, prompt_token_ids=[1, 2, 300000], completion_token_ids=[7, 8],
             completion_logprobs=[-0.25, -1.5], weight_versions=[3, 4], finish_reason="stop",
-            upstream="http://127.0.0.1:1", started_at=1.5, ended_at=2.5)
+            upstream="http://127.0.0.1:1", started_at=1.5, ended_at=2.5, sent_at=1.6, answered_at=1.7,
+            first_token_at=2.0)
 
 
 def test_turn_round_trips_compactly():
@@ -21,6 +23,23 @@ def test_turn_round_trips_compactly():
     # exactly 4 bytes a token for ids, logprobs and versions beyond the JSON header
     empty = Turn("s1", 0, [], [], [], [], "stop", "http://127.0.0.1:1", 1.5, 2.5)
     assert len(blob) - len(encode_turn(empty, {"messages": []})) == 4 * (3 + 3 * 2)
+
+
+def test_records_of_the_first_clock_still_decode():
+    """A record written before the call clock had its stamps (its started_at was the server's headers)."""
+    import json
+    import struct
+
+    blob = encode_turn(TURN)
+    (head_len,) = struct.unpack_from("<I", blob)
+    header = json.loads(blob[4:4 + head_len])
+    for key in ("clock", "sent_at", "answered_at", "first_token_at"):
+        del header[key]
+    head = json.dumps(header).encode()
+    decoded, _ = decode_turn(struct.pack("<I", len(head)) + head + blob[4 + head_len:], 0)
+    assert decoded.completion_token_ids == TURN.completion_token_ids
+    assert (decoded.started_at, decoded.sent_at, decoded.answered_at, decoded.first_token_at, decoded.ended_at) == (
+        1.5, 1.5, 1.5, 1.5, 2.5)
 
 
 @pytest.mark.parametrize("blob", [b"", b"\x05\x00\x00\x00{bad}", encode_turn(TURN)[:-3]])
@@ -55,6 +74,31 @@ async def test_session_lifecycle_and_episode_stream_with_replay(redis_server):
     queue.ack(again, retention_s=60)
     assert queue.take(10, block_ms=50) == []
     assert 0 < queue.redis.ttl(queue.keys.session("s1")) <= 60
+    queue.close()
+
+
+async def test_a_group_is_created_rewarded_and_finished_in_one_go(redis_server):
+    prefix = "test-store-group"
+    store = TraceStore(redis_server.url, prefix)
+    await store.create_sessions([("a", "ka"), ("b", "kb"), ("c", "kc")], "g", "t", {"k": "v"})
+    await store.append_turns("a", [(TURN, None)])
+    await store.append_turns("c", [(TURN, None)])
+    ends = await store.finish_many([EpisodeEnd("a", reward=1.0), EpisodeEnd("b", reward=0.0),
+                                    EpisodeEnd("c", reward=0.0, discard="crashed")])
+    assert [(e.num_turns, e.discarded, e.api_key) for e in ends] == [
+        (1, None, "ka"), (0, "made no LLM call (nothing the policy sampled)", "kb"), (1, "crashed", "kc")]
+    a = await store.session("a")
+    assert (a.status, a.reward, a.group_id, a.task_id, a.metadata) == ("finished", 1.0, "g", "t", {"k": "v"})
+    assert await store.session_of_key("ka") is None  # the agent keys stop working
+    again = await store.finish_many([EpisodeEnd("a", reward=0.5)])
+    assert again[0].already_finished and (await store.session("a")).reward == 1.0  # published and rewarded once
+    with pytest.raises(UnknownSession):
+        await store.finish_many([EpisodeEnd("nope", reward=0.0)])
+    await store.close()
+    queue = EpisodeQueue(redis_server.url, prefix)
+    assert [e.session_id for e in queue.take(10, block_ms=100)] == ["a", "b", "c"]
+    assert queue.trajectory("b").sequences == [] and queue.trajectory("c").sequences == []
+    assert len(queue.trajectory("a").sequences) == 1
     queue.close()
 
 

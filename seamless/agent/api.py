@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 from seamless.agent.tasks import Task
@@ -51,15 +51,19 @@ class AgentContext:
     """Most LLM calls a multi-turn agent should make."""
     timeout_s: float = 120.0
     """The runner ends the episode after this long; agents may use it for their own client timeouts."""
+    http: Any = field(default=None, repr=False, compare=False)
+    """The runner's connection pool (`shared_http_client`) under `openai_client()`; None: its own."""
 
     def openai_client(self):
         """An `openai.AsyncOpenAI` on this session; it retries what the proxy did not record (the
         runner's `timeout_s` still bounds the episode)."""
         import openai
 
-        # a client of its own (agents close it), but not a TLS context of its own: building one
-        # took 32 ms of CPU per client here, 4 s of every 128-episode step of the tiny recipe
-        http = openai.DefaultAsyncHttpxClient(verify=_tls_context(), timeout=self.timeout_s)
+        # the runner's pool when it gave one: a client and a TCP connection per episode cost the
+        # agents' side about a millisecond of CPU each (scripts/bench_episodes.py); otherwise a
+        # pool of its own (agents close it), but not a TLS context of its own: building one took
+        # 32 ms of CPU per client here, 4 s of every 128-episode step of the tiny recipe
+        http = self.http or openai.DefaultAsyncHttpxClient(verify=_tls_context(), timeout=self.timeout_s)
         # a 503 from the proxy (its Redis stalled or restarting, no server up) means the call was
         # not recorded, so a retry is safe and lets the episode ride the outage out instead of
         # failing; a 409 (session finished) says not to retry (x-should-retry: false)
@@ -81,6 +85,21 @@ class AgentContext:
             "SEAMLESS_TOP_P": repr(self.sampling.top_p),
             "SEAMLESS_MAX_TURNS": str(self.max_turns),
         }
+
+
+def shared_http_client(timeout_s: float) -> Any:
+    """An httpx client for the OpenAI clients of many episodes (`AgentContext.http`): closing an
+    episode's client leaves it open; `close_pool()` closes it (the runner, when it is done)."""
+    import openai
+
+    class SharedPool(openai.DefaultAsyncHttpxClient):
+        async def aclose(self) -> None:
+            """Kept open: it is the runner's, not the episode's."""
+
+        async def close_pool(self) -> None:
+            await super().aclose()
+
+    return SharedPool(verify=_tls_context(), timeout=timeout_s)
 
 
 @functools.cache

@@ -1,10 +1,12 @@
 """Runs agent episodes through the trajectory manager: one proxy session per episode.
 
-For every episode the runner creates a session (shared `group_id` within a GRPO group), runs the
-agent against the session's base URL under a time limit, scores the answer, posts the reward and
-finishes the session, which puts it on the finished-episode stream the trainer reads. An episode
-that fails (the agent crashes or times out, the reward is not a finite number) gets reward 0 and a logged reason, is finished as discarded so it never trains (as is one without any LLM call), and
-never holds up its group. A run whose episodes mostly fail stops (`FailureWatch`).
+For every episode the runner has a session (shared `group_id` within a GRPO group; a group's
+sessions are made in one admin call), runs the agent against the session's base URL under a time
+limit and scores the answer; once its whole group has answered, one admin call posts the group's
+rewards and finishes its sessions, which puts them on the finished-episode stream the trainer
+reads. An episode that fails (the agent crashes or times out, the reward is not a finite number)
+gets reward 0 and a logged reason and is finished as discarded so it never trains (as is one
+without any LLM call). A run whose episodes mostly fail stops (`FailureWatch`).
 Failures of the proxy itself (admin calls) raise `ServiceError`: those are not the agent's fault.
 """
 
@@ -24,13 +26,42 @@ from typing import Any
 
 import httpx
 
-from seamless.agent.api import AgentContext, Sampling
+from seamless.agent.api import AgentContext, Sampling, shared_http_client
 from seamless.agent.specs import call_agent, resolve_agent, resolve_reward
 from seamless.config import RolloutConfig
 from seamless.agent.tasks import Task
 from seamless.errors import ServiceError
 
 log = logging.getLogger("seamless.agents")
+
+
+Span = tuple[float, float]
+"""(start, end), wall clock (time.time())."""
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeTimes:
+    """When an episode was in each of its phases (the step profile reads them beside the proxy's
+    call clock). A GRPO group's episodes share their session and finish spans (one call each)."""
+
+    admission: Span
+    """Waiting for one of the runner's `concurrency` slots."""
+    session: Span
+    """Creating its session on the trajectory manager."""
+    agent: Span
+    """The agent running (its LLM calls inside)."""
+    reward: Span
+    """Scoring the answer (and posting the reward, when that is a call of its own)."""
+    finish: Span
+    """Finishing the session (on the stream); (end, end) when it is left open."""
+
+    @property
+    def started(self) -> float:
+        return min(self.admission[0], self.session[0])
+
+    @property
+    def ended(self) -> float:
+        return max(self.reward[1], self.finish[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +80,11 @@ class EpisodeResult:
     num_llm_calls: int
     """Calls the proxy recorded for the session (one per returned choice)."""
     wall_time_s: float
+    """Seconds of its own phases: session set-up, agent, reward, finish (not the waits for a slot or
+    for the rest of its group)."""
     finished: bool
     """Whether the session was finished (so it is on the training stream)."""
+    times: EpisodeTimes | None = None
 
 
 class AgentRunner:
@@ -78,6 +112,7 @@ class AgentRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: httpx.AsyncClient | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._http: Any = None  # the agents' shared connection pool (AgentContext.http)
 
     @classmethod
     def from_config(cls, proxy_url: str, admin_key: str, rollout: RolloutConfig) -> AgentRunner:
@@ -98,47 +133,83 @@ class AgentRunner:
     async def run_group(self, task: Task, group_size: int, *, group_id: str | None = None,
                         sampling: Sampling | None = None, metadata: dict[str, Any] | None = None,
                         finish: bool = True) -> list[EpisodeResult]:
-        """`group_size` episodes of one task sharing a group id (generated when not given)."""
+        """`group_size` episodes of one task sharing a group id (generated when not given). Their
+        sessions are made in one admin call and, when `finish`, rewarded and finished in one: the
+        trainer takes whole groups anyway, and per-episode calls cost the proxy more CPU than the
+        LLM call itself on short episodes (scripts/bench_episodes.py)."""
         group_id = group_id or f"g-{uuid.uuid4().hex[:16]}"
-        return list(await asyncio.gather(*(
-            self.run_episode(task, group_id=group_id, sampling=sampling, metadata=metadata, finish=finish)
-            for _ in range(group_size))))
+        if not finish:
+            return list(await asyncio.gather(*(
+                self.run_episode(task, group_id=group_id, sampling=sampling, metadata=metadata, finish=False)
+                for _ in range(group_size))))
+        client, slots = self._loop_state()
+        asked = time.time()
+        made = await self._admin(client, "POST", "/sessions/batch", {
+            "count": group_size, "group_id": group_id, "task_id": task.task_id, "metadata": self._metadata(metadata)})
+        session = (asked, time.time())
+
+        async def one(info: dict[str, Any]) -> _Played:
+            async with slots:
+                return await self._play(task, info, group_id, sampling, admission=(session[1], time.time()))
+        played = await asyncio.gather(*(one(info) for info in made["sessions"]))
+        return await self._finish(client, played, session)
 
     async def run_episode(self, task: Task, *, group_id: str, sampling: Sampling | None = None,
                           metadata: dict[str, Any] | None = None, finish: bool = True) -> EpisodeResult:
-        """One episode in its own session: run, score, post the reward, finish (when `finish`)."""
-        sampling = sampling or self.sampling
+        """One episode in its own session: run, score, then reward and finish it (when `finish`;
+        otherwise only post the reward and leave it open, as evaluation does)."""
         client, slots = self._loop_state()
+        queued = time.time()
         async with slots:
-            started = time.monotonic()
-            session = await self._admin(client, "POST", "/sessions", {
-                "group_id": group_id, "task_id": task.task_id,
-                "metadata": {"agent": self.agent_spec, **(metadata or {})}})
-            sid = session["session_id"]
-            ctx = AgentContext(base_url=session["base_url"], api_key=session["api_key"], session_id=sid,
-                               group_id=group_id, sampling=sampling, model=self.model,
-                               max_turns=self.max_turns, timeout_s=self.timeout_s)
-            answer, error = await self._answer(task, ctx)
-            reward, error = self._score(task, answer, error)
-            await self._admin(client, "POST", f"/sessions/{sid}/reward", {"reward": reward})
-            trajectory = await self._admin(client, "GET", f"/sessions/{sid}/trajectory")
-            calls = len(trajectory.get("turns", []))
-            # a failed episode, or one without a call of the policy, is finished (its group
-            # completes) but never trains
-            discard = error or (None if calls else "made no LLM call (nothing the policy sampled)")
+            admission = (queued, time.time())
+            info = await self._admin(client, "POST", "/sessions", {
+                "group_id": group_id, "task_id": task.task_id, "metadata": self._metadata(metadata)})
+            session = (admission[1], time.time())
+            played = await self._play(task, info, group_id, sampling, admission=admission)
             if finish:
-                await self._admin(client, "POST", f"/sessions/{sid}/finish", {"discard": discard} if discard else None)
-            if error:
-                log.warning("episode %s (task %s, group %s) failed, not trained: the agent %s",
-                            sid, task.task_id, group_id, error)
-            return EpisodeResult(session_id=sid, group_id=group_id, task_id=task.task_id, reward=reward,
-                                 answer=answer, error=error, num_llm_calls=calls,
-                                 wall_time_s=time.monotonic() - started, finished=finish)
+                [result] = await self._finish(client, [played], session)
+                return result
+            posted = await self._admin(client, "POST", f"/sessions/{played.session_id}/reward", {"reward": played.reward})
+            done = time.time()
+            return played.result(posted.get("num_turns", 0), session, (played.reward_span[0], done), (done, done),
+                                 finished=False)
+
+    async def _play(self, task: Task, info: dict[str, Any], group_id: str, sampling: Sampling | None,
+                    admission: Span) -> _Played:
+        """Run the agent on its session and score its answer."""
+        ctx = AgentContext(base_url=info["base_url"], api_key=info["api_key"], session_id=info["session_id"],
+                           group_id=group_id, sampling=sampling or self.sampling, model=self.model,
+                           max_turns=self.max_turns, timeout_s=self.timeout_s, http=self._http)
+        started = time.time()
+        answer, error = await self._answer(task, ctx)
+        answered = time.time()
+        reward, error = self._score(task, answer, error)
+        if error:
+            log.warning("episode %s (task %s, group %s) failed, not trained: the agent %s",
+                        ctx.session_id, task.task_id, group_id, error)
+        return _Played(task.task_id, ctx.session_id, group_id, answer, reward, error, admission,
+                       (started, answered), (answered, time.time()))
+
+    async def _finish(self, client: httpx.AsyncClient, played: Sequence[_Played], session: Span) -> list[EpisodeResult]:
+        """Reward and finish episodes in one call; a failed one (or one without an LLM call) is
+        finished as discarded: its group completes, but it never trains."""
+        asked = time.time()
+        ends = await self._admin(client, "POST", "/sessions/finish", {"episodes": [
+            {"session_id": p.session_id, "reward": p.reward, **({"discard": p.error} if p.error else {})}
+            for p in played]})
+        span = (asked, time.time())
+        return [p.result(end["num_turns"], session, p.reward_span, span, finished=True)
+                for p, end in zip(played, ends["episodes"])]
+
+    def _metadata(self, metadata: dict[str, Any] | None) -> dict[str, Any]:
+        return {"agent": self.agent_spec, **(metadata or {})}
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
-        self._client, self._slots, self._loop = None, None, None
+        if self._http is not None:
+            await self._http.close_pool()
+        self._client, self._slots, self._loop, self._http = None, None, None, None
 
     # --- sync wrapper -------------------------------------------------------------------------
 
@@ -159,6 +230,7 @@ class AgentRunner:
             self._loop = loop
             self._client = httpx.AsyncClient(timeout=self._admin_timeout_s, headers=self._headers)
             self._slots = asyncio.Semaphore(self.concurrency)
+            self._http = shared_http_client(self.timeout_s)
         return self._client, self._slots
 
     async def _answer(self, task: Task, ctx: AgentContext) -> tuple[str, str | None]:
@@ -201,6 +273,28 @@ class AgentRunner:
             raise ServiceError(f"trajectory manager refused {method} {path} with {response.status_code}: "
                                f"{response.text[:300]}")
         return response.json()
+
+
+@dataclass(frozen=True, slots=True)
+class _Played:
+    """An episode whose agent has answered and been scored, not yet finished."""
+
+    task_id: str
+    session_id: str
+    group_id: str
+    answer: str
+    reward: float
+    error: str | None
+    admission: Span
+    agent: Span
+    reward_span: Span
+
+    def result(self, calls: int, session: Span, reward: Span, finish: Span, finished: bool) -> EpisodeResult:
+        times = EpisodeTimes(self.admission, session, self.agent, reward, finish)
+        return EpisodeResult(session_id=self.session_id, group_id=self.group_id, task_id=self.task_id,
+                             reward=self.reward, answer=self.answer, error=self.error, num_llm_calls=calls,
+                             wall_time_s=sum(b - a for a, b in (session, (self.agent[0], reward[1]), finish)),
+                             finished=finished, times=times)
 
 
 class FailureWatch:

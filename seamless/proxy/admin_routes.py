@@ -18,6 +18,7 @@ from seamless.proxy.errors import ApiError, parse_json_object, translate
 from seamless.proxy.metrics import Metrics
 from seamless.proxy.state import ProxyState, new_key
 from seamless.traces.merge import merge_turns
+from seamless.traces.store import EpisodeEnd
 
 router = APIRouter()
 
@@ -67,6 +68,71 @@ async def create_session(request: Request) -> Response:
                         status_code=201)
 
 
+@router.post("/sessions/batch")
+@_admin
+async def create_sessions(request: Request) -> Response:
+    """`count` sessions of one group in one call (a GRPO group's episodes): {"sessions": [...]},
+    each as POST /sessions answers."""
+    state = _state(request)
+    body = await _json_object(request)
+    count, metadata = body.get("count"), body.get("metadata") or {}
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= _MAX_BATCH:
+        raise ApiError(400, f"'count' must be a whole number from 1 to {_MAX_BATCH}", param="count")
+    if not isinstance(metadata, dict):
+        raise ApiError(400, "'metadata' must be an object", param="metadata")
+    made = [(new_key()[:16], new_key()) for _ in range(count)]
+    await state.store.create_sessions(made, _optional_str(body, "group_id"), _optional_str(body, "task_id"), metadata)
+    for sid, key in made:
+        state.session_of_key[key] = sid
+    state.metrics.sessions_created += count
+    base = _own_url(request)
+    return JSONResponse({"sessions": [{"session_id": sid, "api_key": key, "base_url": f"{base}/sessions/{sid}/v1"}
+                                      for sid, key in made]}, status_code=201)
+
+
+@router.post("/sessions/finish")
+@_admin
+async def finish_sessions(request: Request) -> Response:
+    """Reward and finish several episodes in one call (a GRPO group's): body {"episodes": [{"session_id",
+    "reward" or "turn_rewards", "discard"?}]}; an episode without a recorded call is finished as
+    discarded. Answers, per episode, its number of turns and whether (and why) it was discarded."""
+    state = _state(request)
+    episodes = [_episode_end(item) for item in _list_of(await _json_object(request), "episodes")]
+    for episode in episodes:
+        await state.voids.flush(episode.session_id)  # calls the agent never got stay out of the episode
+    ends = await state.store.finish_many(episodes)
+    for end in ends:
+        if end.api_key is not None:
+            state.session_of_key.pop(end.api_key, None)
+            state.pool.unpin(end.session_id)
+            state.metrics.sessions_finished += 1
+    await asyncio.gather(*(state.control.bus.forget_key(e.api_key) for e in ends if e.api_key is not None))
+    return JSONResponse({"episodes": [{"session_id": e.session_id, "num_turns": e.num_turns,
+                                       "discarded": e.discarded, "already_finished": e.already_finished}
+                                      for e in ends]})
+
+
+_MAX_BATCH = 4096
+
+
+def _list_of(body: dict[str, Any], name: str) -> list[Any]:
+    items = body.get(name)
+    if not isinstance(items, list) or not 1 <= len(items) <= _MAX_BATCH:
+        raise ApiError(400, f"'{name}' must be a list of 1 to {_MAX_BATCH} objects", param=name)
+    return items
+
+
+def _episode_end(item: Any) -> EpisodeEnd:
+    if not isinstance(item, dict) or not isinstance(item.get("session_id"), str):
+        raise ApiError(400, "each of 'episodes' must be an object with a 'session_id'", param="episodes")
+    reward, turn_rewards = item.get("reward"), item.get("turn_rewards")
+    if reward is not None and not _finite_number(reward):
+        raise ApiError(400, "'reward' must be a finite number", param="reward")
+    if turn_rewards is not None and not (isinstance(turn_rewards, list) and all(map(_finite_number, turn_rewards))):
+        raise ApiError(400, "'turn_rewards' must be a list of finite numbers", param="turn_rewards")
+    return EpisodeEnd(item["session_id"], reward, turn_rewards, _optional_str(item, "discard") or None)
+
+
 @router.post("/sessions/{session_id}/reward")
 @_admin
 async def set_reward(request: Request, session_id: str) -> Response:
@@ -79,9 +145,10 @@ async def set_reward(request: Request, session_id: str) -> Response:
         raise ApiError(400, "'reward' must be a finite number", param="reward")
     if turn_rewards is not None and not (isinstance(turn_rewards, list) and all(map(_finite_number, turn_rewards))):
         raise ApiError(400, "'turn_rewards' must be a list of finite numbers", param="turn_rewards")
-    await state.store.session(session_id)  # 404 for an unknown session
+    record = await state.store.session(session_id)  # 404 for an unknown session
     await state.store.set_reward(session_id, reward, turn_rewards)
-    return JSONResponse({"session_id": session_id, "reward": reward, "turn_rewards": turn_rewards})
+    return JSONResponse({"session_id": session_id, "reward": reward, "turn_rewards": turn_rewards,
+                         "num_turns": record.num_turns})
 
 
 def _own_url(request: Request) -> str:
@@ -137,6 +204,7 @@ async def trajectory(request: Request, session_id: str) -> Response:
                    "completion_token_ids": t.completion_token_ids, "logprobs": t.completion_logprobs,
                    "weight_versions": t.weight_versions, "finish_reason": t.finish_reason,
                    "upstream": t.upstream, "started_at": t.started_at, "ended_at": t.ended_at,
+                   "sent_at": t.sent_at, "answered_at": t.answered_at, "first_token_at": t.first_token_at,
                    "constraints": list(t.constraints), "request": request_body} for t, request_body in recorded],
         "sequences": [{"token_ids": s.token_ids, "loss_mask": s.loss_mask, "logprobs": s.rollout_logprobs,
                        "weight_versions": s.weight_versions, "reward": s.reward} for s in sequences],

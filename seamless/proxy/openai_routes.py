@@ -29,7 +29,7 @@ from seamless.errors import SessionFinished, UpstreamUnavailable
 from seamless.proxy import continuation, delivery, episodes, responses_api, tito
 from seamless.proxy.auth import agent_session, bearer_of
 from seamless.proxy.errors import ApiError, parse_json_object, translate
-from seamless.proxy.recording import AgentWants, Api, CallRecorder, upstream_body
+from seamless.proxy.recording import RECEIVED_AT, AgentWants, Api, CallRecorder, upstream_body
 from seamless.proxy.state import ProxyState
 from seamless.proxy.upstream_http import UpstreamConnectionError, UpstreamResponse, UpstreamStreamError
 from seamless.proxy.upstreams import Upstream
@@ -95,6 +95,7 @@ class AgentAPI:
 async def _call(state: ProxyState, route: str, path_session: str | None, scope: dict, receive: Callable,
                 send: Callable) -> None:
     started = time.perf_counter()
+    RECEIVED_AT.set(time.time())
     headers = dict(scope["headers"])
     try:
         session_id = await agent_session(state, bearer_of(headers.get(b"authorization", b"").decode("latin-1")),
@@ -387,7 +388,8 @@ async def _complete(state: ProxyState, api: Api, body: dict[str, Any], session_i
     """A whole call for a non-streaming agent; retried on another server if one dies mid-call."""
     while True:
         upstream, response = await _open(state, api, body, session_id)
-        recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")))
+        recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")),
+                            opened=response)
         try:
             async with contextlib.aclosing(_fold(state, session_id, upstream, response, recorder)) as chunks:
                 async for _ in chunks:
@@ -521,7 +523,8 @@ class _ResponsesSSE:
 
 async def _stream_to_agent(state: ProxyState, api: Api, body: dict[str, Any], session_id: str, upstream: Upstream,
                            response: UpstreamResponse, shape: _ChatSSE | _ResponsesSSE) -> AsyncIterator[bytes]:
-    recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")))
+    recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")),
+                            opened=response)
     try:
         for part in shape.start(recorder):
             yield part
@@ -578,19 +581,27 @@ async def _derender(state: ProxyState, body: dict[str, Any], recorder: CallRecor
                "generate_response": {"output_mode": "tokens", "choices": choices,
                                      "prompt_token_ids": recorder.prompt_token_ids},
                "chat_request": {**body, "model": upstream.model, "stream": False, "stream_options": None}}
+    # through the proxy's own upstream client, as the call itself: on httpx this one request per
+    # call cost the proxy more CPU than all the rest of the call (its connection pool's bookkeeping)
+    sent = json.dumps(request, separators=(",", ":")).encode()
     try:
-        response = await state.client.post(f"{upstream.url}/v1/chat/completions/derender", json=request,
-                                           timeout=state.settings.upstream_timeout_s)
-    except httpx.HTTPError as exc:
+        response = await state.upstream_http.post(f"{upstream.url}/v1/chat/completions/derender", sent,
+                                                  state.settings.upstream_timeout_s)
+        try:
+            detail = await response.aread()
+        finally:
+            await response.aclose()
+    except (UpstreamConnectionError, UpstreamStreamError) as exc:
         log.warning("derender on %s failed (%r): answering from the stream", upstream.url, exc)
         return None
     if response.status_code in (404, 405, 501):
         _NO_DERENDER.add(upstream.url)  # a server without --enable-scale-out: do not ask again
         return None
     if response.status_code != 200:
-        log.warning("derender on %s answered %s: %s", upstream.url, response.status_code, response.text[:300])
+        log.warning("derender on %s answered %s: %s", upstream.url, response.status_code,
+                    detail[:300].decode(errors="replace"))
         return None
-    return response.json()
+    return json.loads(detail)
 
 
 async def _record(state: ProxyState, recorder: CallRecorder, body: dict[str, Any]) -> None:

@@ -9,14 +9,22 @@ same stream, less the fields it did not ask for, or one assembled non-streaming 
 
 from __future__ import annotations
 
+import contextvars
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from seamless.types import Turn
 
+if TYPE_CHECKING:
+    from seamless.proxy.upstream_http import UpstreamResponse
+
 Api = Literal["chat", "completion"]
+
+RECEIVED_AT: contextvars.ContextVar[float | None] = contextvars.ContextVar("received_at", default=None)
+"""Wall clock when the agent's request reached the proxy; the route sets it on arrival, so a call's
+trace counts the proxy's queueing (a paused pool, failover) and vLLM's as LLM time, not agent time."""
 
 # fields the proxy adds to upstream requests; removed from what the agent sees unless it asked
 _ADDED_TOP = ("prompt_token_ids",)
@@ -45,13 +53,19 @@ class ChoiceTrace:
 class CallRecorder:
     """Accumulates the chunks of one upstream call (all its choices)."""
 
-    def __init__(self, api: Api, session_id: str, upstream: str, echo: bool = False):
+    def __init__(self, api: Api, session_id: str, upstream: str, echo: bool = False,
+                 opened: UpstreamResponse | None = None):
         self.api = api
         self.echo = echo
         """Completions with echo: each choice's first chunk repeats the prompt's ids and logprobs."""
         self.session_id = session_id
         self.upstream = upstream
-        self.started_at = time.time()
+        now = time.time()
+        # `opened`: the upstream response this recorder folds, which knows when it was sent and answered
+        self.sent_at = opened.sent_at if opened is not None else now
+        self.answered_at = opened.answered_at if opened is not None else now
+        self.started_at = min(RECEIVED_AT.get() or self.sent_at, self.sent_at)
+        self.first_token_at: float | None = None
         self.call_id = secrets.token_hex(8)
         """Names the call's turns in the store (to void them if the answer never reaches the agent)."""
         self.prompt_token_ids: list[int] | None = None
@@ -78,6 +92,8 @@ class CallRecorder:
             if self.echo and not trace.token_ids and not trace.echo_skipped and self._prompt_of(trace) is not None:
                 echoed = trace.echo_skipped = len(self._prompt_of(trace))
                 ids = ids[echoed:]
+            if ids and self.first_token_at is None:
+                self.first_token_at = time.time()
             trace.token_ids += ids
             trace.versions += [version] * len(ids)
             if self.api == "chat":
@@ -132,7 +148,9 @@ class CallRecorder:
                      prompt_token_ids=list(self._prompt_of(trace) or []),
                      completion_token_ids=trace.token_ids, completion_logprobs=trace.logprobs,
                      weight_versions=trace.versions, finish_reason=trace.finish_reason,
-                     upstream=self.upstream, started_at=self.started_at, ended_at=ended)
+                     upstream=self.upstream, started_at=self.started_at, ended_at=ended,
+                     sent_at=self.sent_at, answered_at=self.answered_at,
+                     first_token_at=self.first_token_at or ended)
                 for i, (_, trace) in enumerate(sorted(self.choices.items()))]
 
     def _prompt_of(self, trace: ChoiceTrace) -> list[int] | None:

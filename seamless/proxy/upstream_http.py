@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -102,7 +103,12 @@ class _Connection(asyncio.Protocol):
 class UpstreamResponse:
     """A response being received; read it with `aiter_raw()` or `aread()`, then `aclose()`."""
 
-    def __init__(self, client: UpstreamHTTP, conn: _Connection, deadline: asyncio.TimerHandle) -> None:
+    def __init__(self, client: UpstreamHTTP, conn: _Connection, deadline: asyncio.TimerHandle,
+                 sent_at: float) -> None:
+        self.sent_at = sent_at
+        """Wall clock when the request was handed to the connection (the call's trace keeps it)."""
+        self.answered_at = time.time()
+        """Wall clock when the server's headers arrived."""
         self._client = client
         self._conn = conn
         self._deadline = deadline
@@ -154,18 +160,19 @@ class UpstreamHTTP:
         head = (f"POST {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
                 f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
+        sent_at = time.time()
         conn, reused = self._take_idle(origin), True
         if conn is None:
             conn, reused = await self._connect(origin), False
         try:
-            return await self._send(conn, head + body, timeout_s)
+            return await self._send(conn, head + body, timeout_s, sent_at)
         except UpstreamConnectionError:
             if not reused:
                 raise
         # a kept-alive connection the server had just closed: the request never reached it
-        return await self._send(await self._connect(origin), head + body, timeout_s)
+        return await self._send(await self._connect(origin), head + body, timeout_s, sent_at)
 
-    async def _send(self, conn: _Connection, request: bytes, timeout_s: float) -> UpstreamResponse:
+    async def _send(self, conn: _Connection, request: bytes, timeout_s: float, sent_at: float) -> UpstreamResponse:
         loop = asyncio.get_running_loop()
         conn.reset()
         conn.transport.write(request)
@@ -186,7 +193,7 @@ class UpstreamHTTP:
                 raise UpstreamConnectionError(f"{conn.origin[0]}:{conn.origin[1]} dropped the connection: "
                                               f"{conn.error!r}")
             await conn.wait()
-        return UpstreamResponse(self, conn, deadline)
+        return UpstreamResponse(self, conn, deadline, sent_at)
 
     def _take_idle(self, origin: tuple[str, int, bool]) -> _Connection | None:
         idle = self._idle.get(origin)

@@ -23,10 +23,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from seamless.agent.runner import BackgroundGroups, EpisodeResult
+from seamless.agent.runner import BackgroundGroups, EpisodeResult, EpisodeTimes
 from seamless.config import Recipe
 from seamless.agent.evaluation import evaluate
 from seamless.run.parts import Parts, build_parts
+from seamless.run.profile import StepClock, plot_profile
 from seamless.scheduler.validate import RunRecorder
 from seamless.traces.episodes import EpisodeEntry
 from seamless.trainer.trainer import latest_checkpoint
@@ -70,6 +71,10 @@ class Totals:
     """Finished since the last step."""
     recorder: RunRecorder = field(default_factory=RunRecorder)
     """What the simulator is checked against (recorded_run.json)."""
+    clock: StepClock = field(default_factory=StepClock)
+    """Where each step's wall time goes (the `profile/` columns)."""
+    episode_times: dict[str, EpisodeTimes] = field(default_factory=dict)
+    """Phase stamps of finished episodes not yet trained, by session id."""
 
 
 def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
@@ -86,6 +91,7 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
                    unit="step", dynamic_ncols=True)
         try:
             with BackgroundGroups(parts.rollout_runner) as groups:
+                totals.clock.mark("other")  # the first step's time starts here
                 while progress.step < recipe.trainer.total_steps:
                     # 1. start episodes, a GRPO group at a time, as far as the policy admits
                     _admit(parts, groups, totals)
@@ -94,6 +100,7 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
                         scheduler.episodes_finished(len(group))
                         totals.episodes += group
                         totals.recorder.episode_wall_s.update({e.session_id: e.wall_time_s for e in group})
+                        totals.episode_times.update({e.session_id: e.times for e in group if e.times})
                     # 3. a step once a batch is ready: collect, roles, train, publish, roles back, log, checkpoint
                     if scheduler.ready_to_step():
                         _one_step(parts, progress, bar, totals)
@@ -123,19 +130,25 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
     """One RL step, phase by phase. The step stays open until its row is logged: a checkpoint
     never holds a step whose row is missing, so the logged curve has no gap after a resume (a step
     cut off before its checkpoint is trained again and logged twice, the later row counting)."""
-    recipe, scheduler = parts.recipe, parts.scheduler
+    recipe, scheduler, clock = parts.recipe, parts.scheduler, totals.clock
+    clock.mark("rollout")  # the profile's clock: each mark closes the phase named
     # 3a. collect: whole GRPO groups from the stream, merged into training sequences
     entries, trajectories = _collect(parts, progress)
     sequences = [s for t in trajectories for s in t.sequences]
     progress.in_train_step = True
+    clock.mark("stream")
     # 3b. roles: the resources that train leave rollout (their calls continue on the other servers)
     scheduler.begin_step()
+    clock.mark("switch")
     # 3c. train
     metrics = _train(parts, sequences)
+    clock.mark("train")
     # 3d. publish the weights: to the servers that stayed in rollout now, to the others as they rejoin
     sync = _publish(parts)
+    clock.mark("sync")
     # 3e. roles back: resources return to rollout on the new weights
     report = scheduler.end_step()
+    clock.mark("switch")
     # progress moves with the weights, so an interrupt checkpoints a consistent pair
     progress.step += 1
     progress.trained_entry_ids += [e.entry_id for e in entries]
@@ -145,6 +158,9 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
         write_step(parts.run_dir, progress.step, [e.entry_id for e in entries], trajectories)
     totals.trained_tokens += totals.recorder.step(trajectories, sequences)
     row = _step_metrics(parts, trajectories, sequences, totals, report) | sync | _switch_metrics(parts) | metrics
+    clock.mark("log")
+    row |= clock.take([(totals.episode_times.pop(t.session_id), t.turns) for t in trajectories
+                       if t.session_id in totals.episode_times])
     parts.logger.log(progress.step, row)
     progress.in_train_step = False
     # 5. checkpoint, then acknowledge what it includes; evaluate every N steps
@@ -155,6 +171,7 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
     if progress.step % recipe.logging.wandb.sample_table_every == 0:
         _log_samples(parts, progress.step, totals.episodes)
     totals.episodes = []
+    clock.mark("other")
     bar.update(1)
     bar.set_postfix(reward=f"{row['rollout/reward_mean']:.2f}", tok_s=f"{row['perf/trained_tokens_per_s']:.0f}",
                     bubble=f"{row.get('scheduler/bubble_ratio', 0.0):.0%}")
@@ -339,6 +356,9 @@ def _save_timeline(parts: Parts, progress: Progress, totals: Totals):
                                  recipe.rollout.agent_concurrency).save(parts.run_dir / "recorded_run.json")
     parts.logger.log(progress.step, timeline.metrics("scheduler/final/"))
     parts.logger.image(progress.step, "scheduler/timeline", png)
+    if totals.clock.history:
+        parts.logger.image(progress.step, "profile/steps", plot_profile(totals.clock.history,
+                                                                        parts.run_dir / "profile.png"))
     return timeline
 
 

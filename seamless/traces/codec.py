@@ -17,6 +17,12 @@ from seamless.types import Turn
 _HEADER = struct.Struct("<I")  # length of the JSON header of an encoded turn
 
 
+CLOCK = 2
+"""Version of the call clock in a turn record. Records without one (clock 1) stamped `started_at`
+when the server's headers arrived and had no other stamps: they decode with that time as sent,
+answered and first token, so their calls count no queueing (which they did not measure)."""
+
+
 class CorruptRecord(SeamlessError):
     """Data in Redis that does not decode as seamless wrote it (another program's keys, or a bug)."""
 
@@ -38,6 +44,8 @@ def encode_turn(turn: Turn, request: dict[str, Any] | None = None, call_id: str 
     # is atomic, so concurrent calls of one session can never collide on an index)
     header = {"session_id": turn.session_id, "finish_reason": turn.finish_reason,
               "upstream": turn.upstream, "started_at": turn.started_at, "ended_at": turn.ended_at,
+              "clock": CLOCK, "sent_at": turn.sent_at, "answered_at": turn.answered_at,
+              "first_token_at": turn.first_token_at,
               "n_prompt": len(turn.prompt_token_ids), "n_completion": len(turn.completion_token_ids),
               "request": request}
     if call_id is not None:
@@ -113,11 +121,20 @@ def _decode(blob: bytes, index: int, previous: Turn | None) -> tuple[Turn, dict[
         turn = Turn(session_id=header["session_id"], index=index, prompt_token_ids=prompt,
                     completion_token_ids=completion, completion_logprobs=logprobs,
                     weight_versions=versions, finish_reason=header["finish_reason"],
-                    upstream=header["upstream"], started_at=header["started_at"],
-                    ended_at=header["ended_at"], constraints=tuple(header.get("constrained", ())))
+                    upstream=header["upstream"], constraints=tuple(header.get("constrained", ())),
+                    **_clock(header))
         return turn, header.get("request"), header.get("call")
     except (struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptRecord(f"turn record does not decode ({exc}); was it written by seamless?") from exc
+
+
+def _clock(header: dict[str, Any]) -> dict[str, float]:
+    started, ended = float(header["started_at"]), float(header["ended_at"])
+    if header.get("clock") is None:  # clock 1 (see CLOCK): its one stamp was the server's headers
+        return {"started_at": started, "ended_at": ended, "sent_at": started, "answered_at": started,
+                "first_token_at": started}
+    return {"started_at": started, "ended_at": ended, "sent_at": float(header["sent_at"]),
+            "answered_at": float(header["answered_at"]), "first_token_at": float(header["first_token_at"])}
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,12 @@ class TracedCall:
     finish_reason: str | None
     upstream: str
     started_at: float
+    """When the agent's request reached the proxy (wall clock; the fields below as on `Turn`)."""
     ended_at: float
+    sent_at: float = 0.0
+    answered_at: float = 0.0
+    first_token_at: float = 0.0
+    """0.0 for the stamps of trace files written before the proxy recorded them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +67,9 @@ def step_path(run_dir: Path, step: int) -> Path:
 def _call_record(turn: Turn) -> dict:
     return asdict(TracedCall(index=turn.index, prompt_tokens=len(turn.prompt_token_ids),
                              completion_tokens=len(turn.completion_token_ids), finish_reason=turn.finish_reason,
-                             upstream=turn.upstream, started_at=turn.started_at, ended_at=turn.ended_at))
+                             upstream=turn.upstream, started_at=turn.started_at, ended_at=turn.ended_at,
+                             sent_at=turn.sent_at, answered_at=turn.answered_at,
+                             first_token_at=turn.first_token_at))
 
 
 def _sequence_record(sequence: TrainingSequence) -> dict:

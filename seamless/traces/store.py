@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -63,6 +64,18 @@ class TraceStore:
             pipe.hset(self.keys.session(sid), mapping=fields)
             pipe.set(self.keys.apikey(api_key), sid, ex=self.open_ttl_s)
             pipe.expire(self.keys.session(sid), self.open_ttl_s)
+            await pipe.execute()
+
+    async def create_sessions(self, sessions: list[tuple[str, str]], group_id: str | None, task_id: str | None,
+                              metadata: dict[str, Any]) -> None:
+        """`create_session` for several (sid, api_key) of one group: one round trip for all."""
+        fields = {"status": "open", "created_at": time.time(), "metadata": json.dumps(metadata)}
+        fields |= {k: v for k, v in (("group_id", group_id), ("task_id", task_id)) if v is not None}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for sid, api_key in sessions:
+                pipe.hset(self.keys.session(sid), mapping=fields | {"api_key": api_key})
+                pipe.set(self.keys.apikey(api_key), sid, ex=self.open_ttl_s)
+                pipe.expire(self.keys.session(sid), self.open_ttl_s)
             await pipe.execute()
 
     async def session(self, sid: str) -> SessionRecord:
@@ -161,3 +174,72 @@ class TraceStore:
                     return True
                 except redis.WatchError:
                     continue
+
+    async def finish_many(self, episodes: list[EpisodeEnd]) -> list[FinishedEpisode]:
+        """Post the rewards of several episodes and finish them in three round trips for all (not
+        five each): what `set_reward` then `finish` do, with the same once-only publishing. An
+        episode with no recorded call is finished as discarded (nothing the policy sampled)."""
+        sessions = [self.keys.session(e.session_id) for e in episodes]
+        turns = [self.keys.turns(e.session_id) for e in episodes]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    # a change to any of them (a reward, a finish, a late call) before EXEC: read again
+                    await pipe.watch(*sessions, *turns)
+                    async with self.redis.pipeline(transaction=False) as reads:
+                        for session, turn_list in zip(sessions, turns):
+                            reads.hmget(session, ["status", "api_key"])
+                            reads.llen(turn_list)
+                        read = await reads.execute()
+                    pipe.multi()
+                    ends = [self._end(pipe, e, *read[2 * i], read[2 * i + 1]) for i, e in enumerate(episodes)]
+                    await pipe.execute()
+                    return ends
+                except redis.WatchError:
+                    continue
+
+    def _end(self, pipe: Any, e: EpisodeEnd, status: bytes | None, api_key: bytes | None,
+             num_turns: int) -> FinishedEpisode:
+        """Queue one episode's reward and finish on `pipe` (in MULTI); what became of it."""
+        if status is None:
+            raise UnknownSession(f"no session {e.session_id!r} in this run")
+        if status == b"finished":
+            return FinishedEpisode(e.session_id, num_turns, already_finished=True, discarded=None, api_key=None)
+        discard = e.discard or (None if num_turns else "made no LLM call (nothing the policy sampled)")
+        key = self.keys.session(e.session_id)
+        fields: dict[str, Any] = {"status": "finished", "finished_at": time.time()}
+        if e.reward is not None:
+            fields["reward"] = repr(float(e.reward))
+        if e.turn_rewards is not None:
+            fields["turn_rewards"] = json.dumps([float(r) for r in e.turn_rewards])
+        pipe.hset(key, mapping=fields | ({"discarded": discard} if discard else {}))
+        pipe.delete(self.keys.apikey(api_key.decode()))  # the agent's key stops working
+        for kept in (key, self.keys.turns(e.session_id), self.keys.void(e.session_id)):
+            pipe.persist(kept)  # until the trainer acknowledges it (then store.retention_s)
+        pipe.xadd(self.keys.episodes, {"session_id": e.session_id})
+        return FinishedEpisode(e.session_id, num_turns, already_finished=False, discarded=discard,
+                               api_key=api_key.decode())
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeEnd:
+    """How the environment ends one episode: its reward (or per-turn rewards) and, when it failed,
+    why it must not train."""
+
+    session_id: str
+    reward: float | None = None
+    turn_rewards: list[float] | None = None
+    discard: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedEpisode:
+    """What `finish_many` did with one episode."""
+
+    session_id: str
+    num_turns: int
+    """Turn records of the session (voided calls included)."""
+    already_finished: bool
+    discarded: str | None
+    api_key: str | None
+    """The agent key that stopped working (None when it had finished before)."""

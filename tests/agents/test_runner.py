@@ -59,6 +59,27 @@ def test_math_group_shares_a_group_id_posts_rewards_and_finishes(proxy):
         assert len(trajectory["turns"][0]["completion_token_ids"]) <= 5
 
 
+def test_a_group_is_made_and_finished_in_batch_and_the_batch_routes_refuse_bad_input(proxy):
+    admin = Admin(proxy)
+
+    def sessions_open() -> int:
+        return int(admin.get("/metrics").text.split("\nseamless_proxy_sessions_open ")[1].split()[0])
+
+    before = sessions_open()
+    [group] = _runner(proxy, f"{HERE}:knows_the_answer").run_groups_sync([TASK], 4)
+    assert sessions_open() == before and all(r.finished and r.times is not None for r in group)
+    assert len({r.session_id for r in group}) == 4 and len({r.group_id for r in group}) == 1
+    for result in group:
+        trajectory = admin.trajectory(result.session_id)
+        assert (trajectory["status"], trajectory["reward"], trajectory["group_id"]) == ("finished", 1.0, result.group_id)
+    assert admin.post("/sessions/batch", {"count": 0}).status_code == 400
+    assert admin.post("/sessions/finish", {"episodes": [{"reward": 1}]}).status_code == 400
+    assert admin.post("/sessions/finish", {"episodes": [{"session_id": "nope", "reward": 1}]}).status_code == 404
+    one = admin.post("/sessions/batch", {"count": 1}).json()["sessions"][0]
+    bad = admin.post("/sessions/finish", {"episodes": [{"session_id": one["session_id"], "reward": "high"}]})
+    assert bad.status_code == 400 and admin.trajectory(one["session_id"])["status"] == "open"
+
+
 def test_crash_timeout_and_bad_return_give_reward_zero_with_a_reason(proxy, caplog):
     tasks = [TASK]
     started = time.monotonic()

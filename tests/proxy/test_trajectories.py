@@ -1,6 +1,7 @@
 """Multi-turn episodes, pause/resume around a weight reload, and bad input, against real vLLM."""
 
 import threading
+import time
 
 import httpx
 import openai
@@ -46,6 +47,10 @@ def test_five_tool_turns_become_one_sequence_with_the_right_loss_mask(proxy, tin
     assert ids == last["prompt_token_ids"] + last["completion_token_ids"]
     assert "result 3" in tokenizer.decode(ids) and "<|im_start|>tool" in tokenizer.decode(ids)
     assert all(v == 0 for v, m in zip(sequence["weight_versions"], mask) if m)
+    # each call's clock runs in order: reached the proxy, sent, headers, first token, end
+    for turn in trajectory["turns"]:
+        stamps = [turn[k] for k in ("started_at", "sent_at", "answered_at", "first_token_at", "ended_at")]
+        assert stamps == sorted(stamps) and stamps[0] > 0, stamps
 
 
 def test_a_rewritten_history_starts_a_new_branch(proxy):
@@ -101,6 +106,7 @@ def test_a_call_spanning_pause_reload_resume_succeeds_with_two_weight_versions(p
     waiting.start()
     _reload(vllm_server.url, other_weights)
     assert "during_pause" not in result
+    resumed_at = time.time()
     assert admin.post("/admin/resume", {"weight_version": 7}).json()["weight_version"] == 7
     thread.join(120)
     waiting.join(120)
@@ -109,6 +115,8 @@ def test_a_call_spanning_pause_reload_resume_succeeds_with_two_weight_versions(p
     (long_call,) = [t for t in turns if len(t["completion_token_ids"]) == 300]
     (paused_call,) = [t for t in turns if len(t["completion_token_ids"]) == 2]
     assert paused_call["weight_versions"] == [7, 7]  # it waited for the new weights
+    # ... and that wait is part of the call on its clock (the agent was waiting for the LLM)
+    assert paused_call["started_at"] <= paused_call["sent_at"] and paused_call["sent_at"] >= resumed_at
     versions = long_call["weight_versions"]
     assert versions[0] == 0 and versions[-1] == 7 and set(versions) == {0, 7}
     assert versions == sorted(versions)  # one switch, old tokens first
