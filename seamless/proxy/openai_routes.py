@@ -120,13 +120,42 @@ async def _chat_or_completion(api: Api, state: ProxyState, session_id: str, body
     _check_n(body, state.settings.max_n)
     wants = AgentWants.of(body)
     await state.pool.wait_running()
+    echo_texts = await _echo_texts(state, session_id, body) if api == "completion" and not wants.token_ids else None
     if wants.stream:
         upstream, response = await _open(state, api, body, session_id)
         shape = _ChatSSE(wants)
-        await _send_stream(_stream_to_agent(state, api, body, session_id, upstream, response, shape), receive, send)
+        stream = _stream_to_agent(state, api, body, session_id, upstream, response, shape, echo_texts)
+        await _send_stream(stream, receive, send)
         return
-    recorder = await delivery.until_disconnect(_complete(state, api, body, session_id), receive)
+    recorder = await delivery.until_disconnect(_complete(state, api, body, session_id, echo_texts), receive)
     await _send_json(send, 200, await _answer(state, api, body, recorder, wants))
+
+
+async def _echo_texts(state: ProxyState, session_id: str, body: dict[str, Any]) -> dict[int, str] | None:
+    """Choice index -> the prompt text vLLM echoes for a completions call with echo=true (a string
+    prompt as given; a token-id prompt as the server's tokenizer decodes it)."""
+    if not body.get("echo"):
+        return None
+    prompt = body["prompt"]
+    prompts = [prompt] if isinstance(prompt, str) or isinstance(prompt[0], int) else prompt
+    n = body.get("n") or 1
+    texts = {}
+    for p, one in enumerate(prompts):
+        text = one if isinstance(one, str) else await _detokenize(state, session_id, one)
+        texts.update({p * n + i: text for i in range(n)})  # vLLM numbers choices prompt by prompt
+    return texts
+
+
+async def _detokenize(state: ProxyState, session_id: str, ids: Any) -> str:
+    upstream = state.pool.pick(session_id)
+    try:
+        reply = await state.client.post(f"{upstream.url}/detokenize", json={"model": upstream.model, "tokens": ids},
+                                        timeout=state.settings.upstream_timeout_s)
+    except httpx.HTTPError as exc:
+        raise ApiError(502, f"the rollout server failed to decode the prompt to echo: {exc!r}", "upstream_error") from exc
+    if reply.status_code != 200:
+        raise _upstream_error(reply.status_code, reply.content)
+    return reply.json()["prompt"]
 
 
 async def _responses(state: ProxyState, session_id: str, body: dict[str, Any], receive: Callable,
@@ -376,11 +405,13 @@ def _stream_error(error: Any) -> ApiError:
     return ApiError(500, str(error), "upstream_error")
 
 
-async def _complete(state: ProxyState, api: Api, body: dict[str, Any], session_id: str) -> CallRecorder:
+async def _complete(state: ProxyState, api: Api, body: dict[str, Any], session_id: str,
+                    echo_texts: dict[int, str] | None = None) -> CallRecorder:
     """A whole call for a non-streaming agent; retried on another server if one dies mid-call."""
     while True:
         upstream, response = await _open(state, api, body, session_id)
-        recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")))
+        recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")),
+                                echo_texts=echo_texts)
         try:
             async with contextlib.aclosing(_fold(state, session_id, upstream, response, recorder)) as chunks:
                 async for _ in chunks:
@@ -513,8 +544,10 @@ class _ResponsesSSE:
 
 
 async def _stream_to_agent(state: ProxyState, api: Api, body: dict[str, Any], session_id: str, upstream: Upstream,
-                           response: UpstreamResponse, shape: _ChatSSE | _ResponsesSSE) -> AsyncIterator[bytes]:
-    recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")))
+                           response: UpstreamResponse, shape: _ChatSSE | _ResponsesSSE,
+                           echo_texts: dict[int, str] | None = None) -> AsyncIterator[bytes]:
+    recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")),
+                            echo_texts=echo_texts)
     try:
         for part in shape.start(recorder):
             yield part
