@@ -1,4 +1,5 @@
-"""The agent-facing OpenAI API: chat/completions, completions, models.
+"""The agent-facing API: chat/completions, completions, models, and the routes served by
+translating to those two (Responses, Anthropic messages, vLLM's token-in generate).
 
 Each call is forwarded to the session's rollout server as a stream with token ids and logprobs,
 recorded as turns once it completes (before the agent sees the end of the response, so a turn
@@ -26,7 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from seamless.errors import SessionFinished, UpstreamUnavailable
-from seamless.proxy import continuation, delivery, episodes, responses_api, tito
+from seamless.proxy import anthropic_api, continuation, delivery, episodes, generate_api, responses_api, tito
 from seamless.proxy.auth import agent_session, bearer_of
 from seamless.proxy.errors import ApiError, parse_json_object, translate
 from seamless.proxy.recording import AgentWants, Api, CallRecorder, upstream_body
@@ -37,8 +38,10 @@ from seamless.proxy.upstreams import Upstream
 router = APIRouter()
 log = logging.getLogger("seamless.proxy")
 
-_AGENT_POST = re.compile(r"^(?:/sessions/([^/]+))?/v1/(chat/completions|completions|responses)$")
-_ROUTES = {"chat/completions": "chat", "completions": "completions", "responses": "responses"}
+_AGENT_POST = re.compile(r"^(?:/sessions/([^/]+))?/(v1/chat/completions|v1/completions|v1/responses|v1/messages"
+                         r"|inference/v1/generate)$")
+_ROUTES = {"v1/chat/completions": "chat", "v1/completions": "completions", "v1/responses": "responses",
+           "v1/messages": "messages", "inference/v1/generate": "generate"}
 _JSON = [(b"content-type", b"application/json")]
 _NO_DERENDER: set[str] = set()  # servers without /v1/chat/completions/derender
 _RESPONSE_TTL_S = 24 * 3600  # how long previous_response_id can refer to a response
@@ -76,8 +79,8 @@ async def models(request: Request, session_id: str | None = None) -> Response:
 
 
 class AgentAPI:
-    """POST chat/completions and completions (at /v1 and under a session's base URL); any other
-    request goes on to `app`, the FastAPI app whose lifespan makes the proxy's state."""
+    """The generating POST routes (at the root and under a session's URL); any other request goes
+    on to `app`, the FastAPI app whose lifespan makes the proxy's state."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -96,22 +99,25 @@ async def _call(state: ProxyState, route: str, path_session: str | None, scope: 
     started = time.perf_counter()
     headers = dict(scope["headers"])
     try:
-        session_id = await agent_session(state, bearer_of(headers.get(b"authorization", b"").decode("latin-1")),
-                                         path_session)
+        # Anthropic's SDK sends its key as x-api-key
+        key = bearer_of(headers.get(b"authorization", b"").decode("latin-1")) or \
+            (headers.get(b"x-api-key", b"").decode("latin-1") or None)
+        session_id = await agent_session(state, key, path_session)
         session_id = await episodes.resolve(state, session_id, headers.get(episodes.HEADER))
         body = await _read_body(headers.get(b"content-length"), receive, state.settings.max_body_bytes)
-        if route == "responses":
-            await _responses(state, session_id, body, receive, send)
+        if route in _ADAPTED:
+            await _ADAPTED[route](state, session_id, body, receive, send)
         else:
             await _chat_or_completion("chat" if route == "chat" else "completion", state, session_id, body,
                                       receive, send)
         state.metrics.observe(route, 200, time.perf_counter() - started)
-    except Exception as exc:  # every failure becomes an OpenAI-shaped error
+    except Exception as exc:  # every failure becomes an OpenAI-shaped error (Anthropic-shaped on its route)
         error = translate(exc)
         state.metrics.observe(route, error.status, time.perf_counter() - started)
         state.metrics.errors[error.type] += 1
+        payload = anthropic_api.error_body(error) if route == "messages" else error.body()
         # a body cut off (too slow, too big) leaves the connection mid-request: close it
-        await _send_json(send, error.status, error.body(), close=error.status in (408, 413))
+        await _send_json(send, error.status, payload, close=error.status in (408, 413))
 
 
 async def _chat_or_completion(api: Api, state: ProxyState, session_id: str, body: dict[str, Any],
@@ -176,6 +182,43 @@ async def _responses(state: ProxyState, session_id: str, body: dict[str, Any], r
     result = responses_api.from_chat(body, response_id, await _answer(state, "chat", chat, recorder, wants))
     await _store_response(state, session_id, body, chat, result)
     await _send_json(send, 200, result)
+
+
+async def _messages(state: ProxyState, session_id: str, body: dict[str, Any], receive: Callable,
+                    send: Callable) -> None:
+    """POST /v1/messages (Anthropic): run as the chat call vLLM's Messages route makes (anthropic_api)."""
+    chat = anthropic_api.to_chat(body)
+    _validate("chat", chat)
+    await state.pool.wait_running()
+    if body.get("stream"):
+        upstream, response = await _open(state, "chat", chat, session_id)
+        shape = _MessagesSSE(body.get("model"))
+        await _send_stream(_stream_to_agent(state, "chat", chat, session_id, upstream, response, shape), receive, send)
+        return
+    recorder = await delivery.until_disconnect(_complete(state, "chat", chat, session_id), receive)
+    wants = AgentWants(model=body.get("model"), stream=False, logprobs=False, token_ids=False, usage=True)
+    await _send_json(send, 200, anthropic_api.from_chat(await _answer(state, "chat", chat, recorder, wants),
+                                                        body.get("model")))
+
+
+async def _generate(state: ProxyState, session_id: str, body: dict[str, Any], receive: Callable,
+                    send: Callable) -> None:
+    """POST /inference/v1/generate (token in, token out): run as a completions call on the same
+    token ids (generate_api)."""
+    completion = generate_api.to_completion(body)
+    _validate("completion", completion)
+    _check_n(completion, state.settings.max_n)
+    await state.pool.wait_running()
+    if body.get("stream"):
+        upstream, response = await _open(state, "completion", completion, session_id)
+        shape = _GenerateSSE(body)
+        stream = _stream_to_agent(state, "completion", completion, session_id, upstream, response, shape)
+        await _send_stream(stream, receive, send)
+        return
+    recorder = await delivery.until_disconnect(_complete(state, "completion", completion, session_id), receive)
+    upstream = state.pool.upstreams.get(recorder.upstream)
+    await _send_json(send, 200, generate_api.response(body, recorder, body.get("model") or (
+        upstream.model if upstream else "")))
 
 
 def _response_key(state: ProxyState, session_id: str, response_id: str) -> str:
@@ -543,8 +586,65 @@ class _ResponsesSSE:
                                                       **error.body()["error"]}).encode() + b"\n\n"
 
 
+class _MessagesSSE:
+    """The Anthropic event stream of a chat stream (anthropic_api.EventStream)."""
+
+    def __init__(self, model: Any) -> None:
+        self.events = anthropic_api.EventStream(model)
+
+    def start(self, recorder: CallRecorder) -> list[bytes]:
+        self.recorder = recorder
+        return []
+
+    def chunk(self, chunk: dict[str, Any] | None) -> list[bytes]:
+        return [] if chunk is None else self.events.feed(chunk)
+
+    async def end(self, continued: bool) -> list[bytes]:
+        return self.events.finish(self.recorder.usage)
+
+    def error(self, error: ApiError) -> bytes:
+        return b"event: error\ndata: " + json.dumps(anthropic_api.error_body(error)).encode() + b"\n\n"
+
+
+class _GenerateSSE:
+    """The generate event stream of a completions stream: each chunk's new tokens, per choice."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.sent: dict[int, int] = {}  # choice index -> tokens already sent
+
+    def start(self, recorder: CallRecorder) -> list[bytes]:
+        self.recorder = recorder
+        return []
+
+    def chunk(self, chunk: dict[str, Any] | None) -> list[bytes]:
+        parts = []
+        for choice in (chunk or {}).get("choices") or []:
+            index = choice.get("index", 0)
+            trace, start = self.recorder.choices[index], self.sent.get(index, 0)
+            if len(trace.token_ids) == start and choice.get("finish_reason") is None:
+                continue  # as vLLM: a chunk with no new token and no finish is not sent
+            piece = generate_api.choice(self.body, index, trace, start, choice.get("finish_reason"),
+                                        choice.get("text") or "")
+            event = generate_api.chunk(self.body, self.recorder, piece, first=not self.sent)
+            self.sent[index] = len(trace.token_ids)
+            parts.append(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
+        return parts
+
+    async def end(self, continued: bool) -> list[bytes]:
+        usage = []
+        if (self.body.get("stream_options") or {}).get("include_usage"):
+            event = {"request_id": self.body.get("request_id") or (self.recorder.first_chunk or {}).get("id", ""),
+                     "output_mode": self.body.get("output_mode", "tokens"), "choices": [], "usage": self.recorder.usage}
+            usage = [b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"]
+        return [*usage, b"data: [DONE]\n\n"]
+
+    def error(self, error: ApiError) -> bytes:
+        return b"data: " + json.dumps(error.body()).encode() + b"\n\n"
+
+
 async def _stream_to_agent(state: ProxyState, api: Api, body: dict[str, Any], session_id: str, upstream: Upstream,
-                           response: UpstreamResponse, shape: _ChatSSE | _ResponsesSSE,
+                           response: UpstreamResponse, shape: _ChatSSE | _ResponsesSSE | _MessagesSSE | _GenerateSSE,
                            echo_texts: dict[int, str] | None = None) -> AsyncIterator[bytes]:
     recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")),
                             echo_texts=echo_texts)
@@ -630,3 +730,7 @@ async def _record(state: ProxyState, recorder: CallRecorder, body: dict[str, Any
                           recorder.call_id, turns, body)
     state.metrics.prompt_tokens += recorder.prompt_tokens
     state.metrics.completion_tokens += sum(len(t.completion_token_ids) for t in turns)
+
+
+_ADAPTED = {"responses": _responses, "messages": _messages, "generate": _generate}
+"""Routes served by translating to the chat or completions path and back."""
