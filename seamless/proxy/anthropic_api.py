@@ -14,6 +14,7 @@ import secrets
 from typing import Any
 
 from seamless.proxy.errors import ApiError
+from seamless.proxy.recording import CallRecorder
 
 _ERROR_TYPES = {"invalid_request_error", "authentication_error", "permission_error", "not_found_error",
                 "rate_limit_error", "api_error", "overloaded_error"}
@@ -42,7 +43,8 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
                             "max_completion_tokens": body["max_tokens"]}
     for ours, theirs in (("stop", "stop_sequences"), ("temperature", "temperature"), ("top_p", "top_p"),
                          ("top_k", "top_k"), ("cache_salt", "cache_salt"), ("vllm_xargs", "vllm_xargs"),
-                         ("chat_template_kwargs", "chat_template_kwargs"), ("kv_transfer_params", "kv_transfer_params")):
+                         ("chat_template_kwargs", "chat_template_kwargs"),
+                         ("kv_transfer_params", "kv_transfer_params")):
         if body.get(theirs) is not None:
             chat[ours] = body[theirs]
     fmt = (body.get("output_config") or {}).get("format") or {}
@@ -86,7 +88,8 @@ def _messages_of(message: dict[str, Any]) -> list[dict[str, Any]]:
             reasoning.append(block["thinking"])
         elif kind == "tool_use":
             calls.append({"id": block.get("id"), "type": "function",
-                          "function": {"name": block.get("name") or "", "arguments": json.dumps(block.get("input") or {})}})
+                          "function": {"name": block.get("name") or "",
+                                       "arguments": json.dumps(block.get("input") or {})}})
         elif kind == "tool_result" and role == "user":
             before.append({"role": "tool", "tool_call_id": block.get("tool_use_id") or "",
                            "content": _tool_text(block.get("content"))})
@@ -137,7 +140,8 @@ def _tools(body: dict[str, Any], chat: dict[str, Any]) -> None:
 # the answer -----------------------------------------------------------------------------------
 
 
-def stop_reason(finish_reason: str | None, stop: Any, tool_used: bool, tool_complete: bool) -> tuple[str | None, str | None]:
+def stop_reason(finish_reason: str | None, stop: Any, tool_used: bool,
+                tool_complete: bool) -> tuple[str | None, str | None]:
     """Anthropic's (stop_reason, stop_sequence) of a chat finish (vLLM's _to_anthropic_stop_reason)."""
     if finish_reason == "length":
         return "max_tokens", None
@@ -207,7 +211,8 @@ class EventStream:
 
     @staticmethod
     def _event(kind: str, **fields: Any) -> bytes:
-        return f"event: {kind}\ndata: ".encode() + json.dumps({"type": kind, **fields}, separators=(",", ":")).encode() + b"\n\n"
+        data = json.dumps({"type": kind, **fields}, separators=(",", ":")).encode()
+        return f"event: {kind}\ndata: ".encode() + data + b"\n\n"
 
     def _start(self, chunk: dict[str, Any]) -> bytes:
         # as vLLM: the message opens with the first chunk (the role), input tokens counted
@@ -299,3 +304,23 @@ def _is_json(text: str) -> bool:
     except json.JSONDecodeError:
         return False
     return True
+
+
+class SSE:
+    """The Anthropic event stream of a chat stream (EventStream)."""
+
+    def __init__(self, model: Any) -> None:
+        self.events = EventStream(model)
+
+    def start(self, recorder: CallRecorder) -> list[bytes]:
+        self.recorder = recorder
+        return []
+
+    def chunk(self, chunk: dict[str, Any] | None) -> list[bytes]:
+        return [] if chunk is None else self.events.feed(chunk)
+
+    async def end(self, continued: bool) -> list[bytes]:
+        return self.events.finish(self.recorder.usage)
+
+    def error(self, error: ApiError) -> bytes:
+        return b"event: error\ndata: " + json.dumps(error_body(error)).encode() + b"\n\n"

@@ -12,6 +12,7 @@ sampled token's `rank` (the completions stream does not carry it; it is left out
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from seamless.proxy.errors import ApiError
@@ -72,7 +73,7 @@ def _logprobs(ids: list[int], logprobs: list[float], top: list[Any]) -> dict[str
     return {"content": content}
 
 
-def choice(body: dict[str, Any], index: int, trace: ChoiceTrace, start: int, finish_reason: str | None,
+def shape_choice(body: dict[str, Any], index: int, trace: ChoiceTrace, start: int, finish_reason: str | None,
            text: str) -> dict[str, Any]:
     """One choice (or, streaming, the delta of its tokens [start:]) in the generate shape."""
     ids = trace.token_ids[start:]
@@ -93,7 +94,7 @@ def prompt_ids(recorder: CallRecorder) -> list[int] | None:
                 recorder.prompt_token_ids)
 
 
-def chunk(body: dict[str, Any], recorder: CallRecorder, piece: dict[str, Any], first: bool) -> dict[str, Any]:
+def stream_event(body: dict[str, Any], recorder: CallRecorder, piece: dict[str, Any], first: bool) -> dict[str, Any]:
     """One streamed generate event around one choice's delta (the prompt ids on the first, if asked)."""
     event: dict[str, Any] = {"request_id": body.get("request_id") or (recorder.first_chunk or {}).get("id", ""),
                              "output_mode": body.get("output_mode", "tokens"), "usage": None, "choices": [piece]}
@@ -107,7 +108,44 @@ def response(body: dict[str, Any], recorder: CallRecorder, model: str) -> dict[s
     first = recorder.first_chunk or {}
     return {"request_id": body.get("request_id") or first.get("id", ""), "created": first.get("created"),
             "model": model, "output_mode": body.get("output_mode", "tokens"),
-            "choices": [choice(body, i, t, 0, t.finish_reason or "stop", t.text) for i, t in sorted(recorder.choices.items())],
+            "choices": [shape_choice(body, i, t, 0, t.finish_reason or "stop", t.text)
+                        for i, t in sorted(recorder.choices.items())],
             "usage": recorder.usage, "prompt_logprobs": None, "prompt_token_id_logprobs": None,
             "prompt_token_ids": prompt_ids(recorder) if body.get("return_token_ids") else None,
             "mm_placeholders": None, "metrics": None, "kv_transfer_params": None, "ec_transfer_params": None}
+
+
+class SSE:
+    """The generate event stream of a completions stream: each chunk's new tokens, per choice."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.sent: dict[int, int] = {}  # choice index -> tokens already sent
+
+    def start(self, recorder: CallRecorder) -> list[bytes]:
+        self.recorder = recorder
+        return []
+
+    def chunk(self, chunk: dict[str, Any] | None) -> list[bytes]:
+        parts = []
+        for choice in (chunk or {}).get("choices") or []:
+            index = choice.get("index", 0)
+            trace, start = self.recorder.choices[index], self.sent.get(index, 0)
+            if len(trace.token_ids) == start and choice.get("finish_reason") is None:
+                continue  # as vLLM: a chunk with no new token and no finish is not sent
+            piece = shape_choice(self.body, index, trace, start, choice.get("finish_reason"), choice.get("text") or "")
+            event = stream_event(self.body, self.recorder, piece, first=not self.sent)
+            self.sent[index] = len(trace.token_ids)
+            parts.append(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
+        return parts
+
+    async def end(self, continued: bool) -> list[bytes]:
+        usage = []
+        if (self.body.get("stream_options") or {}).get("include_usage"):
+            event = {"request_id": self.body.get("request_id") or (self.recorder.first_chunk or {}).get("id", ""),
+                     "output_mode": self.body.get("output_mode", "tokens"), "choices": [], "usage": self.recorder.usage}
+            usage = [b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"]
+        return [*usage, b"data: [DONE]\n\n"]
+
+    def error(self, error: ApiError) -> bytes:
+        return b"data: " + json.dumps(error.body()).encode() + b"\n\n"

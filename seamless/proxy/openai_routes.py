@@ -158,7 +158,8 @@ async def _detokenize(state: ProxyState, session_id: str, ids: Any) -> str:
         reply = await state.client.post(f"{upstream.url}/detokenize", json={"model": upstream.model, "tokens": ids},
                                         timeout=state.settings.upstream_timeout_s)
     except httpx.HTTPError as exc:
-        raise ApiError(502, f"the rollout server failed to decode the prompt to echo: {exc!r}", "upstream_error") from exc
+        raise ApiError(502, f"the rollout server failed to decode the prompt to echo: {exc!r}",
+                       "upstream_error") from exc
     if reply.status_code != 200:
         raise _upstream_error(reply.status_code, reply.content)
     return reply.json()["prompt"]
@@ -192,7 +193,7 @@ async def _messages(state: ProxyState, session_id: str, body: dict[str, Any], re
     await state.pool.wait_running()
     if body.get("stream"):
         upstream, response = await _open(state, "chat", chat, session_id)
-        shape = _MessagesSSE(body.get("model"))
+        shape = anthropic_api.SSE(body.get("model"))
         await _send_stream(_stream_to_agent(state, "chat", chat, session_id, upstream, response, shape), receive, send)
         return
     recorder = await delivery.until_disconnect(_complete(state, "chat", chat, session_id), receive)
@@ -211,7 +212,7 @@ async def _generate(state: ProxyState, session_id: str, body: dict[str, Any], re
     await state.pool.wait_running()
     if body.get("stream"):
         upstream, response = await _open(state, "completion", completion, session_id)
-        shape = _GenerateSSE(body)
+        shape = generate_api.SSE(body)
         stream = _stream_to_agent(state, "completion", completion, session_id, upstream, response, shape)
         await _send_stream(stream, receive, send)
         return
@@ -586,65 +587,9 @@ class _ResponsesSSE:
                                                       **error.body()["error"]}).encode() + b"\n\n"
 
 
-class _MessagesSSE:
-    """The Anthropic event stream of a chat stream (anthropic_api.EventStream)."""
-
-    def __init__(self, model: Any) -> None:
-        self.events = anthropic_api.EventStream(model)
-
-    def start(self, recorder: CallRecorder) -> list[bytes]:
-        self.recorder = recorder
-        return []
-
-    def chunk(self, chunk: dict[str, Any] | None) -> list[bytes]:
-        return [] if chunk is None else self.events.feed(chunk)
-
-    async def end(self, continued: bool) -> list[bytes]:
-        return self.events.finish(self.recorder.usage)
-
-    def error(self, error: ApiError) -> bytes:
-        return b"event: error\ndata: " + json.dumps(anthropic_api.error_body(error)).encode() + b"\n\n"
-
-
-class _GenerateSSE:
-    """The generate event stream of a completions stream: each chunk's new tokens, per choice."""
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.body = body
-        self.sent: dict[int, int] = {}  # choice index -> tokens already sent
-
-    def start(self, recorder: CallRecorder) -> list[bytes]:
-        self.recorder = recorder
-        return []
-
-    def chunk(self, chunk: dict[str, Any] | None) -> list[bytes]:
-        parts = []
-        for choice in (chunk or {}).get("choices") or []:
-            index = choice.get("index", 0)
-            trace, start = self.recorder.choices[index], self.sent.get(index, 0)
-            if len(trace.token_ids) == start and choice.get("finish_reason") is None:
-                continue  # as vLLM: a chunk with no new token and no finish is not sent
-            piece = generate_api.choice(self.body, index, trace, start, choice.get("finish_reason"),
-                                        choice.get("text") or "")
-            event = generate_api.chunk(self.body, self.recorder, piece, first=not self.sent)
-            self.sent[index] = len(trace.token_ids)
-            parts.append(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
-        return parts
-
-    async def end(self, continued: bool) -> list[bytes]:
-        usage = []
-        if (self.body.get("stream_options") or {}).get("include_usage"):
-            event = {"request_id": self.body.get("request_id") or (self.recorder.first_chunk or {}).get("id", ""),
-                     "output_mode": self.body.get("output_mode", "tokens"), "choices": [], "usage": self.recorder.usage}
-            usage = [b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"]
-        return [*usage, b"data: [DONE]\n\n"]
-
-    def error(self, error: ApiError) -> bytes:
-        return b"data: " + json.dumps(error.body()).encode() + b"\n\n"
-
-
 async def _stream_to_agent(state: ProxyState, api: Api, body: dict[str, Any], session_id: str, upstream: Upstream,
-                           response: UpstreamResponse, shape: _ChatSSE | _ResponsesSSE | _MessagesSSE | _GenerateSSE,
+                           response: UpstreamResponse,
+                           shape: _ChatSSE | _ResponsesSSE | anthropic_api.SSE | generate_api.SSE,
                            echo_texts: dict[int, str] | None = None) -> AsyncIterator[bytes]:
     recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")),
                             echo_texts=echo_texts)
