@@ -1,6 +1,6 @@
 """Weight-sync time against model size, beside the raw bound measured in the same run.
 
-For each model size: one vLLM server (a Ray actor) behind a proxy, then `fleet.sync_weights`
+For each model size: one vLLM server (a Ray actor) behind a proxy, then `fleet.publish`
 from an in-memory state dict (written as safetensors, reloaded by the server). The raw bound
 is copying the same bytes to the same place (write) plus reading them back (what a reload
 must at least do). Disk path on CPU; prints a table.
@@ -65,7 +65,7 @@ def main() -> None:
                 fleet.add_server(None, resource_id=0)
                 try:
                     for _ in range(args.repeats):
-                        m = fleet.sync_weights(other, fleet.version + 1)
+                        m = fleet.publish(other)
                         write_s, read_s = raw_bound(fleet.transport.folder(m.version))
                         rows.append((size, m, write_s, read_s))
                 finally:

@@ -10,7 +10,7 @@ Builds a Qwen2-shaped 0.5B model locally (hidden 896, 24 layers, 14 heads, 2 KV 
   plain PyTorch (fp32 weights, bf16 autocast, fused AdamW) on the same micro-batches with the same
   loss: tokens/s, MFU, peak memory;
 - `logprobs`: the trainer's logprobs against a plain transformers forward of the same weights;
-- `offload`: DeepSpeed `offload_states` / `reload_states` of the trained engine: seconds, GiB freed;
+- `offload`: the rank's `offload_states` / `reload_states` in the role switch's order: seconds, GiB freed;
 - `ipc`: a CUDA IPC hand-off of 1 GiB of bf16 weights to a second process: GB/s;
 - `vllm`: where vLLM is installed, a server on the model: generation tokens/s, a weight update
   from /dev/shm (seconds) and the server's logprobs after it against transformers'.
@@ -189,30 +189,35 @@ def logprobs(c: Check) -> dict[str, Any]:
 
 
 def offload(c: Check) -> dict[str, Any]:
-    """What a [train, rollout] GPU frees when its rank steps aside for vLLM, and what coming back costs."""
-    c.need_cuda()
+    """What a [train, rollout] GPU frees when its rank steps aside for vLLM, and what coming back
+    costs, through the rank's own `offload_states` / `reload_states` in the role switch's order
+    (rollout/switch.py): optimizer and gradients first, then the parameters (after the weights
+    reached vLLM), all back before the next step. On CPU (`--device cpu`) the same DeepSpeed calls
+    run, host memory to host memory (nothing freed), and the rank must still train after them."""
     if c.worker is None:
         raise Skip("no trainer rank (train_step did not run)")
     import torch
-    from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum, OffloadStateTypeEnum
 
-    engine = c.worker.engines.policy
-    include = [OffloadStateTypeEnum.optim_states, OffloadStateTypeEnum.contiguous_grad_buffer,
-               OffloadStateTypeEnum.hp_params, OffloadStateTypeEnum.lp_grads]
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
+    c.worker.shares_device = True  # a vLLM server beside it: the rank offloads only then
+    _sync(c)
+    allocated = (lambda: torch.cuda.memory_allocated()) if c.device == "cuda" else (lambda: 0)  # noqa: E731
+    before = allocated()
     started = time.perf_counter()
-    engine.offload_states(include=include, device=OffloadDeviceEnum.cpu, pin_memory=True)
-    torch.cuda.synchronize()
-    offload_s, after = time.perf_counter() - started, torch.cuda.memory_allocated()
+    optimizer_freed = c.worker.offload_states(["optimizer", "grads"])
+    optimizer_s = time.perf_counter() - started
     started = time.perf_counter()
-    engine.reload_states()
-    torch.cuda.synchronize()
+    params_freed = c.worker.offload_states(["params"])
+    params_s = time.perf_counter() - started
+    after = allocated()
+    started = time.perf_counter()
+    c.worker.reload_states()
     reload_s = time.perf_counter() - started
     loss_after = c.worker.train_policy(c.batch, 1e-6)["loss"]  # still trains after the round trip
-    return {"offload_s": round(offload_s, 3), "reload_s": round(reload_s, 3),
-            "allocated_before_gib": round(before / GiB, 2), "allocated_offloaded_gib": round(after / GiB, 2),
-            "freed_gib": round((before - after) / GiB, 2), "loss_after_reload": loss_after}
+    return {"offload_optimizer_s": round(optimizer_s, 3), "offload_params_s": round(params_s, 3),
+            "reload_s": round(reload_s, 3), "allocated_before_gib": round(before / GiB, 2),
+            "allocated_offloaded_gib": round(after / GiB, 2),
+            "freed_optimizer_gib": round(optimizer_freed / GiB, 2), "freed_params_gib": round(params_freed / GiB, 2),
+            "loss_after_reload": loss_after}
 
 
 def ipc(c: Check) -> dict[str, Any]:

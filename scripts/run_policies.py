@@ -121,20 +121,20 @@ def measure_switch(out: Path) -> None:
                 warm: list[float] = []  # the fleet's warm-up of each new server, timed apart
                 fleet_warm = fleet._warm
                 fleet._warm = lambda urls: warm.append(timed(fleet_warm, urls))
-                start = timed(fleet.add_server, None, None, 0)
+                start = timed(fleet.add_server, None, 0)
                 url = fleet.servers()[0]
                 body = {"model": fleet.options.served_model_name, "prompt": "1+2=", "max_tokens": 4, "logprobs": 1}
                 after = timed(post_each, [url] * 4, "/v1/completions", json=body)
                 print(f"warm-up of a fresh server (4 requests at once): {warm[0]:.2f} s; the same 4 requests "
                       f"right after: {after:.2f} s")
-                fleet.stage(model, 1)
+                fleet.publish(model)  # to the server in rotation, and to every later (re)joining one
                 stop = timed(fleet.remove_server, 0)
-                restart = timed(fleet.add_server, None, None, 0)
+                restart = timed(fleet.add_server, None, 0)
                 parks, unparks = [], []
-                for version in (2, 3, 4):
+                for _ in range(3):
                     parks.append(timed(fleet.park_server, 0))
-                    fleet.stage(model, version)
-                    unparks.append(timed(fleet.add_server, None, None, 0))
+                    fleet.publish(model, [])  # staged only: the parked server loads it as it rejoins
+                    unparks.append(timed(fleet.add_server, None, 0))
             finally:
                 fleet.shutdown()
     finally:

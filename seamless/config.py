@@ -315,7 +315,9 @@ class PpoConfig(_Algorithm):
     """PPO: a critic (value model) and GAE advantages per token."""
 
     name: Literal["ppo"] = "ppo"
-    """A critic trained beside the policy (its lr is trainer.critic_lr)."""
+    """A critic trained beside the policy, with its own learning rate (`critic_lr`)."""
+    critic_lr: float = Field(1e-5, gt=0.0)
+    """Peak learning rate of the critic (same warm-up and schedule as the policy's `trainer.lr`)."""
     gamma: float = Field(1.0, ge=0.0, le=1.0)
     """Discount over tokens (GAE)."""
     lam: float = Field(0.95, ge=0.0, le=1.0)
@@ -361,8 +363,6 @@ class TrainerConfig(Section):
     """RL steps to run."""
     lr: float = Field(1e-5, gt=0.0)
     """Peak learning rate."""
-    critic_lr: float = Field(1e-5, gt=0.0)
-    """Peak learning rate of the PPO critic."""
     warmup_steps: int = Field(0, ge=0)
     """Linear warm-up of the learning rate, in optimizer steps."""
     weight_decay: float = Field(0.0, ge=0.0)
@@ -680,6 +680,10 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
+MOVED_KEYS = {"trainer.critic_lr": "algorithm.critic_lr (PPO only: the other algorithms have no critic)"}
+"""Keys an older recipe may still carry -> where they live now."""
+
+
 def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate a nested dict as a Recipe, turning pydantic errors into one readable ConfigError."""
     try:
@@ -693,6 +697,8 @@ def _describe_error(err: Any) -> str:
     """One line per pydantic error: dotted key, what is wrong, and what to do."""
     loc, model, tagged = _walk([str(part) for part in err["loc"]])
     dotted = ".".join(loc) or "<recipe>"
+    if err["type"] == "extra_forbidden" and dotted in MOVED_KEYS:
+        return f"{dotted}: this key moved; set {MOVED_KEYS[dotted]} instead"
     if err["type"] == "extra_forbidden":
         allowed = sorted(model.model_fields) if model else []
         hint = difflib.get_close_matches(loc[-1], allowed, n=1)

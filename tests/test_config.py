@@ -66,6 +66,10 @@ def test_a_key_of_another_algorithm_is_an_error_that_names_it():
     assert "algorithm.value_clip: unknown key; it belongs to ppo" in message
     with pytest.raises(ConfigError, match="algorithm.norm_adv_by_std: unknown key; it belongs to grpo, not ppo"):
         load_recipe("recipes/ppo_tiny_cpu.yaml", ["algorithm.norm_adv_by_std=false"])
+    with pytest.raises(ConfigError, match="algorithm.critic_lr: unknown key; it belongs to ppo, not grpo"):
+        load_recipe("recipes/grpo_tiny_cpu.yaml", ["algorithm.critic_lr=1e-3"])
+    with pytest.raises(ConfigError, match=r"trainer.critic_lr: this key moved; set algorithm.critic_lr \(PPO only"):
+        load_recipe("recipes/ppo_tiny_cpu.yaml", ["trainer.critic_lr=1e-3"])
     with pytest.raises(ConfigError, match="algorithm.name: 'dpo' is not one of 'grpo', 'ppo'"):
         load_recipe(None, ["algorithm.name=dpo"])
 

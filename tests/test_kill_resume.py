@@ -83,7 +83,10 @@ def test_sigkill_mid_run_then_resume_loses_and_trains_twice_nothing(tmp_path: Pa
     #    and nothing is left in the stream, delivered or not
     state = json.loads((run_dir / "checkpoints" / f"step_{TOTAL_STEPS:08d}" / "trainer_state.json").read_text())
     trained = state["extra_state"]["trained_entry_ids"]
+    # episodes sampled (in part) by weights the kill threw away are acknowledged, never trained
+    discarded = state["extra_state"]["discarded_entry_ids"]
     assert len(trained) == len(set(trained)), "an episode was trained twice"
+    assert not set(trained) & set(discarded)
     with RedisServer(run_dir / "redis") as server, redis.Redis.from_url(server.url) as client:
         finished = []
         for key in client.scan_iter(f"{PREFIX}:session:*"):
@@ -95,12 +98,17 @@ def test_sigkill_mid_run_then_resume_loses_and_trains_twice_nothing(tmp_path: Pa
         assert client.xpending(f"{PREFIX}:episodes", "trainer")["pending"] == 0
     # the killed run finished 3 steps' worth at least, the resumed run 2 more
     assert len(finished) >= (3 + 2) * EPISODES_PER_STEP
-    assert len(trained) == len(finished), f"{len(finished)} finished episodes, {len(trained)} trained"
+    assert len(trained) + len(discarded) == len(finished), (f"{len(finished)} finished episodes, {len(trained)} "
+                                                           f"trained, {len(discarded)} dropped")
     # the trace export says the same: one file per step, every trained episode in exactly one
     traced = list(read_traces(run_dir))
     assert sorted({t.step for t in traced}) == list(range(1, TOTAL_STEPS + 1))
     assert sorted(t.entry_id for t in traced) == sorted(trained)
-    assert len({t.session_id for t in traced}) == len(traced) == len(finished)
+    assert len({t.session_id for t in traced}) == len(traced) == len(trained)
+    # versions are never reused: the resumed run publishes above every version the killed run did,
+    # and nothing it trains carries a version of the lost weights
+    lost = _lost_versions(out)
+    assert not any(v in lost for t in traced for s in t.sequences for v in s.weight_versions)
 
 
 def _seamless_run(args: list[str], out: Path) -> subprocess.Popen:
@@ -109,6 +117,15 @@ def _seamless_run(args: list[str], out: Path) -> subprocess.Popen:
     with open(out, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "seamless.cli", "run", str(RECIPE), *OVERRIDES, *args],
                                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _lost_versions(out: str) -> range:
+    """The versions the killed run published after its checkpoint, as the resumed run reports them."""
+    import re
+
+    match = re.search(r"versions (\d+)-(\d+) of the killed run's weights are lost", out)
+    assert match, "the resumed run did not say which versions were lost (step 3's weights were)"
+    return range(int(match[1]), int(match[2]) + 1)
 
 
 def _wait_for(process: subprocess.Popen, out: Path, ready, timeout_s: float = 300) -> None:

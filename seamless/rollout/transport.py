@@ -1,7 +1,7 @@
 """How new weights reach the servers: safetensors files reloaded from disk, or an NCCL broadcast.
 
 Both split an update the same way: `stage` (before the pause, rollout keeps running) and `load`
-(while paused, every server at once). The fleet times the two separately.
+(while paused, every server at once). The weight publisher times the two separately.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ class DiskTransport:
 
     def folder(self, version: int) -> Path:
         if version not in self._staged:
-            raise KeyError(f"weights version {version} was never staged; call fleet.sync_weights(source, "
-                           f"{version}) (or stage it) first")
+            raise KeyError(f"weights version {version} was never staged; publish weights through "
+                           "the fleet's publisher (fleet.publish) first")
         return self._staged[version]
 
     def load(self, urls: Sequence[str], version: int) -> None:

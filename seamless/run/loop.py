@@ -46,6 +46,13 @@ class Progress:
     backlog: list[EpisodeEntry] = field(default_factory=list)
     """Finished episodes a killed run left untrained in the stream; they join the next step."""
     eval_before: float | None = None
+    restored: bool = False
+    """Weights came from a checkpoint (no warm start)."""
+    discarded_versions: range = range(0)
+    """Weight versions a killed run published after its last checkpoint: those weights are gone,
+    and episodes sampled with them never train (they are acknowledged, not trained)."""
+    discarded_entry_ids: list[str] = field(default_factory=list)
+    """Stream entries dropped for that reason (kept in checkpoints, for the record)."""
     in_train_step: bool = False
     held: dict[str, list[tuple[EpisodeEntry, Trajectory]]] = field(default_factory=dict)
     """Finished episodes of GRPO groups not yet complete (or not yet trained), by group id; not
@@ -68,12 +75,12 @@ class Totals:
 def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
     with build_parts(recipe, run_dir, resume) as parts:
         progress = _restore(parts) if resume else Progress()
-        if parts.trainer.version == 0:  # nothing restored: a new run, or one killed before its first checkpoint
+        if not progress.restored:  # a new run, or one killed before its first checkpoint
             _warm_start(parts)
         if progress.eval_before is None:
             progress.eval_before = _evaluate(parts, step=progress.step, label="before")
         scheduler = parts.scheduler
-        scheduler.begin_recording(version=parts.trainer.version)
+        scheduler.begin_recording(steps=progress.step)
         totals = Totals(groups_started=progress.step * recipe.rollout.batch_size)
         bar = tqdm(initial=progress.step, total=recipe.trainer.total_steps, desc=recipe.algorithm.name.upper(),
                    unit="step", dynamic_ncols=True)
@@ -125,8 +132,8 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
     scheduler.begin_step()
     # 3c. train
     metrics = _train(parts, sequences)
-    # 3d. publish the weights: staged for servers that (re)join, loaded into those that stayed
-    stage_s = _publish(parts)
+    # 3d. publish the weights: to the servers that stayed in rollout now, to the others as they rejoin
+    sync = _publish(parts)
     # 3e. roles back: resources return to rollout on the new weights
     report = scheduler.end_step()
     # progress moves with the weights, so an interrupt checkpoints a consistent pair
@@ -137,7 +144,7 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
     if recipe.logging.traces:
         write_step(parts.run_dir, progress.step, [e.entry_id for e in entries], trajectories)
     totals.trained_tokens += totals.recorder.step(trajectories, sequences)
-    row = _step_metrics(parts, trajectories, sequences, totals, report) | {"sync/stage_s": stage_s} | metrics
+    row = _step_metrics(parts, trajectories, sequences, totals, report) | sync | _switch_metrics(parts) | metrics
     parts.logger.log(progress.step, row)
     progress.in_train_step = False
     # 5. checkpoint, then acknowledge what it includes; evaluate every N steps
@@ -154,31 +161,32 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
 
 
 def _train(parts: Parts, sequences: list[TrainingSequence]) -> dict[str, float]:
-    """One optimizer step of the trainer's ranks (on the train leases begin_step took). A step
-    whose filters left nothing to train on still makes a version (the same weights under the next
-    number), so the trainer, the fleet and the scheduler count versions alike."""
-    metrics = parts.trainer.train_step(sequences)
-    if metrics is None:
-        parts.trainer.version += 1
-        return {}
-    return metrics.to_dict()
+    """One optimizer step of the trainer's ranks (on the train leases begin_step took); staleness
+    counts from the weights rollout serves now. A step whose filters left nothing to train on
+    still publishes (the same weights under the next version), so every step moves the version."""
+    metrics = parts.trainer.train_step(sequences, serving_version=parts.fleet.version)
+    return metrics.to_dict() if metrics is not None else {}
 
 
-def _publish(parts: Parts) -> float:
-    """The trainer's new weights to the rollout servers: staged with the fleet (rollout keeps
-    running), then loaded into the servers that stayed in rollout without a trainer rank beside
-    them (paused meanwhile); servers that rejoin in end_step() load them there. Returns the
-    seconds staging took."""
-    version = parts.trainer.version
-    started = time.monotonic()
-    parts.fleet.stage(parts.trainer, version)
-    stage_s = time.monotonic() - started
+def _publish(parts: Parts) -> dict[str, float]:
+    """The trainer's new weights, as the next version, through the fleet's one publisher: loaded
+    into the servers that stayed in rollout without a trainer rank beside them (paused meanwhile);
+    servers that rejoin in end_step() load them there. Returns the update's metrics."""
     servers = parts.scheduler.begin_sync()  # the trainer's resources go idle here
-    if servers:
-        parts.fleet.pause(servers)
-        parts.fleet.update_weights(version, servers)
-        parts.fleet.resume(servers)
-    return stage_s
+    update = parts.fleet.publish(parts.trainer, servers)
+    return {"sync/version": update.version, "sync/stage_s": update.stage_s, "sync/paused_s": update.paused_s,
+            "sync/transfer_s": update.transfer_s}
+
+
+def _switch_metrics(parts: Parts) -> dict[str, float]:
+    """Seconds of each memory move of the step's GPU role switches (vLLM sleep/wake, trainer
+    offload/reload), summed over the resources that switched; none on CPU."""
+    row: dict[str, float] = {}
+    for move in parts.fleet.switch.take_moves():
+        row[f"switch/{move.name}_s"] = row.get(f"switch/{move.name}_s", 0.0) + move.seconds
+        if move.freed_bytes:
+            row["switch/trainer_freed_gib"] = row.get("switch/trainer_freed_gib", 0.0) + move.freed_bytes / 2**30
+    return row
 
 
 def _warm_start(parts: Parts) -> None:
@@ -191,8 +199,7 @@ def _warm_start(parts: Parts) -> None:
     tokenizer = AutoTokenizer.from_pretrained(parts.model_dir)
     losses = supervised_warmup(parts.trainer, parts.tasks, tokenizer, warm, parts.recipe.rollout.agent)
     # the warm-started weights are a version of their own: rollout after this is never stamped 0
-    parts.trainer.version += 1
-    parts.fleet.sync_weights(parts.trainer, parts.trainer.version)
+    parts.fleet.publish(parts.trainer)
     parts.logger.log(0, {"warmup/loss_first": losses[0], "warmup/loss_last": losses[-1]})
     print(f"seamless run: warm-up loss {losses[0]:.3f} -> {losses[-1]:.3f} over {warm.steps} steps")
 
@@ -231,35 +238,61 @@ def _collect(parts: Parts, progress: Progress) -> tuple[list[EpisodeEntry], list
 
 def _checkpoint(parts: Parts, progress: Progress) -> None:
     extra = {"step": progress.step, "trained_entry_ids": progress.trained_entry_ids[-100_000:],
-             "eval_before": progress.eval_before}
+             "eval_before": progress.eval_before, "weight_version": parts.fleet.version,
+             "discarded_entry_ids": progress.discarded_entry_ids[-100_000:]}
     parts.trainer.save_checkpoint(parts.checkpoint_dir, extra_state=extra)
     parts.episodes.ack(progress.unacked, parts.recipe.store.retention_s)
     progress.unacked = []
 
 
 def _restore(parts: Parts) -> Progress:
+    # versions are never reused: the killed run may have published (and the proxy stamped tokens
+    # with) versions after its checkpoint; whatever is published now is newer than all of them
+    stamped = parts.fleet.proxy.upstreams()["weight_version"]
     try:
         path = latest_checkpoint(parts.checkpoint_dir)
     except Exception:
         print("seamless run: no checkpoint to resume from yet; starting from the beginning")
-        return _take_backlog(parts, Progress())
+        parts.fleet.publisher.start_above(stamped)
+        # every trained weight of the killed run is gone (the base model's, version 0, is not)
+        return _take_backlog(parts, Progress(discarded_versions=range(1, stamped + 1)))
     extra = parts.trainer.load_checkpoint(path)
+    kept = extra.get("weight_version", stamped)  # the checkpoint's weights
+    floor = max(stamped, kept)  # the newest version the killed run published
+    parts.fleet.publisher.start_above(floor)
     progress = Progress(step=extra["step"], trained_entry_ids=list(extra["trained_entry_ids"]),
-                        eval_before=extra.get("eval_before"))
-    parts.fleet.sync_weights(parts.trainer, parts.trainer.version)
-    print(f"seamless run: resumed from {path} at step {progress.step} (weights version {parts.trainer.version})")
+                        eval_before=extra.get("eval_before"), restored=True,
+                        discarded_entry_ids=list(extra.get("discarded_entry_ids", [])),
+                        discarded_versions=range(kept + 1, floor + 1))
+    update = parts.fleet.publish(parts.trainer)
+    lost = progress.discarded_versions
+    print(f"seamless run: resumed from {path} at step {progress.step} (weights version {update.version}"
+          + (f"; versions {lost.start}-{lost.stop - 1} of the killed run's weights are lost and never reused"
+             if lost else "") + ")")
     return _take_backlog(parts, progress)
 
 
 def _take_backlog(parts: Parts, progress: Progress) -> Progress:
     """Sort what the killed run left in the stream: entries the checkpoint already trained are only
-    acknowledged (at the next checkpoint); the others (trained after the checkpoint, or finished
+    acknowledged (at the next checkpoint), and so are episodes sampled (in part) by weights the kill
+    threw away; the others (trained after the checkpoint on the checkpoint's weights, or finished
     and never trained) join the next step, so none is lost and none is left over at the end."""
     # steps after the checkpoint are trained again: their old trace files would count episodes twice
     drop_steps_after(parts.run_dir, progress.step)
     trained = set(progress.trained_entry_ids)
+    lost = progress.discarded_versions
     for entry in parts.episodes.backlog():
-        (progress.unacked if entry.entry_id in trained else progress.backlog).append(entry)
+        if entry.entry_id in trained:
+            progress.unacked.append(entry)
+        elif lost and any(v in lost for turn in parts.episodes.trajectory(entry.session_id).turns
+                          for v in turn.weight_versions):
+            progress.unacked.append(entry)
+            progress.discarded_entry_ids.append(entry.entry_id)
+        else:
+            progress.backlog.append(entry)
+    if progress.discarded_entry_ids:
+        print(f"seamless run: {len(progress.discarded_entry_ids)} finished episode(s) sampled by the lost "
+              "weights are dropped, not trained")
     if progress.backlog:
         print(f"seamless run: {len(progress.backlog)} finished episode(s) from before the restart "
               f"join step {progress.step + 1}")

@@ -28,6 +28,7 @@ from seamless.proxy.server import ProxyProcess
 from seamless.cluster.ray_cluster import start_ray, stop_ray
 from seamless.rollout.fleet import VLLMFleet
 from seamless.rollout.proxy_admin import ProxyAdmin
+from seamless.rollout.switch import ColocatedSwitch
 from seamless.run.logger import RunLogger
 from seamless.scheduler import RayPlacement, ResourcePool, TagScheduler, make_policy
 from seamless.scheduler.adapters import FleetOnLeases
@@ -132,6 +133,8 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         # leases decide when the ranks compute
         trainer = stack.enter_context(Trainer.from_recipe(
             recipe, model_dir, num_ranks=len(pool.trainers), slots=[devices.slot(rid) for rid in sorted(pool.trainers)]))
+        # a server that sleeps (a GPU it shares with a rank) trades the GPU with the ranks this way
+        fleet.switch = ColocatedSwitch(trainer)
         batch_episodes = recipe.rollout.batch_size * recipe.rollout.group_size
         scheduler = TagScheduler(recipe.cluster, FleetOnLeases(fleet), batch_episodes,
                                  placement=placement, load_interval_s=0.2)

@@ -13,8 +13,8 @@ lease means for a server (the scheduler never reaches into the fleet).
 - Trainer ranks are created once for the run, one per train-tagged resource, and ask Ray for no
   GPU of their own (their DeepSpeed process group is formed once). A train lease is the right to
   compute on that resource's GPU: the main loop trains between `begin_step()` (which returns the
-  train leases) and `begin_sync()`. On GPUs this is where a rank reloads its offloaded state (and
-  vLLM sleeps); on this CPU machine both residents are processes and the lease is what keeps them
+  train leases) and `begin_sync()`. On GPUs parking also puts vLLM to sleep and the rank reloads its offloaded
+  state (rollout/switch.py); on this CPU machine both residents are processes and the lease is what keeps them
   from running at once.
 """
 
@@ -36,18 +36,16 @@ class FleetOnLeases:
         self.fleet = fleet
         self._resident: set[int] = set()
 
-    def add_server(self, lease: Lease, version: int) -> None:
+    def add_server(self, lease: Lease) -> None:
         rid = lease.resource.id
         if lease.resource.dual:
             self._resident.add(rid)
-            self.fleet.add_server(None, version, resource_id=rid)  # unparks a parked one
+            self.fleet.add_server(None, resource_id=rid)  # unparks a parked one
         else:
-            self.fleet.add_server(lease, version)
+            self.fleet.add_server(lease)
 
-    def add_servers(self, leases: Sequence[Lease], version: int) -> None:
+    def add_servers(self, leases: Sequence[Lease]) -> None:
         """Start the servers of several leases in parallel (the run's first placement)."""
-        if version != self.fleet.version:
-            raise AssertionError(f"servers start on the fleet's weights v{self.fleet.version}, not v{version}")
         placed = [lease for lease in leases if not lease.resource.dual]
         residents = [lease for lease in leases if lease.resource.dual]
         self._resident |= {lease.resource.id for lease in residents}

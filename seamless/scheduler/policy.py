@@ -16,9 +16,9 @@ from seamless.scheduler.resources import ResourcePool, Role
 
 @dataclass(frozen=True, slots=True)
 class StepPlan:
-    """What the scheduler does to start training step `version` (the version it will produce)."""
+    """What the scheduler does to start training step `step` (counted from 1)."""
 
-    version: int
+    step: int
     episodes: int
     """Finished episodes the step consumes."""
     train: frozenset[int]
@@ -35,7 +35,9 @@ class PipelineState:
     batch_episodes: int
     staleness: int
     roles: dict[int, Role]
-    version: int = 0
+    steps: int = 0
+    """Steps trained. Staleness is counted in steps (the weights' own version belongs to the
+    weight publisher: it also moves at the warm start and jumps on a resume)."""
     started: int = 0
     finished: int = 0
     consumed: int = 0
@@ -72,7 +74,7 @@ class PipelineState:
         assert self.started >= self.finished
 
     def begin_step(self, plan: StepPlan) -> None:
-        assert not self.training and plan.version == self.version + 1 and self.ready >= plan.episodes
+        assert not self.training and plan.step == self.steps + 1 and self.ready >= plan.episodes
         self.training = True
         self.consumed += plan.episodes
         for rid in plan.leave_rollout:
@@ -91,7 +93,7 @@ class PipelineState:
     def end_step(self, roles_after: dict[int, Role]) -> None:
         assert self.training
         self.training = False
-        self.version += 1
+        self.steps += 1
         self.roles = dict(roles_after)
         self.serving = self.holding(Role.ROLLOUT)
 
@@ -107,13 +109,13 @@ class Policy:
         self.pool = pool
         self.staleness = staleness
 
-    def new_state(self, batch_episodes: int, version: int = 0) -> PipelineState:
-        """A pipeline whose weights are at `version` (a resumed or warm-started run), with nothing
-        in flight: the counters start as if `version` steps of full batches had run."""
+    def new_state(self, batch_episodes: int, steps: int = 0) -> PipelineState:
+        """A pipeline `steps` steps in (a resumed run), with nothing in flight: the counters start
+        as if `steps` steps of full batches had run."""
         if batch_episodes < 1:
             raise ConfigError("a step needs at least one episode; raise rollout.batch_size")
-        done = version * batch_episodes
-        return PipelineState(self.pool, batch_episodes, self.staleness, self.initial_roles(), version=version,
+        done = steps * batch_episodes
+        return PipelineState(self.pool, batch_episodes, self.staleness, self.initial_roles(), steps=steps,
                              started=done, finished=done, consumed=done)
 
     def initial_roles(self) -> dict[int, Role]:
@@ -126,19 +128,19 @@ class Policy:
         raise NotImplementedError
 
     def admission(self, state: PipelineState) -> int:
-        """Episodes that may start now. An episode started while the weights are at version v is
-        trained at the earliest in step v+1; starting at most (v + 1 + staleness) batches in total
-        keeps rollout from running more than `staleness` versions ahead of the trainer."""
+        """Episodes that may start now. An episode started after step s is trained at the earliest
+        in step s+1; starting at most (s + 1 + staleness) batches in total keeps rollout from running
+        more than `staleness` steps ahead of the trainer."""
         if not state.serving:
             return 0
-        budget = (state.version + 1 + self.staleness) * state.batch_episodes
+        budget = (state.steps + 1 + self.staleness) * state.batch_episodes
         return max(0, budget - state.started)
 
     def step_plan(self, state: PipelineState) -> StepPlan | None:
         """A step starts as soon as the trainer is free and a batch of finished episodes is ready."""
         if state.training or state.ready < state.batch_episodes:
             return None
-        return StepPlan(version=state.version + 1, episodes=state.batch_episodes,
+        return StepPlan(step=state.steps + 1, episodes=state.batch_episodes,
                         train=self.pool.trainers, leave_rollout=self.leaving_rollout(state))
 
 

@@ -13,10 +13,11 @@ from seamless.scheduler.placement import Lease
 @runtime_checkable
 class RolloutFleet(Protocol):
     """The vLLM servers, as the scheduler sees them (one server per rollout resource). A fleet may
-    also offer `add_servers(leases, version)`, which `start()` uses to start servers in parallel."""
+    also offer `add_servers(leases)`, which `start()` uses to start servers in parallel."""
 
-    def add_server(self, lease: Lease, version: int) -> None:
-        """Start (or wake) a server on the leased resource with weights `version`, and register it
+    def add_server(self, lease: Lease) -> None:
+        """Start (or wake) a server on the leased resource with the current weights (the fleet's
+        publisher owns the version: the scheduler counts steps, not weights), and register it
         with the proxy; returns when it takes requests."""
 
     def remove_server(self, resource_id: int) -> None:

@@ -38,7 +38,7 @@ from seamless.scheduler.timeline import Timeline
 class StepReport:
     """What one step cost, phase by phase (seconds)."""
 
-    version: int
+    step: int
     switch_s: float
     train_s: float
     sync_s: float
@@ -60,11 +60,11 @@ class TagScheduler:
 
     def __init__(self, cluster: ClusterConfig, fleet: RolloutFleet, batch_episodes: int,
                  placement: RayPlacement | None = None,
-                 clock: Callable[[], float] = time.monotonic, version: int = 0,
+                 clock: Callable[[], float] = time.monotonic, steps: int = 0,
                  load_interval_s: float | None = None) -> None:
         self.pool = ResourcePool.from_cluster(cluster)
         self.policy = make_policy(cluster.policy, self.pool, cluster.staleness)
-        self.state: PipelineState = self.policy.new_state(batch_episodes, version)
+        self.state: PipelineState = self.policy.new_state(batch_episodes, steps)
         self.fleet = fleet
         self._open: _OpenStep | None = None
         # a placement passed in belongs to the caller (it reserved the devices the trainer's ranks
@@ -94,7 +94,7 @@ class TagScheduler:
         if add_many is not None and len(rollout) > 1:
             leases = [self.placement.acquire(self.pool[rid], Role.ROLLOUT) for rid in rollout]
             self.leases.update({lease.resource.id: lease for lease in leases})
-            add_many(leases, self.state.version)
+            add_many(leases)
             for rid in rollout:
                 self._mark(rid, role=Role.ROLLOUT, busy=False)
         for rid, role in sorted(self.state.roles.items()):
@@ -105,21 +105,21 @@ class TagScheduler:
             self._sampler = threading.Thread(target=self._sample, name="scheduler-load", daemon=True)
             self._sampler.start()
 
-    def begin_recording(self, version: int | None = None) -> None:
+    def begin_recording(self, steps: int | None = None) -> None:
         """Start the timeline afresh from now, with every resource in its current role; with
-        `version`, the pipeline also restarts there, nothing in flight (weights warm-started or
-        restored before the loop)."""
+        `steps`, the pipeline also restarts there, nothing in flight (a run restored before the
+        loop)."""
         assert not self.state.training and self.state.in_flight == 0, "begin_recording() mid-pipeline"
-        if version is not None:
+        if steps is not None:
             roles = self.state.roles
-            self.state = self.policy.new_state(self.state.batch_episodes, version)
+            self.state = self.policy.new_state(self.state.batch_episodes, steps)
             self.state.roles = roles
             self.state.serving = self.state.holding(Role.ROLLOUT)
         with self.timeline.lock:
             self._t0 = self._clock()
             roles = {rid: lease.role for rid, lease in self.leases.items()}
             self.timeline = Timeline(len(self.pool), {r.id: roles.get(r.id, Role.IDLE) for r in self.pool})
-            self.timeline.begin_phase(0.0, "rollout", self.state.version)
+            self.timeline.begin_phase(0.0, "rollout", self.state.steps)
         self.observe_load()
 
     def finish_recording(self) -> Timeline:
@@ -190,7 +190,7 @@ class TagScheduler:
         assert self._open is None, "begin_step() twice without end_step()"
         self.state.begin_step(plan)
         t_switch = self.now()
-        self.timeline.begin_phase(t_switch, "switch", plan.version)
+        self.timeline.begin_phase(t_switch, "switch", plan.step)
         for rid in sorted(plan.leave_rollout):
             self._drop(rid)
             self._mark(rid, role=Role.SWITCHING)
@@ -198,7 +198,7 @@ class TagScheduler:
             if rid not in self.leases:
                 self._take(rid, Role.TRAIN, busy=False)
         t_train = self.now()
-        self.timeline.begin_phase(t_train, "train", plan.version)
+        self.timeline.begin_phase(t_train, "train", plan.step)
         for rid in plan.train:
             self._mark(rid, role=Role.TRAIN, busy=True)
         self._open = _OpenStep(plan, t_switch, t_train)
@@ -213,7 +213,7 @@ class TagScheduler:
         for rid in step.plan.train:
             self._mark(rid, busy=False)
         step.t_sync = self.now()
-        self.timeline.begin_phase(step.t_sync, "sync", step.plan.version)
+        self.timeline.begin_phase(step.t_sync, "sync", step.plan.step)
         step.roles_after = self.policy.roles_after_step(self.state)
         targets = sorted(self.state.sync_targets(step.roles_after) & self._holding(Role.ROLLOUT))
         for rid in targets:
@@ -222,7 +222,7 @@ class TagScheduler:
 
     def end_step(self) -> StepReport:
         """Roles after the step: resources that go back to rollout leave the trainer and start
-        serving the new version; returns what each phase of the step took."""
+        serving the new weights; returns what each phase of the step took."""
         step = self._open
         assert step is not None and step.t_sync is not None, "end_step() before begin_sync()"
         for rid, role in sorted(step.roles_after.items()):
@@ -232,13 +232,13 @@ class TagScheduler:
             if lease is not None:
                 self._drop(rid)
                 self._mark(rid, role=Role.SWITCHING)
-            self._take(rid, role, version=step.plan.version)
+            self._take(rid, role)
         self.observe_load()
         self.state.end_step(step.roles_after)
         self._open = None
         t_end = self.now()
-        self.timeline.begin_phase(t_end, "rollout", step.plan.version)
-        return StepReport(step.plan.version, step.t_train - step.t_switch, step.t_sync - step.t_train,
+        self.timeline.begin_phase(t_end, "rollout", step.plan.step)
+        return StepReport(step.plan.step, step.t_train - step.t_switch, step.t_sync - step.t_train,
                           t_end - step.t_sync)
 
     # ---- leases -------------------------------------------------------------------------------
@@ -246,14 +246,14 @@ class TagScheduler:
     def _holding(self, role: Role) -> frozenset[int]:
         return frozenset(rid for rid, lease in self.leases.items() if lease.role is role)
 
-    def _take(self, rid: int, role: Role, busy: bool = False, version: int | None = None) -> None:
+    def _take(self, rid: int, role: Role, busy: bool = False) -> None:
         assert rid not in self.leases, f"resource {rid} already holds a lease"
         if role is Role.IDLE:
             return
         lease = self.placement.acquire(self.pool[rid], role)
         self.leases[rid] = lease
         if role is Role.ROLLOUT:
-            self.fleet.add_server(lease, self.state.version if version is None else version)
+            self.fleet.add_server(lease)  # on the weights the publisher holds now
         self._mark(rid, role=role, busy=busy)
 
     def _drop(self, rid: int) -> None:
@@ -274,7 +274,7 @@ class TagScheduler:
     def metrics(self, prefix: str = "scheduler/") -> dict[str, float]:
         """W&B-ready scalars of the timeline so far (closes a copy, not the live timeline)."""
         timeline = self.timeline if self.timeline.end is not None else self.timeline.snapshot(self.now())
-        return timeline.metrics(prefix) | {f"{prefix}version": float(self.state.version)}
+        return timeline.metrics(prefix) | {f"{prefix}steps": float(self.state.steps)}
 
     def save(self, run_dir: str | Path, timeline: Timeline | None = None) -> tuple[Path, Path]:
         """Write timeline.json and timeline.png into the run folder (the closed `timeline`, e.g.

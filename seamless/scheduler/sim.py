@@ -64,7 +64,7 @@ class _Episode:
     """Completion tokens of each turn."""
     tools: list[float]
     """Tool latency after each turn but the last."""
-    start_version: int
+    start_step: int
     turn: int = 0
     context: int = 0
     """Tokens of the conversation so far (prompt, completions, tool outputs)."""
@@ -182,7 +182,7 @@ class Simulation:
                    for _ in range(w.turns)]
         tools = [self.rng.lognormvariate(math.log(w.tool_latency_s), w.tool_latency_sigma)
                  if w.tool_latency_s > 0 else 0.0 for _ in range(w.turns - 1)]
-        ep = _Episode(self.state.started, lengths, tools, self.state.version, context=w.prompt_tokens)
+        ep = _Episode(self.state.started, lengths, tools, self.state.steps, context=w.prompt_tokens)
         self._episodes[ep.id] = ep
         return ep
 
@@ -328,19 +328,19 @@ class Simulation:
         self.state.begin_step(plan)
         self._plan = plan
         self._batch = [self._ready.popleft() for _ in range(plan.episodes)]
-        self._staleness.append([plan.version - 1 - ep.start_version for ep in self._batch])
+        self._staleness.append([plan.step - 1 - ep.start_step for ep in self._batch])
         self.step_tokens.append(sum(ep.generated for ep in self._batch))
         self.step_context_tokens.append(sum(ep.context for ep in self._batch))
         for rid in plan.leave_rollout:
             self._unserve(rid)
         switching = bool(plan.leave_rollout)
-        self.timeline.begin_phase(self.now, "switch" if switching else "train", plan.version)
+        self.timeline.begin_phase(self.now, "switch" if switching else "train", plan.step)
         self._at(self.now + (self.w.switch_s if switching else 0.0), "train_start")
 
     def _on_train_start(self, _: int) -> None:
         plan = self._plan
         assert plan is not None
-        self.timeline.begin_phase(self.now, "train", plan.version)
+        self.timeline.begin_phase(self.now, "train", plan.step)
         for rid in plan.train:
             self.timeline.set(self.now, rid, role=Role.TRAIN, busy=True)
         tokens = sum(ep.context for ep in self._batch)
@@ -350,7 +350,7 @@ class Simulation:
     def _on_train_end(self, _: int) -> None:
         plan = self._plan
         assert plan is not None
-        self.timeline.begin_phase(self.now, "sync", plan.version)
+        self.timeline.begin_phase(self.now, "sync", plan.step)
         roles_after = self.policy.roles_after_step(self.state)
         for rid in plan.train:
             self.timeline.set(self.now, rid, busy=False)
@@ -383,7 +383,7 @@ class Simulation:
         self.state.end_step(self._roles_after)
         self._plan = None
         self._step_done.append(self.now)
-        self.timeline.begin_phase(self.now, "rollout", self.state.version)
+        self.timeline.begin_phase(self.now, "rollout", self.state.steps)
         self._admit()
         self._try_step()
 

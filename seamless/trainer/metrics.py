@@ -11,8 +11,6 @@ class StepMetrics:
 
     step: int
     """Optimizer-independent count of RL steps done, this one included."""
-    weight_version: int
-    """Version of the weights after this step (what export_weights now yields)."""
     num_sequences: int
     """Sequences trained on (after filters)."""
     num_dropped_stale: int

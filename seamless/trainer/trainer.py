@@ -1,7 +1,7 @@
 """The driver-side trainer: what the main loop calls. It owns one Ray actor per rank.
 
     trainer = Trainer.from_recipe(recipe, model_dir, num_ranks=2)
-    metrics = trainer.train_step(sequences)        # list[TrainingSequence] -> StepMetrics
+    metrics = trainer.train_step(sequences, serving_version=7)  # list[TrainingSequence] -> StepMetrics
     for bucket in trainer.export_weights(): ...    # named full tensors for the rollout servers
     trainer.save_checkpoint(run_dir / "checkpoints", extra_state={"data_position": 123})
     trainer.shutdown()
@@ -82,11 +82,10 @@ class Trainer:
         ds_config = deepspeed_config(config.deepspeed, num_ranks, config.grad_clip, dtype)
         self.zero_stage = zero_stage(ds_config)
         spec = WorkerSpec(model_dir=str(self.model_dir), ds_config=ds_config, dtype=dtype, lr=config.lr,
-                          critic_lr=config.critic_lr, weight_decay=config.weight_decay,
+                          critic_lr=self.algorithm.critic_lr or 0.0, weight_decay=config.weight_decay,
                           need_reference=self.algorithm.needs_reference, need_critic=self.algorithm.needs_critic,
                           algorithm=algorithm, seed=seed, gpu_memory_share=config.gpu_memory_share)
         self.step = 0  # RL steps done
-        self.version = 0  # weight version; one per train_step
         self.optimizer_steps = 0  # drives the LR schedule
         self.sft_steps = 0
         if slots is not None and len(slots) != num_ranks:
@@ -109,10 +108,13 @@ class Trainer:
 
     # --- the step ----------------------------------------------------------------------------
 
-    def train_step(self, sequences: list[TrainingSequence]) -> StepMetrics | None:
-        """One RL step on finished sequences. None when filters left nothing to train on."""
+    def train_step(self, sequences: list[TrainingSequence], serving_version: int = 0) -> StepMetrics | None:
+        """One RL step on finished sequences. None when filters left nothing to train on.
+
+        `serving_version`: the weights rollout serves now (the weight publisher's version), from
+        which `algorithm.max_staleness` counts; the trainer keeps no version of its own."""
         start = time.perf_counter()
-        kept = self._filter(sequences)
+        kept = self._filter(sequences, serving_version)
         if not kept.sequences:
             return None
         algo = self.algorithm.config
@@ -135,14 +137,13 @@ class Trainer:
                      "is_weights": is_weights, "old_values": passes.get("values"), "returns": adv.returns}
         sums, epoch_losses, first_loss, lr = self._optimize(batch, per_token)
         self.step += 1
-        self.version += 1
         elapsed = time.perf_counter() - start
         mismatch = logprob_mismatch(old, batch.rollout_logprobs, mask)
         n_tok, n_trained = int(batch.attention_mask.sum()), int(mask.sum())
         n_updates = max(sums.pop("_updates"), 1)
         mean = lambda key: sums.get(key, 0.0) / n_updates  # noqa: E731
         return StepMetrics(
-            step=self.step, weight_version=self.version, num_sequences=batch.size,
+            step=self.step, num_sequences=batch.size,
             num_dropped_stale=kept.dropped_stale, num_dropped_uniform=kept.dropped_uniform,
             num_tokens=n_tok, num_trained_tokens=n_trained, loss=first_loss, policy_loss=mean("policy_loss"),
             kl_loss=mean("kl_loss"), entropy=mean("entropy"), clip_frac=mean("clip_frac"),
@@ -156,11 +157,11 @@ class Trainer:
             critic_grad_norm=mean("critic_grad_norm"), epoch_losses=epoch_losses, step_time_s=elapsed,
             tokens_per_s=n_tok * (1 + self.config.ppo_epochs) / elapsed)
 
-    def _filter(self, sequences: list[TrainingSequence]) -> _Filtered:
+    def _filter(self, sequences: list[TrainingSequence], serving_version: int) -> _Filtered:
         """Drop sequences too stale to correct, then groups dynamic sampling rejects."""
         algo = self.algorithm.config
         versions = torch.tensor([s.oldest_version for s in sequences], dtype=torch.long)
-        fresh = staleness_keep(versions, self.version, algo.max_staleness) if sequences else torch.ones(0, dtype=torch.bool)
+        fresh = staleness_keep(versions, serving_version, algo.max_staleness) if sequences else torch.ones(0, dtype=torch.bool)
         kept = [s for s, ok in zip(sequences, fresh.tolist()) if ok]
         dropped_stale = len(sequences) - len(kept)
         if algo.dynamic_sampling and kept:
@@ -188,7 +189,7 @@ class Trainer:
                 rank_mbs = self._micro_batches(batch, rows, per_token)
                 futures = [w.train_policy.remote(mbs, lr) for w, mbs in zip(self._workers, rank_mbs)]
                 if self.algorithm.needs_critic:
-                    critic_lr = self._lr(self.config.critic_lr)
+                    critic_lr = self._lr(self.algorithm.critic_lr)
                     futures += [w.train_critic.remote(mbs, critic_lr) for w, mbs in zip(self._workers, rank_mbs)]
                 results = ray.get(futures)
                 merged = _merge_rank_metrics(results, self.num_ranks)
@@ -252,6 +253,21 @@ class Trainer:
 
     # --- checkpoints and export --------------------------------------------------------------
 
+    # --- the GPU role switch (rollout/switch.py drives it) ----------------------------------------
+
+    def offload_states(self, kinds: Sequence[str]) -> int:
+        """Every rank that shares its GPU with a vLLM server moves these states to host memory;
+        bytes freed on the devices (0 on CPU, or without a shared GPU)."""
+        import ray
+
+        return sum(ray.get([w.offload_states.remote(list(kinds)) for w in self._workers]))
+
+    def reload_states(self) -> None:
+        """The offloaded states back on the GPUs, before a step."""
+        import ray
+
+        ray.get([w.reload_states.remote() for w in self._workers])
+
     def save_checkpoint(self, root: str | Path, extra_state: dict[str, Any] | None = None) -> Path:
         """Save to root/step_NNNNNNNN (every rank's shard, optimizer, RNG); keep the newest K.
 
@@ -262,7 +278,7 @@ class Trainer:
 
         folder = Path(root).resolve() / f"step_{self.step:08d}"
         folder.mkdir(parents=True, exist_ok=True)
-        state = {"step": self.step, "version": self.version, "optimizer_steps": self.optimizer_steps,
+        state = {"step": self.step, "optimizer_steps": self.optimizer_steps,
                  "sft_steps": self.sft_steps, "extra_state": extra_state or {}}
         ray.get([w.save.remote(str(folder), {"seamless": state}) for w in self._workers])
         # written last: a folder without it is an interrupted save and is never loaded
@@ -279,7 +295,7 @@ class Trainer:
         folder = latest_checkpoint(path)
         ray.get([w.load.remote(str(folder)) for w in self._workers])
         state = json.loads((folder / _STATE_FILE).read_text())
-        self.step, self.version = state["step"], state["version"]
+        self.step = state["step"]
         self.optimizer_steps, self.sft_steps = state["optimizer_steps"], state["sft_steps"]
         return state["extra_state"]
 

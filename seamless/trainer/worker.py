@@ -103,6 +103,41 @@ class TrainWorker:
                 "server sharing the GPU would not fit. Raise trainer.gpu_memory_share and lower "
                 "rollout.gpu_memory_utilization, or use ZeRO-3 / optimizer offload in trainer.deepspeed")
 
+    def offload_states(self, kinds: list[str]) -> int:
+        """Move these states of the trained engines (`optimizer`, `grads`, `params`) to host memory,
+        giving the GPU to the vLLM server beside this rank; returns the bytes freed on the device
+        (0 on CPU, where DeepSpeed moves host memory to host memory). Only a rank that shares its
+        device moves anything. Needs ZeRO stage 1 or more (DeepSpeed offloads its optimizer's state)."""
+        if not self.shares_device:
+            return 0
+        from deepspeed.runtime.zero.offload_config import OffloadStateTypeEnum as State
+
+        states = {"optimizer": [State.optim_states, State.hp_params],
+                  "grads": [State.lp_grads, State.contiguous_grad_buffer], "params": [State.lp_params]}
+        on_gpu = torch.cuda.is_available()
+        before = torch.cuda.memory_allocated() if on_gpu else 0
+        for engine in self._trained():
+            # pinned host buffers make the way back fast; there is nothing to pin on a CPU machine
+            engine.offload_states(include=[s for kind in kinds for s in states[kind]], pin_memory=on_gpu)
+        if not on_gpu:
+            return 0
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        return before - torch.cuda.memory_allocated()
+
+    def reload_states(self) -> None:
+        """Everything `offload_states` moved back on the device, before the rank computes again."""
+        if not self.shares_device:
+            return
+        for engine in self._trained():
+            engine.reload_states()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def _trained(self) -> list[Any]:
+        """The engines with an optimizer (the frozen reference has none to move)."""
+        return [e for e in (self._e.policy, self._e.critic) if e is not None]
+
     @property
     def _e(self) -> Engines:
         assert self.engines is not None, "setup() has not run"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -102,7 +101,7 @@ def test_an_update_moves_both_servers_to_the_new_weights_and_stamps_traces(fleet
     before = [_generate(url, name) for url in urls]
     assert before[0][0] == before[1][0] == _hf_greedy(tiny_model_dir)
 
-    metrics = fleet.sync_weights(state, fleet.version + 1)  # a state dict: written to disk, then reloaded
+    metrics = fleet.publish(state)  # a state dict: written to disk, then reloaded
     after = [_generate(url, name, salt=f"w{fleet.version}") for url in urls]
     assert after[0] == after[1]  # both servers moved, to the same weights
     assert after[0][1][0] != pytest.approx(before[0][1][0], abs=1e-3)  # the weights really changed
@@ -132,7 +131,8 @@ def test_an_update_moves_both_servers_to_the_new_weights_and_stamps_traces(fleet
                                                        ("abort", "salt", False)])
 def test_a_call_in_flight_across_an_update_completes_with_both_versions(fleet, fleet_proxy, new_weights,
                                                                         tiny_model_dir, mode, prefix_cache, stream):
-    fleet.config = fleet.config.model_copy(update={"partial_rollout": mode, "prefix_cache": prefix_cache})
+    # the publisher applies updates: the pause mode and cache handling are its settings
+    fleet.publisher.config = fleet.config.model_copy(update={"partial_rollout": mode, "prefix_cache": prefix_cache})
     admin = Admin(fleet_proxy)
     session = admin.session()
     client = openai.OpenAI(base_url=session["base_url"], api_key=session["api_key"], max_retries=0)
@@ -164,7 +164,8 @@ def test_a_call_in_flight_across_an_update_completes_with_both_versions(fleet, f
     post_each(urls, "/pause", params={"mode": "keep"})
     old = fleet.version
     # alternate between the two weight sets; a folder source is reloaded in place (no copy)
-    metrics = fleet.sync_weights(new_weights[0] if old % 2 == 0 else tiny_model_dir, old + 1)
+    metrics = fleet.publish(new_weights[0] if old % 2 == 0 else tiny_model_dir)
+    assert metrics.version == fleet.version == old + 1
     thread.join(120)
     assert [f for f in result["finish"] if f] == ["length"]  # one normal end, no "abort" shown
     (turn,) = admin.trajectory(session["session_id"])["turns"]

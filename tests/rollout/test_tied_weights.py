@@ -61,7 +61,7 @@ def test_a_tied_model_serves_the_new_weights_after_an_update(ray_cluster, proxy,
         ids, logprobs = _vllm(url, name, salt="w0")
         assert logprobs == pytest.approx(_hf(old, ids)[1], abs=1e-4)
 
-        fleet.sync_weights(state, 1)
+        fleet.publish(state)
         ids, logprobs = _vllm(url, name, salt="w1")
         expected_ids, _ = _hf(new)
         assert ids == expected_ids

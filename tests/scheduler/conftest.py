@@ -31,15 +31,16 @@ class FakeFleet:
         self.seconds = seconds_per_episode
         self.servers: dict[int, Lease] = {}
         self.versions: dict[int, int] = {}
+        self.version = 0  # the weights the fleet holds (its publisher's version)
         self.paused: set[int] = set()
         self.calls: list[tuple[str, Any]] = []
         self.devices: set[str] = set()
         self.busy = False
 
-    def add_server(self, lease: Lease, version: int) -> None:
+    def add_server(self, lease: Lease) -> None:
         assert lease.resource.id not in self.servers
         self.servers[lease.resource.id] = lease
-        self.versions[lease.resource.id] = version
+        self.versions[lease.resource.id] = self.version  # servers join on the current weights
         self.calls.append(("add", lease.resource.id))
 
     def remove_server(self, resource_id: int) -> None:
@@ -56,6 +57,7 @@ class FakeFleet:
 
     def update_weights(self, version: int, resource_ids: Sequence[int]) -> None:
         assert set(resource_ids) <= self.paused, "weights must load on paused servers"
+        self.version = version
         for rid in resource_ids:
             self.versions[rid] = version
         self.calls.append(("update", (version, tuple(resource_ids))))

@@ -25,7 +25,7 @@ def test_colocated_alternates_every_resource_and_is_synchronous():
     assert policy.step_plan(state) is None
     state.on_finished(1)
     plan = policy.step_plan(state)
-    assert plan.train == plan.leave_rollout == frozenset(range(4)) and plan.version == 1
+    assert plan.train == plan.leave_rollout == frozenset(range(4)) and plan.step == 1
     state.begin_step(plan)
     assert policy.admission(state) == 0  # every GPU trains
     after = policy.roles_after_step(state)
@@ -54,7 +54,7 @@ def test_disaggregated_sync_and_async_admission():
 
     asynchronous = make_policy("disaggregated", pool(*MIXED), 2)
     state = asynchronous.new_state(4)
-    assert asynchronous.admission(state) == 12  # three batches: versions 0, +1, +2 ahead
+    assert asynchronous.admission(state) == 12  # three batches: steps 0, +1, +2 ahead
     state.on_started(12)
     state.on_finished(4)
     state.begin_step(asynchronous.step_plan(state))
@@ -85,7 +85,7 @@ def test_tagged_dual_resources_roll_out_until_a_step_and_come_back():
     assert after == policy.initial_roles()
     assert state.sync_targets(after) == {0, 1}  # 2 and 3 load weights beside their trainer rank
     state.end_step(after)
-    assert state.version == 1 and policy.admission(state) == 4
+    assert state.steps == 1 and policy.admission(state) == 4
 
 
 def test_abandoned_episodes_free_their_admission_slots():
@@ -111,14 +111,14 @@ def test_cluster_config_staleness_defaults_and_validation():
         ClusterConfig(policy="colocated", max_async_staleness=1)
 
 
-def test_a_pipeline_that_starts_at_a_restored_version_admits_one_window():
-    """A run resumed (or warm-started) at version 7 starts with nothing in flight: the staleness
-    window, not 8 versions' worth of batches, bounds what may start."""
+def test_a_pipeline_that_starts_at_a_restored_step_admits_one_window():
+    """A run resumed at step 7 starts with nothing in flight: the staleness window, not 8 steps'
+    worth of batches, bounds what may start."""
     policy = make_policy("tagged", pool(*MIXED), 1)
-    state = policy.new_state(batch_episodes=8, version=7)
-    assert state.version == 7 and state.ready == 0 and state.in_flight == 0
+    state = policy.new_state(batch_episodes=8, steps=7)
+    assert state.steps == 7 and state.ready == 0 and state.in_flight == 0
     assert policy.admission(state) == 16
     state.on_started(16)
     state.on_finished(8)
     plan = policy.step_plan(state)
-    assert plan is not None and plan.version == 8
+    assert plan is not None and plan.step == 8

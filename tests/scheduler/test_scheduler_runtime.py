@@ -29,7 +29,7 @@ def drive(sched, fleet, trainer, steps):
     train on the leases, weights to the servers that stayed, roles back)."""
     sched.start()
     reports = []
-    while sched.state.version < steps:
+    while sched.state.steps < steps:
         n = sched.admission()
         if n:
             sched.episodes_started(n)
@@ -44,7 +44,7 @@ def drive(sched, fleet, trainer, steps):
         servers = sched.begin_sync()
         if servers:
             fleet.pause(servers)
-            fleet.update_weights(sched.state.version + 1, servers)
+            fleet.update_weights(sched.state.steps + 1, servers)
             fleet.resume(servers)
         reports.append(sched.end_step())
     sched.close()
@@ -99,12 +99,12 @@ def test_each_policy_runs_steps_on_ray(ray_cluster, fake_fleet, fake_trainer, ca
     policy, groups, staleness = CASES[case]
     sched = TagScheduler(cluster(policy, groups, staleness), fake_fleet, batch_episodes=4)
     reports = drive(sched, fake_fleet, fake_trainer, steps=2)
-    assert [r.version for r in reports] == [1, 2]
+    assert [r.step for r in reports] == [1, 2]
     assert fake_trainer.steps == [tuple(sorted(sched.pool.trainers))] * 2
     assert fake_trainer.devices | fake_fleet.devices <= {"0", "1", "2", "3"}
     assert sched.leases == {} and live_groups("seamless-") == []
     metrics = sched.metrics()
-    assert 0.0 <= metrics["scheduler/bubble_ratio"] <= 1.0 and metrics["scheduler/version"] == 2.0
+    assert 0.0 <= metrics["scheduler/bubble_ratio"] <= 1.0 and metrics["scheduler/steps"] == 2.0
     json_path, png_path = sched.save(tmp_path)
     assert json_path.is_file() and png_path.stat().st_size > 0
 

@@ -73,8 +73,8 @@ def test_sft_then_ppo_with_critic_and_reference_runs_and_exports_a_loadable_mode
                                                                           rollout_sequences, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    algo = PpoConfig(kl_coef=0.05, kl_estimator="k3", entropy_coef=0.01, dual_clip=3.0)
-    config = _config(2, ppo_epochs=2, mini_batches=2, critic_lr=1e-3, warmup_steps=2)
+    algo = PpoConfig(kl_coef=0.05, kl_estimator="k3", entropy_coef=0.01, dual_clip=3.0, critic_lr=1e-3)
+    config = _config(2, ppo_epochs=2, mini_batches=2, warmup_steps=2)
     with Trainer(tiny_model_dir, algo, config, num_ranks=2, seed=0) as trainer:
         sft = [trainer.sft_step(rollout_sequences[:8], lr=1e-3) for _ in range(2)]
         assert sft[1].loss < sft[0].loss and sft[0].grad_norm > 0  # supervised warm-start fits its batch

