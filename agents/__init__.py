@@ -6,5 +6,6 @@
 AGENTS = {
     "math": "agents.math_agent:run",
     "calculator": "agents.calculator_agent:run",
+    "openai-agents": "agents.openai_sdk_calculator:run",
 }
 DEFAULT_REWARD = "agents.rewards:integer_match"

@@ -140,10 +140,11 @@ def calculator_expression(task: Task) -> str:
     return f"{meta['a']} {meta['op']} {meta['b']}"
 
 
-def warmup(task: Task, tokenizer) -> list[tuple[str, bool]]:
+def warmup(task: Task, tokenizer, tools: list[dict] | None = None) -> list[tuple[str, bool]]:
     """Warm-start data (seamless.agent.api.WarmupFn): the prompt with the tool, a Hermes tool call,
-    the tool's result, then `answer<|im_end|>`."""
-    tools = [CALCULATOR_TOOL]
+    the tool's result, then `answer<|im_end|>`. `tools`: the tool as another agent presents it
+    (default: this agent's CALCULATOR_TOOL)."""
+    tools = tools or [CALCULATOR_TOOL]
     messages = build_messages(task)
     expression = calculator_expression(task)
     arguments = json.dumps({"expression": expression})

@@ -79,8 +79,8 @@ async def handle_http_exception(request: Request, exc: StarletteHTTPException) -
     """Routing errors (unknown route, wrong method) in the OpenAI shape, like every other error."""
     if exc.status_code == 404:
         return ApiError(404, f"no route {request.method} {request.url.path} on the seamless proxy; agents use "
-                             "/v1/chat/completions, /v1/completions, /v1/responses, /v1/models under their "
-                             "session's base URL", "not_found_error").response()
+                             "/v1/chat/completions, /v1/completions, /v1/responses, /v1/messages, /v1/models, "
+                             "/inference/v1/generate under their session's base URL", "not_found_error").response()
     return ApiError(exc.status_code, str(exc.detail)).response()
 
 

@@ -1,4 +1,5 @@
-"""The agent-facing OpenAI API: chat/completions, completions, models.
+"""The agent-facing API: chat/completions, completions, models, and the routes served by
+translating to those two (Responses, Anthropic messages, vLLM's token-in generate).
 
 Each call is forwarded to the session's rollout server as a stream with token ids and logprobs,
 recorded as turns once it completes (before the agent sees the end of the response, so a turn
@@ -26,7 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from seamless.errors import SessionFinished, UpstreamUnavailable
-from seamless.proxy import continuation, delivery, episodes, responses_api, tito
+from seamless.proxy import anthropic_api, continuation, delivery, episodes, generate_api, responses_api, tito
 from seamless.proxy.auth import agent_session, bearer_of
 from seamless.proxy.errors import ApiError, parse_json_object, translate
 from seamless.proxy.recording import RECEIVED_AT, AgentWants, Api, CallRecorder, upstream_body
@@ -38,8 +39,10 @@ from seamless.traces.constraints import prompt_replacement
 router = APIRouter()
 log = logging.getLogger("seamless.proxy")
 
-_AGENT_POST = re.compile(r"^(?:/sessions/([^/]+))?/v1/(chat/completions|completions|responses)$")
-_ROUTES = {"chat/completions": "chat", "completions": "completions", "responses": "responses"}
+_AGENT_POST = re.compile(r"^(?:/sessions/([^/]+))?/(v1/chat/completions|v1/completions|v1/responses|v1/messages"
+                         r"|inference/v1/generate)$")
+_ROUTES = {"v1/chat/completions": "chat", "v1/completions": "completions", "v1/responses": "responses",
+           "v1/messages": "messages", "inference/v1/generate": "generate"}
 _JSON = [(b"content-type", b"application/json")]
 _NO_DERENDER: set[str] = set()  # servers without /v1/chat/completions/derender
 _RESPONSE_TTL_S = 24 * 3600  # how long previous_response_id can refer to a response
@@ -77,8 +80,8 @@ async def models(request: Request, session_id: str | None = None) -> Response:
 
 
 class AgentAPI:
-    """POST chat/completions and completions (at /v1 and under a session's base URL); any other
-    request goes on to `app`, the FastAPI app whose lifespan makes the proxy's state."""
+    """The generating POST routes (at the root and under a session's URL); any other request goes
+    on to `app`, the FastAPI app whose lifespan makes the proxy's state."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -98,22 +101,25 @@ async def _call(state: ProxyState, route: str, path_session: str | None, scope: 
     RECEIVED_AT.set(time.time())
     headers = dict(scope["headers"])
     try:
-        session_id = await agent_session(state, bearer_of(headers.get(b"authorization", b"").decode("latin-1")),
-                                         path_session)
+        # Anthropic's SDK sends its key as x-api-key
+        key = bearer_of(headers.get(b"authorization", b"").decode("latin-1")) or \
+            (headers.get(b"x-api-key", b"").decode("latin-1") or None)
+        session_id = await agent_session(state, key, path_session)
         session_id = await episodes.resolve(state, session_id, headers.get(episodes.HEADER))
         body = await _read_body(headers.get(b"content-length"), receive, state.settings.max_body_bytes)
-        if route == "responses":
-            await _responses(state, session_id, body, receive, send)
+        if route in _ADAPTED:
+            await _ADAPTED[route](state, session_id, body, receive, send)
         else:
             await _chat_or_completion("chat" if route == "chat" else "completion", state, session_id, body,
                                       receive, send)
         state.metrics.observe(route, 200, time.perf_counter() - started)
-    except Exception as exc:  # every failure becomes an OpenAI-shaped error
+    except Exception as exc:  # every failure becomes an OpenAI-shaped error (Anthropic-shaped on its route)
         error = translate(exc)
         state.metrics.observe(route, error.status, time.perf_counter() - started)
         state.metrics.errors[error.type] += 1
+        payload = anthropic_api.error_body(error) if route == "messages" else error.body()
         # a body cut off (too slow, too big) leaves the connection mid-request: close it
-        await _send_json(send, error.status, error.body(), close=error.status in (408, 413))
+        await _send_json(send, error.status, payload, close=error.status in (408, 413))
 
 
 async def _chat_or_completion(api: Api, state: ProxyState, session_id: str, body: dict[str, Any],
@@ -122,14 +128,44 @@ async def _chat_or_completion(api: Api, state: ProxyState, session_id: str, body
     _check_n(body, state.settings.max_n)
     wants = AgentWants.of(body)
     await state.pool.wait_running()
+    echo_texts = await _echo_texts(state, session_id, body) if api == "completion" and not wants.token_ids else None
     if wants.stream:
         upstream, response = await _open(state, api, body, session_id)
         shape = _ChatSSE(wants)
-        await _send_stream(_stream_to_agent(state, api, body, session_id, upstream, response, shape), receive, send)
+        stream = _stream_to_agent(state, api, body, session_id, upstream, response, shape, echo_texts)
+        await _send_stream(stream, receive, send)
         return
-    recorder = await delivery.until_disconnect(_complete(state, api, body, session_id), receive)
+    recorder = await delivery.until_disconnect(_complete(state, api, body, session_id, echo_texts), receive)
     await _send_json(send, 200, await _answer(state, api, body, recorder, wants))
     state.voids.delivered(recorder.call_id)
+
+
+async def _echo_texts(state: ProxyState, session_id: str, body: dict[str, Any]) -> dict[int, str] | None:
+    """Choice index -> the prompt text vLLM echoes for a completions call with echo=true (a string
+    prompt as given; a token-id prompt as the server's tokenizer decodes it)."""
+    if not body.get("echo"):
+        return None
+    prompt = body["prompt"]
+    prompts = [prompt] if isinstance(prompt, str) or isinstance(prompt[0], int) else prompt
+    n = body.get("n") or 1
+    texts = {}
+    for p, one in enumerate(prompts):
+        text = one if isinstance(one, str) else await _detokenize(state, session_id, one)
+        texts.update({p * n + i: text for i in range(n)})  # vLLM numbers choices prompt by prompt
+    return texts
+
+
+async def _detokenize(state: ProxyState, session_id: str, ids: Any) -> str:
+    upstream = state.pool.pick(session_id)
+    try:
+        reply = await state.client.post(f"{upstream.url}/detokenize", json={"model": upstream.model, "tokens": ids},
+                                        timeout=state.settings.upstream_timeout_s)
+    except httpx.HTTPError as exc:
+        raise ApiError(502, f"the rollout server failed to decode the prompt to echo: {exc!r}",
+                       "upstream_error") from exc
+    if reply.status_code != 200:
+        raise _upstream_error(reply.status_code, reply.content)
+    return reply.json()["prompt"]
 
 
 async def _responses(state: ProxyState, session_id: str, body: dict[str, Any], receive: Callable,
@@ -151,6 +187,43 @@ async def _responses(state: ProxyState, session_id: str, body: dict[str, Any], r
     await _store_response(state, session_id, body, chat, result)
     await _send_json(send, 200, result)
     state.voids.delivered(recorder.call_id)
+
+
+async def _messages(state: ProxyState, session_id: str, body: dict[str, Any], receive: Callable,
+                    send: Callable) -> None:
+    """POST /v1/messages (Anthropic): run as the chat call vLLM's Messages route makes (anthropic_api)."""
+    chat = anthropic_api.to_chat(body)
+    _validate("chat", chat)
+    await state.pool.wait_running()
+    if body.get("stream"):
+        upstream, response = await _open(state, "chat", chat, session_id)
+        shape = anthropic_api.SSE(body.get("model"))
+        await _send_stream(_stream_to_agent(state, "chat", chat, session_id, upstream, response, shape), receive, send)
+        return
+    recorder = await delivery.until_disconnect(_complete(state, "chat", chat, session_id), receive)
+    wants = AgentWants(model=body.get("model"), stream=False, logprobs=False, token_ids=False, usage=True)
+    await _send_json(send, 200, anthropic_api.from_chat(await _answer(state, "chat", chat, recorder, wants),
+                                                        body.get("model")))
+
+
+async def _generate(state: ProxyState, session_id: str, body: dict[str, Any], receive: Callable,
+                    send: Callable) -> None:
+    """POST /inference/v1/generate (token in, token out): run as a completions call on the same
+    token ids (generate_api)."""
+    completion = generate_api.to_completion(body)
+    _validate("completion", completion)
+    _check_n(completion, state.settings.max_n)
+    await state.pool.wait_running()
+    if body.get("stream"):
+        upstream, response = await _open(state, "completion", completion, session_id)
+        shape = generate_api.SSE(body)
+        stream = _stream_to_agent(state, "completion", completion, session_id, upstream, response, shape)
+        await _send_stream(stream, receive, send)
+        return
+    recorder = await delivery.until_disconnect(_complete(state, "completion", completion, session_id), receive)
+    upstream = state.pool.upstreams.get(recorder.upstream)
+    await _send_json(send, 200, generate_api.response(body, recorder, body.get("model") or (
+        upstream.model if upstream else "")))
 
 
 def _response_key(state: ProxyState, session_id: str, response_id: str) -> str:
@@ -384,12 +457,13 @@ def _stream_error(error: Any) -> ApiError:
     return ApiError(500, str(error), "upstream_error")
 
 
-async def _complete(state: ProxyState, api: Api, body: dict[str, Any], session_id: str) -> CallRecorder:
+async def _complete(state: ProxyState, api: Api, body: dict[str, Any], session_id: str,
+                    echo_texts: dict[int, str] | None = None) -> CallRecorder:
     """A whole call for a non-streaming agent; retried on another server if one dies mid-call."""
     while True:
         upstream, response = await _open(state, api, body, session_id)
         recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")),
-                            opened=response)
+                                opened=response, echo_texts=echo_texts)
         try:
             async with contextlib.aclosing(_fold(state, session_id, upstream, response, recorder)) as chunks:
                 async for _ in chunks:
@@ -522,9 +596,11 @@ class _ResponsesSSE:
 
 
 async def _stream_to_agent(state: ProxyState, api: Api, body: dict[str, Any], session_id: str, upstream: Upstream,
-                           response: UpstreamResponse, shape: _ChatSSE | _ResponsesSSE) -> AsyncIterator[bytes]:
+                           response: UpstreamResponse,
+                           shape: _ChatSSE | _ResponsesSSE | anthropic_api.SSE | generate_api.SSE,
+                           echo_texts: dict[int, str] | None = None) -> AsyncIterator[bytes]:
     recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")),
-                            opened=response)
+                            opened=response, echo_texts=echo_texts)
     try:
         for part in shape.start(recorder):
             yield part
@@ -615,3 +691,7 @@ async def _record(state: ProxyState, recorder: CallRecorder, body: dict[str, Any
                           recorder.call_id, turns, body)
     state.metrics.prompt_tokens += recorder.prompt_tokens
     state.metrics.completion_tokens += sum(len(t.completion_token_ids) for t in turns)
+
+
+_ADAPTED = {"responses": _responses, "messages": _messages, "generate": _generate}
+"""Routes served by translating to the chat or completions path and back."""

@@ -47,17 +47,21 @@ class ChoiceTrace:
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     logprob_entries: list[Any] = field(default_factory=list)  # as the API returned them (chat)
     completion_logprobs: dict[str, list] = field(default_factory=dict)  # completions API shape
-    echo_skipped: int = 0  # prompt ids skipped from the first chunk (completions with echo)
+    echo_skipped: int = 0  # prompt logprobs skipped from the first chunk (completions with echo)
 
 
 class CallRecorder:
     """Accumulates the chunks of one upstream call (all its choices)."""
 
     def __init__(self, api: Api, session_id: str, upstream: str, echo: bool = False,
-                 opened: UpstreamResponse | None = None):
+                 opened: UpstreamResponse | None = None, echo_texts: dict[int, str] | None = None):
         self.api = api
         self.echo = echo
-        """Completions with echo: each choice's first chunk repeats the prompt's ids and logprobs."""
+        """Completions with echo: each choice's first chunk starts with the prompt's logprobs (its
+        token_ids are the generated ones only; the prompt's come as prompt_token_ids)."""
+        self.echo_texts = echo_texts or {}
+        """Choice index -> the prompt text vLLM would echo. Asked for token ids (as the proxy always
+        asks) vLLM echoes no prompt text; this puts it back for an agent that did not ask for them."""
         self.session_id = session_id
         self.upstream = upstream
         now = time.time()
@@ -91,7 +95,7 @@ class CallRecorder:
             echoed = 0
             if self.echo and not trace.token_ids and not trace.echo_skipped and self._prompt_of(trace) is not None:
                 echoed = trace.echo_skipped = len(self._prompt_of(trace))
-                ids = ids[echoed:]
+                choice["text"] = self.echo_texts.get(choice.get("index", 0), "") + (choice.get("text") or "")
             if ids and self.first_token_at is None:
                 self.first_token_at = time.time()
             trace.token_ids += ids

@@ -70,3 +70,22 @@ def test_warmup_prompt_is_the_prompt_vllm_sees(proxy, tokenizer, agent):
     [seq] = warmup_sequences([TASK], tokenizer, agent)
     prompt_len = seq.loss_mask.index(1)
     assert seq.token_ids[:prompt_len] == recorded
+
+
+@pytest.mark.vllm
+def test_openai_agents_warmup_prompt_is_the_prompt_vllm_sees(tool_proxy, tokenizer):
+    """The SDK agent's Responses call, as the proxy renders it, starts with the warm-up's prompt."""
+    from agents.openai_sdk_calculator import sdk_python
+    from seamless.agent.specs import AgentFailed
+
+    try:
+        sdk_python()
+    except AgentFailed as exc:
+        pytest.skip(str(exc))
+    runner = AgentRunner(tool_proxy.url, tool_proxy.admin_key, "openai-agents", timeout_s=120, max_turns=1,
+                         sampling=Sampling(temperature=0.0, max_tokens=1))
+    [[result]] = runner.run_groups_sync([TASK], 1)
+    assert "incomplete" in (result.error or "")  # one token is a cut-off answer, which the SDK raises on
+    recorded = Admin(tool_proxy).trajectory(result.session_id)["turns"][0]["prompt_token_ids"]
+    [seq] = warmup_sequences([TASK], tokenizer, "openai-agents")
+    assert seq.token_ids[:seq.loss_mask.index(1)] == recorded

@@ -31,8 +31,6 @@ def test_one_client_many_episodes_each_in_its_own_session(tool_proxy):
                                        extra_headers={"X-Session-ID": "e1"})
 
 
-@pytest.mark.xfail(reason="echo=True on a token-id prompt: the recorder counts 1 token id but 3 logprobs "
-                          "(502); the echo skip in recording.py is not right yet", strict=False)
 def test_errors_models_and_completion_options(tool_proxy):
     admin = Admin(tool_proxy)
     session = admin.session()
@@ -44,11 +42,29 @@ def test_errors_models_and_completion_options(tool_proxy):
     refused = httpx.post(f"{session['base_url']}/completions", headers=headers, json={
         "model": "m", "prompt": "hi", "max_tokens": 2, "stream_options": {"include_usage": True}})
     assert refused.status_code == 400 and "stream=True" in refused.json()["error"]["message"]
-    client = openai.OpenAI(base_url=session["base_url"], api_key=session["api_key"], max_retries=0)
-    echoed = client.completions.create(model="m", prompt=[5, 6, 7], max_tokens=3, echo=True, logprobs=0,
-                                       temperature=0.0)
-    assert len(echoed.choices[0].logprobs.token_logprobs) == 3 + 3
-    turn = admin.trajectory(session["session_id"])["turns"][0]
-    assert turn["prompt_token_ids"] == [5, 6, 7] and len(turn["completion_token_ids"]) == len(turn["logprobs"]) == 3
     tokens = httpx.post(f"{session['base_url']}/tokenize", headers=headers, json={"prompt": "hello"}).json()
     assert tokens["count"] == len(tokens["tokens"]) > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("prompt", [[5, 6, 7], "hello there"])
+def test_completions_echo_answers_as_vllm_and_records_only_the_generated_tokens(tool_proxy, tool_vllm_server,
+                                                                                 prompt, stream):
+    """echo=true (lm-eval-style scoring): vLLM's first chunk holds the prompt's logprobs but only the
+    generated token ids, and, asked for token ids as the proxy always asks, no prompt text."""
+    admin = Admin(tool_proxy)
+    session = admin.session()
+    request = {"prompt": prompt, "max_tokens": 3, "echo": True, "logprobs": 0, "temperature": 0.0, "stream": stream}
+    answers = []
+    for url, key in ((f"{tool_vllm_server.url}/v1", "none"), (session["base_url"], session["api_key"])):
+        client = openai.OpenAI(base_url=url, api_key=key, max_retries=0)
+        reply = client.completions.create(model="tiny", **request)
+        chunks = list(reply) if stream else [reply]
+        answers.append(("".join(c.choices[0].text for c in chunks if c.choices),
+                        [lp for c in chunks if c.choices for lp in c.choices[0].logprobs.token_logprobs]))
+    assert answers[1] == answers[0] and answers[0][0].startswith("#$%" if prompt == [5, 6, 7] else prompt)
+    turn = admin.trajectory(session["session_id"])["turns"][0]
+    prompt_ids = turn["prompt_token_ids"]
+    assert prompt_ids == prompt if isinstance(prompt, list) else len(prompt_ids) > 1
+    assert len(turn["completion_token_ids"]) == len(turn["logprobs"]) == 3
+    assert turn["logprobs"] == answers[0][1][len(prompt_ids):]  # the generated tokens' own, not the prompt's

@@ -35,7 +35,9 @@ def test_five_tool_turns_become_one_sequence_with_the_right_loss_mask(proxy, tin
         completions.append(reply.choices[0].token_ids)
         messages += [{"role": "assistant", "content": reply.choices[0].message.content},
                      {"role": "tool", "tool_call_id": f"call_{turn}", "content": f"result {turn}"}]
-    trajectory = admin.trajectory(session["session_id"])
+    # allowed_token_ids constrains every answer: read the sequences as train_constrained trains them
+    # (by default those tokens join as context, loss mask 0: tests/faults/test_constrained_sampling.py)
+    trajectory = admin.get(f"/sessions/{session['session_id']}/trajectory?train_constrained=true").json()
     assert len(trajectory["turns"]) == 5 and trajectory["num_branches"] == 0
     (sequence,) = trajectory["sequences"]
     ids, mask = sequence["token_ids"], sequence["loss_mask"]
