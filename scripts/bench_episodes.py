@@ -33,13 +33,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_proxy import FAKE_UPSTREAM, _wait_http  # noqa: E402
+from bench_proxy import FAKE_UPSTREAM, start_fake_upstream  # noqa: E402
 
 from seamless.agent.api import AgentContext, Sampling  # noqa: E402
 from seamless.agent.runner import AgentRunner  # noqa: E402
 from seamless.agent.tasks import Task  # noqa: E402
 from seamless.proxy.server import ProxyProcess  # noqa: E402
-from seamless.services.process import ManagedProcess, free_port  # noqa: E402
 from seamless.services.redis_server import RedisServer  # noqa: E402
 from seamless.traces.episodes import EpisodeQueue  # noqa: E402
 
@@ -139,7 +138,6 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="seamless-bench-episodes-"))
     started: list = []
     try:
-        upstream_port = free_port()
         fake = FAKE_UPSTREAM
         if args.no_derender:  # a server without vLLM's derender route: the proxy answers from the stream
             fake = fake.replace('    if path.endswith("/models"):', '    if path.endswith("/derender"):\n'
@@ -147,13 +145,8 @@ def main() -> int:
                                 '        await send({"type": "http.response.start", "status": 404, "headers": []})\n'
                                 '        await send({"type": "http.response.body", "body": payload})\n'
                                 '        return\n    if path.endswith("/models"):')
-        (work / "fake.py").write_text(fake)
-        upstream = ManagedProcess("fake upstream", [sys.executable, str(work / "fake.py"), str(upstream_port)],
-                                  work / "fake.log")
-        upstream.start()
+        upstream, upstream_url = start_fake_upstream(work, fake)
         started.append(upstream)
-        upstream_url = f"http://127.0.0.1:{upstream_port}"
-        _wait_http(upstream_url + "/health", upstream)
         redis_server = RedisServer(work / "redis", persist=False).start()
         started.append(redis_server)
         proxy = ProxyProcess(redis_server.url, work / "proxy", upstreams=[upstream_url], prefix="bench").start()

@@ -94,6 +94,22 @@ LITELLM_KEY = "sk-seamless-bench-only"  # LiteLLM refuses to start without a mas
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "What is 2 + 3?"}], "max_tokens": 8}
 
 
+def start_fake_upstream(work: Path, source: str = FAKE_UPSTREAM) -> tuple[ManagedProcess, str]:
+    """The fake vLLM (`source`) in its own process on a free loopback port; returns the process and
+    its URL once it answers (the process is stopped if it never does)."""
+    port = free_port()
+    (work / "fake.py").write_text(source)
+    upstream = ManagedProcess("fake upstream", [sys.executable, str(work / "fake.py"), str(port)], work / "fake.log")
+    upstream.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url + "/health", upstream)
+    except Exception:
+        upstream.stop()
+        raise
+    return upstream, url
+
+
 def _wait_http(url: str, process: ManagedProcess, timeout_s: float = 120) -> None:
     def ready() -> bool:
         try:
@@ -150,14 +166,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="seamless-bench-proxy-"))
     started: list = []
     try:
-        upstream_port = free_port()
-        (work / "fake.py").write_text(FAKE_UPSTREAM)
-        upstream = ManagedProcess("fake upstream", [sys.executable, str(work / "fake.py"), str(upstream_port)],
-                                  work / "fake.log")
-        upstream.start()
+        upstream, upstream_url = start_fake_upstream(work)
         started.append(upstream)
-        upstream_url = f"http://127.0.0.1:{upstream_port}"
-        _wait_http(upstream_url + "/health", upstream)
 
         redis_server = RedisServer(work / "redis").start()
         started.append(redis_server)
