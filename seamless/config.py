@@ -85,8 +85,9 @@ class ModelConfig(Section):
 class DataConfig(Section):
     """Where prompts come from."""
 
-    source: Literal["arithmetic", "jsonl", "parquet", "datasets"] = "arithmetic"
-    """`arithmetic` generates tasks locally (no download); `jsonl`/`parquet` read `train_path` (and
+    source: Literal["arithmetic", "counting", "jsonl", "parquet", "datasets"] = "arithmetic"
+    """`arithmetic` generates tasks locally (no download); `counting` generates "List the numbers
+    from a to b." tasks whose answers are long (see `count_lengths`); `jsonl`/`parquet` read `train_path` (and
     `eval_path`); parquet needs pyarrow installed; `datasets` loads `dataset` with the Hugging Face
     `datasets` library (the `seamless[datasets]` extra, which setup.sh installs), from the hub or
     from a `save_to_disk` folder."""
@@ -113,9 +114,12 @@ class DataConfig(Section):
     """How a task's question becomes the prompt an agent sees; `{prompt}` is replaced by the
     question; other braces are kept as written (e.g. `"{prompt} Put the final answer in \\boxed{}."`)."""
     max_operand: int = Field(20, ge=1)
-    """Largest operand of generated arithmetic tasks."""
+    """Largest operand of generated arithmetic tasks; for `counting`, the largest first number."""
     operations: list[Literal["+", "-", "*"]] = Field(["+", "-"], min_length=1)
     """Operators used by generated arithmetic tasks."""
+    count_lengths: tuple[int, int] = (48, 56)
+    """source `counting`: fewest and most numbers a task lists (each number of two digits is three
+    tokens with its space, so 48 numbers from 0 make answers of 134 tokens with the end token)."""
     eval_size: int = Field(64, ge=1)
     """Number of held-out prompts scored greedily before and during training."""
     seed: int = 0
@@ -128,6 +132,9 @@ class DataConfig(Section):
         if self.source == "datasets" and not self.dataset:
             raise ValueError("source is 'datasets' but dataset is not set; set data.dataset to a hub name "
                              "(e.g. openai/gsm8k) or a save_to_disk folder")
+        if not 2 <= self.count_lengths[0] <= self.count_lengths[1]:
+            raise ValueError(f"count_lengths {list(self.count_lengths)} must be [fewest, most] with "
+                             "2 <= fewest <= most; e.g. [40, 50]")
         if "{prompt}" not in self.prompt_template:
             raise ValueError(f"prompt_template {self.prompt_template!r} has no {{prompt}}; write where the "
                              "question goes, e.g. '{prompt} Think step by step.'")
@@ -225,6 +232,12 @@ class ProxyConfig(Section):
     max_n: int = Field(64, ge=1)
     """Most choices one call may ask for (`n`, times the prompts of a completions call): each is
     generated, recorded and sent back."""
+    stream_interval: int = Field(1, ge=1)
+    """Tokens per chunk of the stream the proxy reads from vLLM (vLLM's `stream_interval`; the
+    first token and the last come at once). Above 1, long answers cost the server and the proxy
+    that many times fewer chunks; the price: with rollout.partial_rollout keep, up to N-1 tokens
+    sampled just before a weight update arrive after it and are stamped with the new version (abort
+    flushes them at the pause; under cluster.policy colocated no call spans an update)."""
 
 
 class StoreConfig(Section):
