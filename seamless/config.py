@@ -417,6 +417,11 @@ class TrainerConfig(Section):
     server beside it is up (vLLM refuses to start unless rollout.gpu_memory_utilization of the whole
     device is free). A rank holding more after building its engines stops the run with a message;
     the two shares must add up to at most 0.95."""
+    cpu_threads: int | None = Field(None, ge=1)
+    """Torch threads of each rank on a machine without GPUs. Unset: under cluster.policy colocated
+    (every vLLM server is paused while the ranks train, so the cores are theirs) the cluster's CPUs
+    shared among the ranks (cluster.num_cpus, else all); otherwise OMP_NUM_THREADS (1 from
+    scripts/env.sh), as the ranks then compute beside the vLLM servers."""
     deepspeed: dict[str, Any] = {"zero_optimization": {"stage": 2}}
     """Passed through to DeepSpeed (ZeRO stage, offload, ...); batch sizes, gradient clipping and
     precision are set by seamless from the other keys."""
