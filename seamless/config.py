@@ -164,8 +164,11 @@ class RolloutConfig(Section):
     `abort` stops them and resubmits prompt + partial tokens after the update."""
     prefix_cache: Literal["reset", "salt"] = "salt"
     """After a weight update, `reset` empties vLLM's prefix cache, `salt` keys it by weight version."""
-    weight_sync: Literal["disk", "nccl"] = "disk"
-    """How new weights reach servers: safetensors files reloaded from disk, or NCCL broadcast (GPUs)."""
+    weight_sync: Literal["auto", "disk"] = "auto"
+    """How new weights reach servers. `auto`: on GPUs the trainer's ranks send them, per server,
+    by CUDA IPC (a server on a rank's own GPU) or an NCCL broadcast from rank 0 (a server on a GPU
+    of its own); on CPU, and for weights from a folder (warm start, resume), safetensors reloaded
+    from `weight_dir`. `disk`: always safetensors."""
     weight_dir: Literal["run", "shm"] = "run"
     """Where disk weight sync writes safetensors: the run folder, or /dev/shm (RAM; faster, needs room)."""
     health_interval_s: float = Field(1.0, gt=0)
@@ -606,11 +609,11 @@ class Recipe(Section):
                 f"rollout.tensor_parallel_size is {rollout.tensor_parallel_size} but cluster.resources.{shared[0]} "
                 "is tagged [train, rollout] (one GPU shared with a trainer rank); use tensor_parallel_size 1, "
                 "or tag that group [train] and add [rollout] groups")
-        if shared and rollout.weight_sync == "nccl":
+        if shared and int(trainer.deepspeed.get("zero_optimization", {}).get("stage", 0)) < 1:
             raise ValueError(
-                f"rollout.weight_sync is nccl but cluster.resources.{shared[0]} is tagged [train, rollout]: NCCL "
-                "cannot send to a vLLM server on a GPU the sender also holds; use weight_sync: disk with "
-                "weight_dir: shm")
+                f"cluster.resources.{shared[0]} is tagged [train, rollout], so its trainer rank moves its "
+                "optimizer state off the GPU while vLLM serves there, which DeepSpeed does only from ZeRO "
+                "stage 1 up; set trainer.deepspeed.zero_optimization.stage to 1, 2 or 3")
         if rollout.max_tokens >= self.model.max_model_len:
             raise ValueError(
                 f"rollout.max_tokens ({rollout.max_tokens}) leaves no room for a prompt within "

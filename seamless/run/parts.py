@@ -154,6 +154,9 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
             recipe, model_dir, num_ranks=len(pool.trainers), slots=[devices.slot(rid) for rid in sorted(pool.trainers)]))
         # a server that sleeps (a GPU it shares with a rank) trades the GPU with the ranks this way
         fleet.switch = ColocatedSwitch(trainer)
+        # on GPUs the ranks send the weights themselves: rank i (on resource sorted(trainers)[i]) by
+        # CUDA IPC to the server beside it, rank 0 by NCCL to the others (CPU: safetensors)
+        fleet.send_from(trainer, {rid: rank for rank, rid in enumerate(sorted(pool.trainers))})
         batch_episodes = recipe.rollout.batch_size * recipe.rollout.group_size
         scheduler = TagScheduler(recipe.cluster, FleetOnLeases(fleet), batch_episodes,
                                  placement=placement, load_interval_s=0.2)
