@@ -164,11 +164,12 @@ class RolloutConfig(Section):
     `abort` stops them and resubmits prompt + partial tokens after the update."""
     prefix_cache: Literal["reset", "salt"] = "salt"
     """After a weight update, `reset` empties vLLM's prefix cache, `salt` keys it by weight version."""
-    weight_sync: Literal["auto", "disk"] = "auto"
-    """How new weights reach servers. `auto`: on GPUs the trainer's ranks send them, per server,
-    by CUDA IPC (a server on a rank's own GPU) or an NCCL broadcast from rank 0 (a server on a GPU
-    of its own); on CPU, and for weights from a folder (warm start, resume), safetensors reloaded
-    from `weight_dir`. `disk`: always safetensors."""
+    weight_sync: Literal["auto", "disk"] = "disk"
+    """How new weights reach servers. `disk`: safetensors written to `weight_dir` and reloaded.
+    `auto`: on GPUs the trainer's ranks send them, per server, by CUDA IPC (a server on a rank's
+    own GPU) or an NCCL broadcast from rank 0 (a server on a GPU of its own), with `disk` for weights
+    from a folder; on CPU the same as `disk`. `auto` has not yet run on a GPU (scripts/gpu_check.py
+    `colocated` checks it), so `disk` stays the default until it has."""
     weight_dir: Literal["run", "shm"] = "run"
     """Where disk weight sync writes safetensors: the run folder, or /dev/shm (RAM; faster, needs room)."""
     health_interval_s: float = Field(1.0, gt=0)

@@ -95,14 +95,14 @@ class VLLMFleet:
         self.model_dir = Path(model_dir).resolve()
         self.run_dir = Path(run_dir).resolve()
         self.proxy = proxy
-        self.config = config or RolloutConfig()
-        self.transport = transport or make_transport(self.config, self.run_dir)
+        config = config or RolloutConfig()
+        self.transport = transport or make_transport(config, self.run_dir)
         self.devices = devices
-        base = options or server_options(model or ModelConfig(), self.config)
+        base = options or server_options(model or ModelConfig(), config)
         # a fixed served name, so a restarted server (or one on new weights) answers to the same model
         self.options = replace(base, served_model_name=base.served_model_name or self.model_dir.name,
                                extra_args=[*base.extra_args, *self.transport.server_args()])
-        self.publisher = WeightPublisher(self.transport, proxy, self.config)
+        self.publisher = WeightPublisher(self.transport, proxy, config)
         if isinstance(self.transport, RankTransport):
             self.transport.plan = self.push_plan
         self._rank_of: dict[int, int] = {}  # resource id -> the trainer rank on its GPU
@@ -117,6 +117,12 @@ class VLLMFleet:
         self._warmed: set[str] = set()
 
     # membership ------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> RolloutConfig:
+        """The rollout section: one copy, the publisher's (it drives updates; the fleet reads its
+        health and restart settings from the same object)."""
+        return self.publisher.config
 
     @property
     def version(self) -> int:

@@ -22,7 +22,7 @@ import torch
 
 from seamless.config import ProxyConfig, RolloutConfig
 from seamless.errors import ServiceError
-from seamless.rollout.fleet import VLLMFleet, _Server
+from seamless.rollout.fleet import VLLMFleet, _Server, make_transport
 from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.rollout.switch import ColocatedSwitch
 from seamless.rollout.transport import DiskTransport, PushPlan, RankTransport
@@ -269,6 +269,7 @@ def test_a_gpu_server_is_started_with_the_backend_its_ranks_send_with(tmp_path):
     server.on_gpu = False  # vLLM on CPU has no weight-transfer engines: safetensors only
     assert "--weight-transfer-config" not in server.argv()
     assert "VLLM_ALLOW_INSECURE_SERIALIZATION" not in server.env()
+    assert isinstance(make_transport(RolloutConfig(weight_sync="auto"), tmp_path), DiskTransport)  # on CPU
 
 
 def _weight_moves_in(path: Path) -> list[str]:
