@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import base64
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -127,14 +127,17 @@ class RankPusher:
             self._nccl = None
 
 
-def ipc_update_info(named: Named) -> dict[str, Any]:
+def ipc_update_info(named: Named, handle: Callable[[torch.Tensor], tuple] | None = None) -> dict[str, Any]:
     """vLLM's IPC update payload for these (name, CUDA tensor) pairs, JSON-safe: the handles are
-    pickled (the server must run with VLLM_ALLOW_INSECURE_SERIALIZATION=1, and bind loopback)."""
-    from torch.multiprocessing.reductions import reduce_tensor
+    pickled (the server must run with VLLM_ALLOW_INSECURE_SERIALIZATION=1, and bind loopback).
+    `handle` makes a tensor's handle (default: torch's CUDA IPC reduction; tests pass their own)."""
+    if handle is None:
+        from torch.multiprocessing.reductions import reduce_tensor
 
-    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+        handle = lambda t: reduce_tensor(t)[1]  # noqa: E731
+    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid) if torch.cuda.is_available() else "cpu"
     # keyed by the GPU's UUID: the server finds its own device's handle whatever index it sees
-    handles = [{uuid: reduce_tensor(t.detach())[1]} for _, t in named]
+    handles = [{uuid: handle(t.detach())} for _, t in named]
     return {"names": [name for name, _ in named],
             "dtype_names": [str(t.dtype).removeprefix("torch.") for _, t in named],
             "shapes": [list(t.shape) for _, t in named],
