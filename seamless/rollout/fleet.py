@@ -252,6 +252,11 @@ class VLLMFleet:
         with self._lock:
             return {rid: s.url for rid, s in self._servers.items() if s.state == "up"}
 
+    def all_servers(self) -> dict[int, str]:
+        """URL of each server the fleet holds, parked ones too, by resource id."""
+        with self._lock:
+            return {rid: s.url for rid, s in self._servers.items() if s.state != "gone"}
+
     def actor(self, resource_id: int) -> Any:
         return self._servers[resource_id].actor
 

@@ -170,9 +170,12 @@ def test_a_colocated_switch_runs_in_the_verified_order_both_ways(colocated, tiny
     ]
     state = admin.upstreams()
     assert [u["url"] for u in state["upstreams"]] == [fleet.servers()[0]] and state["weight_version"] == 2
-    moves = [m.name for m in fleet.switch.take_moves()]
-    assert moves == ["vllm_sleep", "trainer_reload", "trainer_offload_optimizer", "vllm_wake_weights",
-                     "trainer_offload_params", "vllm_wake_kv_cache"]
+    moves = fleet.switch.take_moves()
+    assert [m.name for m in moves] == ["vllm_sleep", "trainer_reload", "trainer_offload_optimizer",
+                                       "vllm_wake_weights", "trainer_offload_params", "vllm_wake_kv_cache"]
+    # each on the GPU of the server it moved (the loop marks it in that row of the timeline), in order
+    assert all(m.urls == (fleet.all_servers()[0],) for m in moves)
+    assert [m.started for m in moves] == sorted(m.started for m in moves)
 
 
 def test_an_update_in_rotation_pauses_through_the_proxy_and_stamps_before_resuming(colocated, tiny_model_dir):
