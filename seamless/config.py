@@ -414,7 +414,7 @@ class TrainerConfig(Section):
 
 
 ResourceTag = Literal["train", "rollout"]
-PolicyName = Literal["colocated", "disaggregated", "tagged"]
+PolicyName = Literal["colocated", "disaggregated", "tagged", "auto"]
 
 
 class ResourceGroup(Section):
@@ -502,8 +502,10 @@ class ClusterConfig(Section):
     """Ray cluster to join (e.g. ray://head:10001 or auto); unset starts a local one on 127.0.0.1."""
     policy: PolicyName = "tagged"
     """Scheduling policy: all resources in turns (`colocated`, needs every resource tagged
-    [train, rollout]), a fixed split (`disaggregated`: train-tagged train, rollout-only roll out), or
-    SeamlessFlow's multiplexing (`tagged`: [train, rollout] resources roll out until a step starts)."""
+    [train, rollout]), a fixed split (`disaggregated`: train-tagged train, rollout-only roll out),
+    SeamlessFlow's multiplexing (`tagged`: [train, rollout] resources roll out until a step starts),
+    or `auto`: `seamless run` plans the layout of the resources' GPUs at start (`seamless plan`:
+    policy, tags and staleness; a resumed run keeps its trainer's size) and logs the plan."""
     max_async_staleness: int | None = Field(None, ge=0)
     """How many weight versions rollout may run ahead of training. Unset: 0 (synchronous) for
     colocated and disaggregated, 1 for tagged. colocated is always synchronous."""
@@ -518,6 +520,9 @@ class ClusterConfig(Section):
 
     @model_validator(mode="after")
     def _policy_fits_pool(self) -> ClusterConfig:
+        if self.policy == "auto" and self.num_gpus < 2:
+            raise ValueError("cluster.policy auto plans a layout of 2 GPUs or more, but cluster.resources has "
+                             f"{self.num_gpus}; add resources or pick cluster.policy: colocated")
         if self.policy == "colocated" and self.max_async_staleness:
             raise ValueError("colocated is synchronous; remove cluster.max_async_staleness or pick "
                              "cluster.policy: disaggregated or tagged")

@@ -90,7 +90,8 @@ def check_recipe(recipe: Recipe, files: bool = True) -> None:
         resolve_warmup(recipe.rollout.agent)
     if files and recipe.model.path:
         _check_model_path(recipe)
-    make_policy(recipe.cluster.policy, ResourcePool.from_cluster(recipe.cluster), recipe.cluster.staleness)
+    if recipe.cluster.policy != "auto":  # auto: the planner picks a layout that fits (run/layout.py)
+        make_policy(recipe.cluster.policy, ResourcePool.from_cluster(recipe.cluster), recipe.cluster.staleness)
     deepspeed_config(recipe.trainer.deepspeed, 1, recipe.trainer.grad_clip, recipe.model.dtype)
 
 
