@@ -615,11 +615,6 @@ class Recipe(Section):
                 f"rollout.tensor_parallel_size is {rollout.tensor_parallel_size} but cluster.resources.{shared[0]} "
                 "is tagged [train, rollout] (one GPU shared with a trainer rank); use tensor_parallel_size 1, "
                 "or tag that group [train] and add [rollout] groups")
-        if shared and int(trainer.deepspeed.get("zero_optimization", {}).get("stage", 0)) < 1:
-            raise ValueError(
-                f"cluster.resources.{shared[0]} is tagged [train, rollout], so its trainer rank moves its "
-                "optimizer state off the GPU while vLLM serves there, which DeepSpeed does only from ZeRO "
-                "stage 1 up; set trainer.deepspeed.zero_optimization.stage to 1, 2 or 3")
         if rollout.max_tokens >= self.model.max_model_len:
             raise ValueError(
                 f"rollout.max_tokens ({rollout.max_tokens}) leaves no room for a prompt within "
@@ -700,6 +695,19 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
                               "section, so it has no sub-keys")
         node = child
     node[parts[-1]] = value
+
+
+def check_gpu_sharing(recipe: Recipe) -> None:
+    """On GPUs (the caller knows): a [train, rollout] resource's trainer rank moves its optimizer
+    state off the GPU while vLLM serves there, which DeepSpeed does only from ZeRO stage 1 up. On
+    CPU nothing moves, so any stage runs."""
+    shared = [i for i, group in enumerate(recipe.cluster.resources) if len(group.tags) == 2]
+    stage = recipe.trainer.deepspeed.get("zero_optimization", {}).get("stage", 0)
+    if shared and int(stage) < 1:
+        raise ConfigError(
+            f"cluster.resources.{shared[0]} is tagged [train, rollout], so on a GPU its trainer rank moves its "
+            "optimizer state off the GPU while vLLM serves there, which DeepSpeed does only from ZeRO stage 1 "
+            "up; set trainer.deepspeed.zero_optimization.stage to 1, 2 or 3")
 
 
 MOVED_KEYS = {"trainer.critic_lr": "algorithm.critic_lr (PPO only: the other algorithms have no critic)"}

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from seamless.config import GrpoConfig, PpoConfig, Recipe, apply_override, load_recipe
+from seamless.config import GrpoConfig, PpoConfig, Recipe, apply_override, check_gpu_sharing, load_recipe
 from seamless.errors import ConfigError
 
 REPO = Path(__file__).parents[1]
@@ -143,8 +143,10 @@ def test_gpu_layout_mistakes_fail_at_load_with_the_fix():
     # NCCL and CUDA IPC are chosen per server by `auto`; the old `nccl` (sent from the driver) is gone
     with pytest.raises(ConfigError, match="rollout.weight_sync.*'auto' or 'disk'"):
         _recipe_with(cluster=dual, rollout={"weight_sync": "nccl"})
+    stage0 = _recipe_with(cluster=dual, trainer={"deepspeed": {"zero_optimization": {"stage": 0}}})  # fine on CPU
     with pytest.raises(ConfigError, match="ZeRO stage 1 up; set trainer.deepspeed.zero_optimization.stage"):
-        _recipe_with(cluster=dual, trainer={"deepspeed": {"zero_optimization": {"stage": 0}}})
+        check_gpu_sharing(stage0)  # what `seamless run` checks where CUDA is visible
+    check_gpu_sharing(_recipe_with(cluster=dual))  # the default, stage 2
     with pytest.raises(ConfigError, match="float16 is not supported by the trainer"):
         _recipe_with(model={"dtype": "float16"})
     with pytest.raises(ConfigError, match=r"rollout.max_tokens \(600\) leaves no room.*max_model_len \(512\)"):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from seamless.agent.runner import AgentRunner
 from seamless.agent.specs import ShellAgent, resolve_agent, resolve_reward, resolve_warmup
-from seamless.config import Recipe
+from seamless.config import Recipe, check_gpu_sharing
 from seamless.agent.tasks import TaskSet, load_tasks
 from seamless.errors import ConfigError, SeamlessError, ServiceError
 from seamless.proxy.server import ProxyProcess
@@ -35,6 +35,7 @@ from seamless.scheduler import RayPlacement, ResourcePool, TagScheduler, make_po
 from seamless.scheduler.adapters import FleetOnLeases
 from seamless.services.process import dead_services
 from seamless.services.redis_server import RedisServer
+from seamless.services.vllm_server import cuda_available
 from seamless.traces.episodes import EpisodeQueue
 from seamless.trainer.engines import deepspeed_config
 from seamless.trainer.trainer import Trainer
@@ -93,6 +94,8 @@ def check_recipe(recipe: Recipe, files: bool = True) -> None:
     if recipe.cluster.policy != "auto":  # auto: the planner picks a layout that fits (run/layout.py)
         make_policy(recipe.cluster.policy, ResourcePool.from_cluster(recipe.cluster), recipe.cluster.staleness)
     deepspeed_config(recipe.trainer.deepspeed, 1, recipe.trainer.grad_clip, recipe.model.dtype)
+    if cuda_available():
+        check_gpu_sharing(recipe)
 
 
 def _check_model_path(recipe: Recipe) -> Path:
