@@ -106,6 +106,7 @@ class VLLMFleet:
         if isinstance(self.transport, RankTransport):
             self.transport.plan = self.push_plan
         self._rank_of: dict[int, int] = {}  # resource id -> the trainer rank on its GPU
+        self._joining: dict[str, tuple[int, str]] = {}  # url -> (resource, transfer) of a server loading weights to join
         self.switch: MemorySwitch = NO_SWITCH
         """How a sleeping server and the trainer rank beside it trade the GPU (set by the run's parts)."""
         self.events: list[ServerEvent] = []
@@ -139,14 +140,14 @@ class VLLMFleet:
     def push_plan(self, urls: Sequence[str]) -> PushPlan:
         """For each of these servers, how the trainer's ranks reach it (chosen when it started)."""
         with self._lock:
-            by_url = {s.url: s for s in self._servers.values()}
+            known = {s.url: (s.resource_id, s.transfer) for s in self._servers.values()} | self._joining
         ipc: dict[int, str] = {}
         nccl, disk = [], []
         for url in urls:
-            server = by_url.get(url)
-            if server is not None and server.transfer == "ipc" and server.resource_id in self._rank_of:
-                ipc[self._rank_of[server.resource_id]] = url
-            elif server is not None and server.transfer == "nccl":
+            rid, transfer = known.get(url, (None, "disk"))
+            if transfer == "ipc" and rid in self._rank_of:
+                ipc[self._rank_of[rid]] = url
+            elif transfer == "nccl":
                 nccl.append(url)
             else:
                 disk.append(url)
@@ -295,7 +296,11 @@ class VLLMFleet:
             sleeps, transfer = ray.get([actor.sleeps.remote(), actor.weight_transfer.remote()], timeout=30)
             self._warm([url])  # a no-op for servers add_servers warmed already
             if self.version > 0:  # a server joining late loads the weights the others serve
-                self._rejoin(url, sleeps=False)  # awake: it just started
+                self._joining[url] = (rid, transfer)  # push_plan finds it before it is in _servers
+                try:
+                    self._rejoin(url, sleeps=False)  # awake: it just started
+                finally:
+                    self._joining.pop(url, None)
             self.proxy.add_upstream(url)
         except Exception:
             ray.kill(actor, no_restart=True)

@@ -254,6 +254,15 @@ def test_the_ranks_send_weights_by_ipc_beside_them_and_nccl_elsewhere_in_the_swi
     ]
 
 
+def test_a_server_joining_late_is_planned_while_it_loads_before_it_is_a_member(from_ranks):
+    fleet, _, _, _, alone = from_ranks
+    late = fleet._servers.pop(1)  # _finish_launch loads a late server's weights before adding it
+    assert fleet.push_plan([alone.url]) == PushPlan(disk=(alone.url,))
+    fleet._joining[alone.url] = (late.resource_id, late.transfer)
+    assert fleet.push_plan([alone.url]) == PushPlan(nccl=(alone.url,))
+    fleet._servers[1] = late
+
+
 def test_weights_the_trainer_has_trained_past_are_never_sent_under_an_old_version(from_ranks):
     fleet, calls, trainer, _, _ = from_ranks
     fleet.park_server(0)
