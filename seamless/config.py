@@ -633,6 +633,13 @@ class Recipe(Section):
                 f"rollout.tensor_parallel_size is {rollout.tensor_parallel_size} but cluster.resources.{shared[0]} "
                 "is tagged [train, rollout] (one GPU shared with a trainer rank); use tensor_parallel_size 1, "
                 "or tag that group [train] and add [rollout] groups")
+        if (self.proxy.stream_interval > 1 and rollout.partial_rollout == "keep"
+                and self.cluster.policy != "colocated"):
+            raise ValueError(
+                f"proxy.stream_interval is {self.proxy.stream_interval} with rollout.partial_rollout keep under "
+                f"cluster.policy {self.cluster.policy}: up to {self.proxy.stream_interval - 1} tokens sampled just "
+                "before a weight update would be stamped with the new version; set proxy.stream_interval: 1, "
+                "rollout.partial_rollout: abort, or cluster.policy: colocated")
         if rollout.max_tokens >= self.model.max_model_len:
             raise ValueError(
                 f"rollout.max_tokens ({rollout.max_tokens}) leaves no room for a prompt within "
