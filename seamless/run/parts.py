@@ -22,7 +22,7 @@ from pathlib import Path
 
 from seamless.agent.runner import AgentRunner
 from seamless.agent.specs import check_agent, resolve_warmup
-from seamless.config import Recipe
+from seamless.config import Recipe, check_gpu_sharing
 from seamless.agent.tasks import TaskSet, load_tasks
 from seamless.errors import ConfigError, SeamlessError, ServiceError
 from seamless.proxy.server import ProxyProcess
@@ -35,6 +35,7 @@ from seamless.scheduler import RayPlacement, ResourcePool, TagScheduler, make_po
 from seamless.scheduler.adapters import FleetOnLeases
 from seamless.services.process import dead_services
 from seamless.services.redis_server import RedisServer
+from seamless.services.vllm_server import cuda_available
 from seamless.traces.episodes import EpisodeQueue
 from seamless.trainer.engines import deepspeed_config
 from seamless.trainer.trainer import Trainer
@@ -87,8 +88,11 @@ def check_recipe(recipe: Recipe, files: bool = True) -> None:
         resolve_warmup(recipe.rollout.agent)
     if files and recipe.model.path:
         _check_model_path(recipe)
-    make_policy(recipe.cluster.policy, ResourcePool.from_cluster(recipe.cluster), recipe.cluster.staleness)
+    if recipe.cluster.policy != "auto":  # auto: the planner picks a layout that fits (run/layout.py)
+        make_policy(recipe.cluster.policy, ResourcePool.from_cluster(recipe.cluster), recipe.cluster.staleness)
     deepspeed_config(recipe.trainer.deepspeed, 1, recipe.trainer.grad_clip, recipe.model.dtype)
+    if cuda_available():
+        check_gpu_sharing(recipe)
 
 
 def _check_model_path(recipe: Recipe) -> Path:
@@ -151,6 +155,9 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
             recipe, model_dir, num_ranks=len(pool.trainers), slots=[devices.slot(rid) for rid in sorted(pool.trainers)]))
         # a server that sleeps (a GPU it shares with a rank) trades the GPU with the ranks this way
         fleet.switch = ColocatedSwitch(trainer)
+        # on GPUs the ranks send the weights themselves: rank i (on resource sorted(trainers)[i]) by
+        # CUDA IPC to the server beside it, rank 0 by NCCL to the others (CPU: safetensors)
+        fleet.send_from(trainer, {rid: rank for rank, rid in enumerate(sorted(pool.trainers))})
         batch_episodes = recipe.rollout.batch_size * recipe.rollout.group_size
         scheduler = TagScheduler(recipe.cluster, FleetOnLeases(fleet), batch_episodes,
                                  placement=placement, load_interval_s=0.2)
