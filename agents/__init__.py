@@ -1,6 +1,7 @@
 """Example agents for seamless: programs that only know an OpenAI base URL and key.
 
-`AGENTS` maps the names a recipe's `rollout.agent` may use to `module:function` specs.
+`AGENTS` maps the names a recipe's `rollout.agent` may use to `module:function` specs; `KINDS`
+maps the `kind:` of a `kind:argument` spec to the agent class it makes.
 """
 
 AGENTS = {
@@ -9,4 +10,8 @@ AGENTS = {
     "calculator": "agents.calculator_agent:run",
     "openai-agents": "agents.openai_sdk_calculator:run",
 }
+KINDS = {
+    "verifiers": "agents.verifiers_agent:VerifiersAgent",
+}
+"""`rollout.agent: kind:argument` -> the class made with the argument (`verifiers:tiny-arith`)."""
 DEFAULT_REWARD = "agents.rewards:integer_match"

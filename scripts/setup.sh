@@ -76,6 +76,10 @@ env "${ds_ops[@]}" "${pip[@]}" --no-build-isolation "deepspeed==$DEEPSPEED_VERSI
 # the openai-agents SDK in a venv of its own: its module `agents` would shadow seamless's agents/
 [[ -x "$venv/openai-agents/bin/python" ]] || "$python" -m venv "$venv/openai-agents"
 "$venv/openai-agents/bin/python" -m pip install --disable-pip-version-check -q "openai-agents==0.24.0"
+# verifiers (the `verifiers:<env id>` agent kind) in a venv of its own too: it brings the
+# openai-agents SDK, whose `agents` shadows ours; 0.3.1 still has SingleTurnEnv (0.4.0 dropped it)
+[[ -x "$venv/verifiers/bin/python" ]] || "$python" -m venv "$venv/verifiers"
+"$venv/verifiers/bin/python" -m pip install --disable-pip-version-check -q "verifiers==0.3.1"
 if [[ "$flavour" == "cpu" ]]; then
     # a dependency may have pulled them back in
     "$venv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true

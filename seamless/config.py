@@ -161,7 +161,8 @@ class RolloutConfig(Section):
     because the policy did not choose them freely and their logprobs are not those of the
     distribution they were drawn from."""
     agent: str = "math"
-    """Agent to run: a name from agents/ (`math`, `calculator`), `module:function`, or a shell command."""
+    """Agent to run: a name from agents/ (`math`, `calculator`, `openai-agents`), `verifiers:<env id>`
+    (a verifiers environment, scored by its own rubric), `module:function`, or a shell command."""
     agent_concurrency: int = Field(32, ge=1)
     """Episodes running at once."""
     agent_timeout_s: float = Field(120.0, gt=0)
@@ -201,7 +202,8 @@ class RolloutConfig(Section):
     """Most LLM calls a multi-turn agent (e.g. `calculator`) makes in one episode."""
     reward: str | None = None
     """Reward function as `module:function` taking (task, answer_text) and returning a float; unset
-    uses the rule-based final-integer verifier of `agents.rewards`."""
+    uses the rule-based final-integer verifier of `agents.rewards`. Must stay unset for an agent that
+    scores itself (`verifiers:<env id>`)."""
     model_name: str = "policy"
     """Model name agents put in their requests (the proxy serves whatever policy is loaded)."""
 

@@ -114,6 +114,7 @@ def test_every_recipe_passes_the_checks_run_before_services_start(path):
     (["rollout.agent=python my_agent.py", "trainer.sft_warmup.steps=10"], "supplies no warm-start data"),
     (["cluster.policy=disaggregated"], "disaggregated needs resources tagged only \\[rollout\\]"),
     (["trainer.deepspeed={train_batch_size: 8}"], "trainer.deepspeed.train_batch_size is set by seamless"),
+    (["rollout.agent=verifiers:no-such-env"], "rollout.agent .verifiers:no-such-env.: (no module|verifiers is not|needs)"),
 ])
 def test_a_recipe_that_cannot_run_fails_before_any_service_starts(overrides, match, tmp_path):
     recipe = load_recipe(REPO / "recipes" / "grpo_tiny_cpu.yaml", overrides)

@@ -107,8 +107,20 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-AgentFn = Callable[[Task, AgentContext], Union[str, Awaitable[str]]]
-"""An agent: returns (or resolves to) its final answer text."""
+@dataclass(frozen=True, slots=True)
+class ScoredAnswer:
+    """What an agent that scores its own episodes returns: an environment with its own rubric
+    (a verifiers environment). Such an agent says so with a true `scores_itself` attribute; it
+    gets the task with its reference answer (for the rubric: the model never sees it), and the
+    runner takes `reward` instead of calling `rollout.reward`."""
+
+    text: str
+    """The final answer text."""
+    reward: float
+
+
+AgentFn = Callable[[Task, AgentContext], Union[str, ScoredAnswer, Awaitable[Union[str, ScoredAnswer]]]]
+"""An agent: returns (or resolves to) its final answer text, or a `ScoredAnswer` when it scores itself."""
 
 RewardFn = Callable[[Task, str], float]
 """A reward: the task (with its reference answer) and the agent's answer text -> a float."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from seamless.agent.api import AgentContext, Sampling, shared_http_client
+from seamless.agent.api import AgentContext, Sampling, ScoredAnswer, shared_http_client
 from seamless.agent.specs import call_agent, resolve_agent, resolve_reward
 from seamless.config import RolloutConfig
 from seamless.agent.tasks import Task
@@ -184,6 +184,7 @@ class AgentRunner:
         answer, error = await self._answer(task, ctx)
         answered = time.time()
         reward, error = self._score(task, answer, error)
+        answer = answer.text if isinstance(answer, ScoredAnswer) else answer
         if error:
             log.warning("episode %s (task %s, group %s) failed, not trained: the agent %s",
                         ctx.session_id, task.task_id, group_id, error)
@@ -233,21 +234,23 @@ class AgentRunner:
             self._http = shared_http_client(self.timeout_s)
         return self._client, self._slots
 
-    async def _answer(self, task: Task, ctx: AgentContext) -> tuple[str, str | None]:
-        """The agent's answer, or ("", reason) when it crashed, timed out or returned garbage."""
+    async def _answer(self, task: Task, ctx: AgentContext) -> tuple[str | ScoredAnswer, str | None]:
+        """The agent's answer, or ("", reason) when it crashed, timed out or returned garbage. Only an
+        agent that scores itself (an environment's rubric) gets the reference answer."""
+        seen = task if getattr(self.agent, "scores_itself", False) else task.without_answer()
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await call_agent(self.agent, task.without_answer(), ctx), None
+                return await call_agent(self.agent, seen, ctx), None
         except TimeoutError:
             return "", f"timed out after {self.timeout_s:g} s (rollout.agent_timeout_s)"
         except Exception as exc:  # any agent bug ends only its own episode
             return "", f"crashed: {type(exc).__name__}: {exc}"
 
-    def _score(self, task: Task, answer: str, error: str | None) -> tuple[float, str | None]:
+    def _score(self, task: Task, answer: str | ScoredAnswer, error: str | None) -> tuple[float, str | None]:
         if error is not None:
             return 0.0, error
         try:
-            reward = float(self.reward_fn(task, answer))
+            reward = float(answer.reward if isinstance(answer, ScoredAnswer) else self.reward_fn(task, answer))
         except Exception as exc:
             return 0.0, f"answered but the reward function raised {type(exc).__name__}: {exc}"
         if not math.isfinite(reward):  # one bad score must not end the run, nor train

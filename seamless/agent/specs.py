@@ -2,6 +2,7 @@
 
 An agent spec is one of:
   - a name from `agents.AGENTS` (`math`, `calculator`);
+  - `kind:argument` for a kind in `agents.KINDS` (`verifiers:<env id>`: a verifiers environment);
   - `package.module:function`, a Python callable `(task, ctx) -> str`, sync or async;
   - anything else: a shell command, run with `/bin/sh -c`, that reads OPENAI_BASE_URL,
     OPENAI_API_KEY and SEAMLESS_TASK (JSON) from its environment and prints its answer.
@@ -18,7 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
-from seamless.agent.api import AgentContext, AgentFn, RewardFn, WarmupFn
+from seamless.agent.api import AgentContext, AgentFn, RewardFn, ScoredAnswer, WarmupFn
 from seamless.agent.tasks import Task
 from seamless.errors import ConfigError, SeamlessError
 
@@ -68,9 +69,26 @@ def resolve_agent(spec: str) -> AgentFn:
         raise ConfigError("rollout.agent is empty; write math, calculator, module:function or a command")
     if spec in agents_package().AGENTS:
         return import_callable(agents_package().AGENTS[spec], "rollout.agent")
+    kind, colon, argument = spec.partition(":")
+    if colon and kind in agents_package().KINDS:
+        return import_callable(agents_package().KINDS[kind], "rollout.agent")(argument.strip())
     if _CALLABLE_SPEC.match(spec):
         return import_callable(spec, "rollout.agent")
     return ShellAgent(spec)
+
+
+def check_agent(spec: str, reward_spec: str | None) -> AgentFn:
+    """The agent of `rollout.agent`, checked before anything starts: ConfigError when it cannot
+    run here (its `check_runnable`), or when `rollout.reward` is set for an agent that scores itself."""
+    agent = resolve_agent(spec)
+    check = getattr(agent, "check_runnable", None)
+    if callable(check):
+        check()  # a typo'd agent name would otherwise run as a shell command, and fail each episode
+    if getattr(agent, "scores_itself", False) and reward_spec:
+        raise ConfigError(f"rollout.agent {spec!r} scores its own episodes (its environment's rubric); "
+                          f"unset rollout.reward ({reward_spec!r})")
+    resolve_reward(reward_spec)
+    return agent
 
 
 def resolve_warmup(spec: str) -> WarmupFn:
@@ -87,7 +105,7 @@ def resolve_reward(spec: str | None) -> RewardFn:
     return import_callable(spec or agents_package().DEFAULT_REWARD, "rollout.reward")
 
 
-async def call_agent(agent: AgentFn, task: Task, ctx: AgentContext) -> str:
+async def call_agent(agent: AgentFn, task: Task, ctx: AgentContext) -> str | ScoredAnswer:
     """Run an agent to its answer. Sync callables run in a worker thread so they cannot block the
     event loop (a timed-out thread is abandoned: Python cannot stop it; its session is finished)."""
     if inspect.iscoroutinefunction(agent) or inspect.iscoroutinefunction(getattr(agent, "__call__", None)):
@@ -96,6 +114,8 @@ async def call_agent(agent: AgentFn, task: Task, ctx: AgentContext) -> str:
         result = await asyncio.to_thread(agent, task, ctx)
         if inspect.isawaitable(result):
             result = await result
+    if isinstance(result, ScoredAnswer) and getattr(agent, "scores_itself", False):
+        return result
     if not isinstance(result, str):
         raise AgentFailed(f"agent returned a {type(result).__name__}, not the answer text (str)")
     return result

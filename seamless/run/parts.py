@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seamless.agent.runner import AgentRunner
-from seamless.agent.specs import ShellAgent, resolve_agent, resolve_reward, resolve_warmup
+from seamless.agent.specs import check_agent, resolve_warmup
 from seamless.config import Recipe, check_gpu_sharing
 from seamless.agent.tasks import TaskSet, load_tasks
 from seamless.errors import ConfigError, SeamlessError, ServiceError
@@ -83,10 +83,7 @@ def check_recipe(recipe: Recipe, files: bool = True) -> None:
     policy, the DeepSpeed section), run before any service starts: a recipe that cannot run fails
     in a second, naming the key to change. `files`: also what the recipe points at on this
     machine (model.path)."""
-    agent = resolve_agent(recipe.rollout.agent)
-    if isinstance(agent, ShellAgent):
-        agent.check_runnable()  # a typo'd agent name would otherwise run as a shell command, and fail each episode
-    resolve_reward(recipe.rollout.reward)
+    check_agent(recipe.rollout.agent, recipe.rollout.reward)
     if recipe.trainer.sft_warmup.steps:
         resolve_warmup(recipe.rollout.agent)
     if files and recipe.model.path:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from seamless.agent.api import AgentContext, Sampling
+from seamless.agent.api import AgentContext, Sampling, ScoredAnswer
 from seamless.agent.runner import AgentRunner
 from seamless.agent.tasks import Task
 from seamless.agent.evaluation import evaluate
@@ -35,6 +35,22 @@ def knows_the_answer(task: Task, ctx: AgentContext) -> str:
 
 def returns_a_number(task: Task, ctx: AgentContext):
     return 12
+
+
+class ScoresItself:
+    """An agent that scores its own episodes (as an environment with a rubric does)."""
+
+    scores_itself = True
+
+    def __call__(self, task: Task, ctx: AgentContext) -> ScoredAnswer:
+        return ScoredAnswer(text=f"the answer is {task.answer}", reward=0.25)  # it alone sees the answer
+
+
+scores_itself = ScoresItself()
+
+
+def returns_a_scored_answer(task: Task, ctx: AgentContext) -> ScoredAnswer:
+    return ScoredAnswer(text="12", reward=1.0)  # not an agent that scores itself: refused
 
 
 def _runner(proxy, agent: str, **kwargs) -> AgentRunner:
@@ -101,6 +117,14 @@ def test_sync_callable_scored_correct(proxy):
     [group] = _runner(proxy, f"{HERE}:knows_the_answer").run_groups_sync([TASK], 2)
     assert [r.reward for r in group] == [1.0, 1.0] and group[0].answer == "I think it is 12"
     assert group[0].num_llm_calls == 0
+
+
+def test_an_agent_that_scores_itself_gets_the_answer_and_its_reward_is_taken(proxy):
+    [group] = _runner(proxy, f"{HERE}:scores_itself").run_groups_sync([TASK], 2)
+    assert [(r.reward, r.answer, r.error) for r in group] == [(0.25, "the answer is 12", None)] * 2
+    assert Admin(proxy).trajectory(group[0].session_id)["reward"] == 0.25
+    [[refused]] = _runner(proxy, f"{HERE}:returns_a_scored_answer").run_groups_sync([TASK], 1)
+    assert refused.reward == 0.0 and "returned a ScoredAnswer, not the answer text" in refused.error
 
 
 def test_shell_command_agent_uses_the_session_url_from_its_environment(proxy):

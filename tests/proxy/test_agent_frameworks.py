@@ -45,6 +45,27 @@ def _recorded(admin: Admin, session: dict, calls: int) -> list[dict]:
     return turns
 
 
+def test_openai_sdk_chat_with_a_tool_plain_then_streamed(tool_proxy):
+    import openai
+
+    admin = Admin(tool_proxy)
+    session = admin.session()
+    client = openai.OpenAI(base_url=session["base_url"], api_key=session["api_key"], max_retries=0)
+    messages = [{"role": "user", "content": "Is the server up?"}]
+    reply = client.chat.completions.create(model="policy", messages=messages, tools=[PING_TOOL], temperature=0.0,
+                                           tool_choice={"type": "function", "function": {"name": "ping"}},
+                                           max_tokens=MAX_TOKENS)
+    call = reply.choices[0].message.tool_calls[0]
+    assert call.function.name == "ping"
+    messages += [reply.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": ping()}]
+    stream = client.chat.completions.create(model="policy", messages=messages, tools=[PING_TOOL], temperature=0.0,
+                                            max_tokens=MAX_TOKENS, stream=True)
+    assert [chunk for chunk in stream if chunk.choices]
+    turns = _recorded(admin, session, calls=2)
+    assert turns[1]["request"]["messages"][-1] == {"role": "tool", "tool_call_id": call.id, "content": "pong"}
+
+
 def test_openai_agents_sdk_default_responses_model_with_function_tool(tool_proxy, tmp_path):
     """The SDK's module is named `agents`, like this repository's agents/ package (installed in one
     venv, either shadows the other): it runs in its own venv, which setup.sh makes in
@@ -131,3 +152,34 @@ def test_litellm_completion_and_responses_with_a_tool(tool_proxy):
                                  temperature=0.0)
     assert any(item.type == "function_call" for item in response.output)
     _recorded(admin, session, calls=1)
+
+
+def test_verifiers_evaluate_with_one_client_puts_each_rollout_in_its_own_session(tool_proxy, tiny_model_dir):
+    """verifiers' own `evaluate` (one client for all rollouts, in verifiers' own venv) with its
+    `extra_headers_from_state` sending X-Session-ID: each rollout is an episode session of its own,
+    recorded token-exactly (the `verifiers:` agent kind is tests/agents/test_verifiers_agent.py)."""
+    from transformers import AutoTokenizer
+
+    python = Path(os.environ.get("SEAMLESS_VERIFIERS_PYTHON", Path(sys.prefix) / "verifiers" / "bin" / "python"))
+    if not python.exists():
+        pytest.skip(f"needs verifiers' own venv ({python}); scripts/setup.sh makes it")
+    admin = Admin(tool_proxy)
+    parent = admin.session()
+    envs = Path(__file__).resolve().parents[2] / "agents" / "verifiers_envs"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([str(python), "-P", str(Path(__file__).with_name("verifiers_evaluate_run.py")),
+                           parent["base_url"], parent["api_key"], str(envs)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(set(report["trajectory_ids"])) == 6
+    listed = admin.get(f"/sessions/{parent['session_id']}/episodes").json()["episodes"]
+    assert sorted(listed) == sorted(f"{parent['session_id']}.{t}" for t in report["trajectory_ids"])
+    assert admin.trajectory(parent["session_id"])["turns"] == []
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for trajectory_id, completion in zip(report["trajectory_ids"], report["completions"]):
+        [turn] = admin.trajectory(f"{parent['session_id']}.{trajectory_id}")["turns"]
+        assert len(turn["completion_token_ids"]) == len(turn["logprobs"]) == len(turn["weight_versions"]) > 0
+        # vLLM's text leaves out a last byte token that is half a character
+        text = tokenizer.decode(turn["completion_token_ids"], skip_special_tokens=True)
+        assert text.rstrip("\ufffd") == (completion or "").rstrip("\ufffd")

@@ -68,3 +68,43 @@ def test_completions_echo_answers_as_vllm_and_records_only_the_generated_tokens(
     assert prompt_ids == prompt if isinstance(prompt, list) else len(prompt_ids) > 1
     assert len(turn["completion_token_ids"]) == len(turn["logprobs"]) == 3
     assert turn["logprobs"] == answers[0][1][len(prompt_ids):]  # the generated tokens' own, not the prompt's
+
+
+GENERATING = {"/v1/chat/completions": {"messages": 5}, "/v1/completions": {"prompt": []},
+              "/v1/responses": {"input": "hi", "tools": [{"type": "web_search"}]},
+              "/inference/v1/generate": {"token_ids": "not ids"}}
+
+
+def _is_openai_error(reply: httpx.Response, status: int, kind: str | None = None) -> bool:
+    error = reply.json().get("error")
+    return (reply.status_code == status and isinstance(error, dict) and isinstance(error.get("message"), str)
+            and "type" in error and (kind is None or error["type"] == kind))
+
+
+def test_every_route_answers_errors_in_its_apis_shape(tool_proxy):
+    """A wrong key and a malformed body, on each agent route: OpenAI's error shape (Anthropic's on
+    /v1/messages, which its SDK parses), never a bare framework error."""
+    session = Admin(tool_proxy).session()
+    root = session["base_url"].removesuffix("/v1")
+    good, bad = {"Authorization": f"Bearer {session['api_key']}"}, {"Authorization": "Bearer nope"}
+    for path, malformed in GENERATING.items():
+        assert _is_openai_error(httpx.post(root + path, json={}, headers=bad), 401, "authentication_error"), path
+        assert _is_openai_error(httpx.post(root + path, json=malformed, headers=good), 400), path
+    for path in ("/tokenize", "/detokenize"):
+        assert _is_openai_error(httpx.post(root + path, json={"prompt": "hi"}, headers=bad), 401), path
+    for headers, body, status in ((bad, {"max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}, 401),
+                                  (good, {"messages": [{"role": "user", "content": "hi"}]}, 400)):
+        reply = httpx.post(root + "/v1/messages", json={"model": "m", **body}, headers=headers)
+        assert reply.status_code == status and reply.json()["type"] == "error", reply.text
+        assert reply.json()["error"]["type"] in ("authentication_error", "invalid_request_error")
+
+
+def test_tokenize_and_detokenize_go_to_the_sessions_server_and_round_trip(tool_proxy, tool_vllm_server):
+    session = Admin(tool_proxy).session()
+    headers = {"Authorization": f"Bearer {session['api_key']}"}
+    for url, sent in ((session["base_url"], headers), (f"{tool_vllm_server.url}", {})):
+        tokens = httpx.post(f"{url.removesuffix('/v1')}/tokenize", json={"model": "tiny", "prompt": "hello there"},
+                            headers=sent).json()["tokens"]
+        text = httpx.post(f"{url.removesuffix('/v1')}/detokenize", json={"model": "tiny", "tokens": tokens},
+                          headers=sent).json()["prompt"]
+        assert text == "hello there", url
