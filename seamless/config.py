@@ -8,6 +8,7 @@ YAML, applies `key=value` overrides by dotted path, and validates; every problem
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -507,10 +508,26 @@ class ClusterConfig(Section):
     """The accelerator pool with capability tags."""
     num_cpus: int | None = Field(None, ge=1)
     """CPUs a local Ray cluster may use (default: all)."""
+    bind: str = "127.0.0.1"
+    """Address the rollout servers listen on: 127.0.0.1 keeps them on this machine; `node` binds
+    each to the address Ray reports for the node it lands on (several nodes), and an IP binds that.
+    Beyond loopback every server requires an API key: $SEAMLESS_VLLM_API_KEY, or one the run
+    generates (the proxy and the fleet send it). The proxy binds `proxy.host`, the private Redis
+    loopback (both live on the driver's node)."""
     placement_timeout_s: float = Field(30.0, gt=0)
     """How long a role switch waits for Ray to place a resource before it fails."""
     sim: SimConfig = SimConfig()
     """Workload model of `seamless sim` (not used by `seamless run`)."""
+
+    @model_validator(mode="after")
+    def _bind_is_an_address(self) -> ClusterConfig:
+        if self.bind != "node":
+            try:
+                ipaddress.ip_address(self.bind)
+            except ValueError:
+                raise ValueError(f"bind {self.bind!r} is neither an IP address nor `node`; write 127.0.0.1 "
+                                 "(one machine), node (each server on its node's address) or an IP") from None
+        return self
 
     @model_validator(mode="after")
     def _policy_fits_pool(self) -> ClusterConfig:

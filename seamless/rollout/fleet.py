@@ -34,6 +34,7 @@ from seamless.rollout.server_metrics import read_metrics
 from seamless.rollout.switch import NO_SWITCH, MemorySwitch
 from seamless.rollout.transport import DiskTransport, NcclTransport, WeightTransport
 from seamless.rollout.weights import WeightSource
+from seamless.services.network import LOOPBACK, server_headers, server_key
 from seamless.services.vllm_server import VLLMServerOptions
 
 log = logging.getLogger("seamless.rollout")
@@ -87,7 +88,7 @@ class VLLMFleet:
     def __init__(self, model_dir: str | Path, run_dir: str | Path, proxy: ProxyAdmin,
                  config: RolloutConfig | None = None, options: VLLMServerOptions | None = None,
                  transport: WeightTransport | None = None, devices: DeviceMap | None = None,
-                 model: ModelConfig | None = None):
+                 model: ModelConfig | None = None, bind: str = LOOPBACK):
         self.model_dir = Path(model_dir).resolve()
         self.run_dir = Path(run_dir).resolve()
         self.proxy = proxy
@@ -96,8 +97,11 @@ class VLLMFleet:
         self.devices = devices
         base = options or server_options(model or ModelConfig(), self.config)
         # a fixed served name, so a restarted server (or one on new weights) answers to the same model
+        # `bind` beyond loopback ("node": the address of the node each server lands on) needs the
+        # servers' API key, which the proxy and every call here send ($SEAMLESS_VLLM_API_KEY)
         self.options = replace(base, served_model_name=base.served_model_name or self.model_dir.name,
-                               extra_args=[*base.extra_args, *self.transport.server_args()])
+                               extra_args=[*base.extra_args, *self.transport.server_args()],
+                               host=bind, api_key=base.api_key or server_key())
         self.publisher = WeightPublisher(self.transport, proxy, self.config)
         self.switch: MemorySwitch = NO_SWITCH
         """How a sleeping server and the trainer rank beside it trade the GPU (set by the run's parts)."""
@@ -316,7 +320,7 @@ class VLLMFleet:
         try:
             if not ray.get(server.actor.alive.remote(), timeout=10):
                 return False
-            return httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+            return httpx.get(f"{server.url}/health", timeout=5, headers=server_headers()).status_code == 200
         except Exception:  # RayActorError, timeouts, refused connections: all mean not serving
             return False
 

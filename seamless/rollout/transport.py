@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import httpx
 
 from seamless.rollout.server_http import post_each
+from seamless.services.network import server_headers
 from seamless.rollout.weights import WeightSource, safetensors_files, write_buckets
 
 
@@ -130,7 +131,8 @@ class NcclTransport:
             self._engine.shutdown()
             post_each(self._urls, "/shutdown_weight_transfer_engine")
         sizes = [r.json()["world_size"] for r in
-                 (httpx.get(f"{u}/get_world_size", params={"include_dp": "false"}, timeout=30) for u in urls)]
+                 (httpx.get(f"{u}/get_world_size", params={"include_dp": "false"}, timeout=30, headers=server_headers())
+                  for u in urls)]
         client = _FanoutClient(list(urls), sizes, self.timeout_s)
         info = NCCLTrainerInitInfo(master_address=self.master_address, master_port=self.master_port,
                                    world_size=1 + sum(sizes), packed=self.packed, rank=0)

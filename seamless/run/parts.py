@@ -26,6 +26,7 @@ from seamless.config import Recipe
 from seamless.agent.tasks import TaskSet, load_tasks
 from seamless.errors import ConfigError, SeamlessError, ServiceError
 from seamless.proxy.server import ProxyProcess
+from seamless.proxy.state import new_key
 from seamless.cluster.ray_cluster import start_ray, stop_ray
 from seamless.rollout.fleet import VLLMFleet
 from seamless.rollout.proxy_admin import ProxyAdmin
@@ -34,6 +35,7 @@ from seamless.run.logger import RunLogger
 from seamless.scheduler import RayPlacement, ResourcePool, TagScheduler, make_policy
 from seamless.scheduler.adapters import FleetOnLeases
 from seamless.services.process import dead_services
+from seamless.services.network import SERVER_KEY_ENV, is_loopback, redacted, server_key, store_url_problem
 from seamless.services.redis_server import RedisServer
 from seamless.traces.episodes import EpisodeQueue
 from seamless.trainer.engines import deepspeed_config
@@ -90,6 +92,8 @@ def check_recipe(recipe: Recipe, files: bool = True) -> None:
         resolve_warmup(recipe.rollout.agent)
     if files and recipe.model.path:
         _check_model_path(recipe)
+    if recipe.store.url is not None and (problem := store_url_problem(recipe.store.url)):
+        raise ConfigError(f"store.url {redacted(recipe.store.url)}: {problem}")
     make_policy(recipe.cluster.policy, ResourcePool.from_cluster(recipe.cluster), recipe.cluster.staleness)
     deepspeed_config(recipe.trainer.deepspeed, 1, recipe.trainer.grad_clip, recipe.model.dtype)
 
@@ -129,6 +133,7 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         # unwinds (checkpoint, then every service stopped)
         signal.signal(signal.SIGTERM, sigterm)
         model_dir = resolve_model_dir(recipe, run_dir)
+        stack.enter_context(_server_key(recipe.cluster.bind))
         store_url = recipe.store.url
         if store_url is None:
             _step("starting the private Redis")
@@ -145,7 +150,7 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         stack.callback(placement.close)
         devices = placement.reserve(pool)
         fleet = VLLMFleet(model_dir, run_dir, ProxyAdmin(proxy.url, proxy.admin_key), config=recipe.rollout,
-                          devices=devices, model=recipe.model)
+                          devices=devices, model=recipe.model, bind=recipe.cluster.bind)
         stack.callback(_shutdown_fleet, fleet)
         _step(f"starting the trainer on {len(pool.trainers)} rank(s)")
         # created once for the run, each rank on its resource's device; the scheduler's train
@@ -180,6 +185,20 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
             if dead:
                 raise dead[0] from exc
             raise
+
+
+@contextlib.contextmanager
+def _server_key(bind: str) -> Iterator[None]:
+    """Rollout servers bound beyond loopback need an API key: $SEAMLESS_VLLM_API_KEY, or one made
+    for this run (in the environment, so the proxy's process inherits it; gone when the run ends)."""
+    if is_loopback(bind) or server_key():
+        yield
+        return
+    os.environ[SERVER_KEY_ENV] = new_key()
+    try:
+        yield
+    finally:
+        os.environ.pop(SERVER_KEY_ENV, None)
 
 
 def _shutdown_fleet(fleet: VLLMFleet) -> None:
