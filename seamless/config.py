@@ -421,12 +421,34 @@ class ResourceGroup(Section):
     """How many accelerators (logical GPUs on a CPU machine)."""
     tags: list[ResourceTag] = Field(min_length=1)
     """What they may do: [train], [rollout] or [train, rollout]."""
+    node_labels: dict[str, str] = {}
+    """Ray node labels their nodes must carry, e.g. {seamless.io/gpu: L4} (set with `ray start
+    --labels`, or a KubeRay group's rayStartParams): which hardware, which place. Needs
+    cluster.address (a local one-node cluster carries no labels)."""
+    ray_resources: dict[str, float] = {}
+    """Custom Ray resources each accelerator of the group also takes, e.g. {gpu-L4: 1} on nodes
+    started with `ray start --resources '{"gpu-L4": 8}'`. A local cluster is given them."""
+    speed: float = Field(1.0, gt=0)
+    """Throughput of these accelerators relative to the sim's reference GPU (decode, prefill and
+    training alike); only `seamless sim` reads it, to model a pool of mixed GPU kinds."""
 
     @model_validator(mode="after")
     def _tags_unique(self) -> ResourceGroup:
         if len(set(self.tags)) != len(self.tags):
             raise ValueError(f"tags {self.tags} repeat a tag; write [train], [rollout] or [train, rollout]")
+        reserved = {"CPU", "GPU", "memory", "object_store_memory"} & set(self.ray_resources)
+        if reserved:
+            raise ValueError(f"ray_resources names Ray's own {sorted(reserved)}; the GPU each accelerator takes "
+                             "is implied, list only custom resources (e.g. {gpu-L4: 1})")
+        if any(v <= 0 for v in self.ray_resources.values()):
+            raise ValueError(f"ray_resources {self.ray_resources} has an amount <= 0; write positive amounts")
+        if any(not k or not v for k, v in self.node_labels.items()):
+            raise ValueError(f"node_labels {self.node_labels} has an empty key or value")
         return self
+
+    @property
+    def selects_nodes(self) -> bool:
+        return bool(self.node_labels or self.ray_resources)
 
 
 class SimConfig(Section):
@@ -527,6 +549,15 @@ class ClusterConfig(Section):
             except ValueError:
                 raise ValueError(f"bind {self.bind!r} is neither an IP address nor `node`; write 127.0.0.1 "
                                  "(one machine), node (each server on its node's address) or an IP") from None
+        return self
+
+    @model_validator(mode="after")
+    def _labels_need_a_cluster(self) -> ClusterConfig:
+        for i, group in enumerate(self.resources):
+            if group.node_labels and self.address is None:
+                raise ValueError(f"resources.{i}.node_labels selects nodes by label, but cluster.address is "
+                                 "unset and a local one-node cluster carries no labels; join a cluster with "
+                                 "cluster.address, or select by resources.{i}.ray_resources instead")
         return self
 
     @model_validator(mode="after")

@@ -28,8 +28,9 @@ _watchdog = None  # of the local cluster this process started
 
 
 def start_ray(num_gpus: int, num_cpus: int | None = None, temp_dir: str | Path | None = None,
-              address: str | None = None) -> bool:
-    """Join the cluster at `address`, or start a local one on 127.0.0.1 with logical GPUs.
+              address: str | None = None, resources: dict[str, float] | None = None) -> bool:
+    """Join the cluster at `address`, or start a local one on 127.0.0.1 with logical GPUs (and the
+    custom `resources` the recipe's cluster.resources select by).
 
     Returns False when this process was already connected to Ray (then the caller did not start
     it and must not shut it down)."""
@@ -51,7 +52,7 @@ def start_ray(num_gpus: int, num_cpus: int | None = None, temp_dir: str | Path |
         temp_dir = tempfile.mkdtemp(prefix="seamless-ray-")
     Path(temp_dir).mkdir(parents=True, exist_ok=True)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, include_dashboard=False,
              _node_ip_address="127.0.0.1", _temp_dir=str(temp_dir), log_to_driver=True,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}})
     global _watchdog

@@ -34,6 +34,7 @@ from seamless.rollout.switch import ColocatedSwitch
 from seamless.run.logger import RunLogger
 from seamless.scheduler import RayPlacement, ResourcePool, TagScheduler, make_policy
 from seamless.scheduler.adapters import FleetOnLeases
+from seamless.scheduler.placement import custom_resources, device_needs
 from seamless.services.process import dead_services
 from seamless.services.network import SERVER_KEY_ENV, is_loopback, redacted, server_key, store_url_problem
 from seamless.services.redis_server import RedisServer
@@ -126,8 +127,9 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         tasks = load_tasks(recipe.data)
         _step("starting Ray")
         sigterm = signal.getsignal(signal.SIGTERM)
+        needs = device_needs(ResourcePool.from_cluster(recipe.cluster), recipe.rollout.tensor_parallel_size)
         if start_ray(num_gpus=recipe.num_devices, num_cpus=recipe.cluster.num_cpus,
-                     address=recipe.cluster.address):
+                     address=recipe.cluster.address, resources=custom_resources(needs)):
             stack.callback(stop_ray)  # only a Ray this run started (an embedding program keeps its own)
         # ray.init installs a SIGTERM handler that exits on the spot; keep the caller's, which
         # unwinds (checkpoint, then every service stopped)
