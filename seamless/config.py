@@ -202,7 +202,8 @@ class ProxyConfig(Section):
     (each key as `--key-with-dashes`), built from these fields."""
 
     host: str = "127.0.0.1"
-    """Interface to bind. Anything other than loopback exposes the proxy to the network."""
+    """Interface to bind. Beyond loopback it is reachable from the network; every route but /health
+    (which says only ok/degraded) needs the admin key or a session's key, there as everywhere."""
     port: int = Field(0, ge=0, le=65535)
     """TCP port; 0 picks a free one."""
     admin_key: str | None = None
