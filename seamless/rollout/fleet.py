@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -281,7 +282,8 @@ class VLLMFleet:
         except Exception as exc:  # the actor is gone already: its server dies with it
             log.info("stopping %s: %s", server.url, exc)
         ray.kill(server.actor, no_restart=True)
-        _kill_group(server.pid)
+        if _on_this_node(server.url):  # a pid of another node's server means nothing here
+            _kill_group(server.pid)
 
     def _event(self, server: _Server, kind: str, detail: str = "") -> None:
         event = ServerEvent(server.resource_id, kind, server.url, detail)  # type: ignore[arg-type]
@@ -407,6 +409,14 @@ class VLLMFleet:
                 if server.state == "up":
                     self.proxy.remove_upstream(server.url)
                 self._end(server)
+
+
+def _on_this_node(url: str) -> bool:
+    """Whether a server's URL names this node (loopback, or the address Ray reports for it)."""
+    import ray
+
+    host = urlsplit(url).hostname
+    return host in ("127.0.0.1", "localhost", "::1") or host == ray.util.get_node_ip_address()
 
 
 def _kill_group(pid: int) -> None:
