@@ -96,6 +96,13 @@ class DeviceMap:
                 "GPUs, or raise cluster.placement_timeout_s")
         return cls(group, needs)
 
+    def placed(self) -> bool:
+        """Whether every bundle sits on a live node: after a node dies Ray reschedules its bundles
+        (state RESCHEDULING) until a node that matches them joins."""
+        from ray.util.placement_group import placement_group_table
+
+        return self.placement_group is not None and placement_group_table(self.placement_group).get("state") == "CREATED"
+
     def node_of(self, resource_id: int) -> str:
         """The Ray node id that holds a resource's bundle."""
         from ray.util.placement_group import placement_group_table

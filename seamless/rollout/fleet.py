@@ -341,6 +341,13 @@ class VLLMFleet:
         return min(self.config.restart_backoff_s * 2 ** (failures - 1), self.config.restart_backoff_max_s)
 
     def _restart(self, server: _Server) -> None:
+        slot = self._slot(server.resource_id, server.lease)
+        if self.devices is not None and slot is not None and slot.placement_group is self.devices.placement_group \
+                and not self.devices.placed():
+            # its node is gone and no node that matches it has joined yet: starting an actor now would
+            # wait (holding the fleet's lock) until one does; look again at the next check
+            server.restart_at = time.monotonic() + self.config.health_interval_s
+            return
         try:
             fresh = self._launch(server.resource_id, server.lease)
         except Exception as exc:
