@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import httpx
 import openai
+import psutil
 import pytest
 import ray
 
@@ -84,25 +85,46 @@ def test_placement_that_no_node_offers_fails_naming_the_keys(nodes):
 @pytest.mark.vllm
 def test_server_on_another_node_binds_and_registers_that_nodes_address(nodes, redis_server, tiny_model_dir,
                                                                        tmp_path, monkeypatch):
+    """Also: the server and a proxy bound beyond loopback answer nothing without their keys."""
     monkeypatch.setenv(SERVER_KEY_ENV, KEY)  # what a run with cluster.bind: node sets (or generates)
     pool = _pool({"count": 1, "tags": ["rollout"], "node_labels": {GPU_LABEL: "L4"}})
     placement = RayPlacement("server-on-node", timeout_s=20)
-    with ProxyProcess(redis_server.url, tmp_path / "proxy", prefix="nodes",
-                      config=ProxyConfig(health_interval_s=0.5)) as proxy:
+    config = ProxyConfig(host="127.0.0.2", health_interval_s=0.5)  # 127.0.0.2 stands for a node address
+    with ProxyProcess(redis_server.url, tmp_path / "proxy", prefix="nodes", config=config) as proxy:
         fleet = VLLMFleet(tiny_model_dir, tmp_path / "run", ProxyAdmin(proxy.url, proxy.admin_key),
                           RolloutConfig(), devices=placement.reserve(pool), bind="node")
         try:
             url = fleet.add_server(None, resource_id=0)
             assert url.startswith("http://127.0.0.3:"), url
-            assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 401  # no key, no answer
+            _answers_nothing_without_the_key(url, proxy.url)
             admin = {"Authorization": f"Bearer {proxy.admin_key}"}
             registered = httpx.get(f"{proxy.url}/admin/upstreams", headers=admin, timeout=30).json()
-            assert url in str(registered)
+            assert url in str(registered) and KEY not in str(registered)
             session = httpx.post(f"{proxy.url}/sessions", json={}, headers=admin, timeout=30).json()
             client = openai.OpenAI(base_url=session["base_url"], api_key=session["api_key"])
             reply = client.chat.completions.create(model=fleet.options.served_model_name, max_tokens=4,
                                                    messages=[{"role": "user", "content": "1+1="}])
-            assert reply.choices[0].message.content is not None
+            assert reply.choices[0].message.content is not None  # the proxy sent the servers' key
+            # keys travel in environments: other users of a machine can read every command line
+            assert KEY not in " ".join(psutil.Process(fleet._servers[0].pid).cmdline())
+            assert proxy.admin_key not in " ".join(psutil.Process(proxy.pid).cmdline())
         finally:
             fleet.shutdown()
             placement.close()
+
+
+def _answers_nothing_without_the_key(server: str, proxy: str) -> None:
+    routes = [("GET", "/health"), ("GET", "/metrics"), ("GET", "/v1/models"), ("POST", "/pause"),
+              ("POST", "/resume"), ("POST", "/collective_rpc"), ("GET", "/is_paused"),
+              ("POST", "/reset_prefix_cache"), ("POST", "/inference/v1/generate"), ("POST", "/tokenize"),
+              ("POST", "/v1/chat/completions")]
+    for method, path in routes:
+        bare = httpx.request(method, server + path, timeout=30)
+        wrong = httpx.request(method, server + path, timeout=30, headers={"Authorization": "Bearer no"})
+        assert (bare.status_code, wrong.status_code) == (401, 401), (path, bare.text)
+    keyed = {"Authorization": f"Bearer {KEY}"}
+    assert httpx.get(server + "/is_paused", headers=keyed, timeout=30).status_code == 200
+    for method, path in [("GET", "/admin/upstreams"), ("POST", "/sessions"), ("GET", "/metrics"),
+                         ("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/admin/pause")]:
+        assert httpx.request(method, proxy + path, timeout=30).status_code == 401, path
+    assert set(httpx.get(proxy + "/health", timeout=30).json()) == {"status"}  # the status, nothing more
