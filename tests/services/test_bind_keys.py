@@ -51,3 +51,31 @@ def test_redis_on_a_node_address_needs_its_password(tmp_path):
 
 
 # vLLM and the proxy on a node address, keyed: tests/test_several_nodes.py (one server, on a second Ray node)
+
+
+def test_a_recipe_whose_store_reaches_another_host_without_a_password_fails_at_check():
+    from seamless.config import load_recipe
+    from seamless.errors import ConfigError
+    from seamless.run.parts import check_recipe
+
+    with pytest.raises(ConfigError, match=r"store.url redis://10.0.0.5:6379/0: .*password"):
+        check_recipe(load_recipe(None, ["store.url=redis://10.0.0.5:6379/0"]), files=False)
+    check_recipe(load_recipe(None, ["store.url=redis://:pw@10.0.0.5:6379/0"]), files=False)
+
+
+def test_a_run_bound_beyond_loopback_makes_its_servers_a_key_for_its_lifetime(monkeypatch):
+    import os
+
+    from seamless.run.parts import _server_key
+
+    monkeypatch.delenv(SERVER_KEY_ENV, raising=False)
+    with _server_key("127.0.0.1"):
+        assert SERVER_KEY_ENV not in os.environ  # loopback: no key needed
+    with _server_key("node"):
+        made = os.environ[SERVER_KEY_ENV]
+        assert len(made) >= 32
+    assert SERVER_KEY_ENV not in os.environ
+    monkeypatch.setenv(SERVER_KEY_ENV, "given")
+    with _server_key("node"):
+        assert os.environ[SERVER_KEY_ENV] == "given"  # the user's key wins
+    assert os.environ[SERVER_KEY_ENV] == "given"
