@@ -12,6 +12,11 @@ Builds a Qwen2-shaped 0.5B model locally (hidden 896, 24 layers, 14 heads, 2 KV 
 - `logprobs`: the trainer's logprobs against a plain transformers forward of the same weights;
 - `offload`: the rank's `offload_states` / `reload_states` in the role switch's order: seconds, GiB freed;
 - `ipc`: a CUDA IPC hand-off of 1 GiB of bf16 weights to a second process: GB/s;
+- `rank_ipc`: the trainer rank's own weights, bucket by bucket, in the payload it sends vLLM
+  (trainer/weight_push.py), rebuilt and copied by a second process: GB/s, and equal to the rank's;
+- `colocated`: where vLLM is installed, a server sharing the rank's GPU (sleep mode, IPC backend):
+  the role switch timed both ways with the GPU memory each move frees, the weights sent by CUDA IPC
+  from the rank (GB/s), and vLLM's logprobs after it against the rank's weights and the old ones;
 - `vllm`: where vLLM is installed, a server on the model: generation tokens/s, a weight update
   from /dev/shm (seconds) and the server's logprobs after it against transformers'.
 
@@ -293,9 +298,99 @@ def vllm(c: Check) -> dict[str, Any]:
     return out
 
 
+def rank_ipc(c: Check) -> dict[str, Any]:
+    """The rank's weights in the IPC payload it sends vLLM, rebuilt by a second process (vLLM's
+    engine does the same), copied there and checked against the rank's."""
+    c.need_cuda()
+    if c.worker is None:
+        raise Skip("no trainer rank (train_step did not run)")
+    import torch
+    import torch.multiprocessing as mp
+
+    from seamless.trainer.weight_push import gathered_buckets, ipc_update_info
+
+    ctx = mp.get_context("spawn")
+    payloads, answers = ctx.Queue(), ctx.Queue()
+    child = ctx.Process(target=_rank_ipc_receiver, args=(payloads, answers), daemon=True)
+    child.start()
+    module = c.worker.engines.policy.module
+    buckets = c.worker.bucket_plan(512 << 20)
+    sent = mismatched = 0
+    started = time.perf_counter()
+    for named in gathered_buckets(module, False, buckets):
+        payloads.put(ipc_update_info(named))
+        answer = answers.get(timeout=300)  # the handles stay valid until the receiver has copied
+        ours = [float(t.float().sum()) for _, t in named]
+        mismatched += sum(a != b for a, b in zip(ours, answer["sums"]))
+        sent += sum(t.numel() * t.element_size() for _, t in named)
+    seconds = time.perf_counter() - started
+    payloads.put(None)
+    child.join(timeout=60)
+    torch.cuda.ipc_collect()
+    return {"bytes": sent, "buckets": len(buckets), "seconds": round(seconds, 3),
+            "gb_per_s": round(sent / seconds / 1e9, 2), "tensors_differing": mismatched}
+
+
+def colocated(c: Check) -> dict[str, Any]:
+    """A vLLM server on the rank's GPU: the role switch both ways (rollout/switch.py's order), the
+    weights sent from the rank by CUDA IPC, and what the server computes with them."""
+    c.need_cuda()
+    c.need("vllm")
+    if c.worker is None:
+        raise Skip("no trainer rank (train_step did not run)")
+    import httpx
+    import torch
+
+    from seamless.rollout.transport import post_each
+    from seamless.services.vllm_server import VLLMServer, VLLMServerOptions
+
+    free = lambda: torch.cuda.mem_get_info()[0]  # noqa: E731 - the device's, whoever frees it
+    out: dict[str, Any] = {}
+
+    def move(name: str, fn: Callable[[], Any]) -> None:
+        before, started = free(), time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        out[name] = {"s": round(time.perf_counter() - started, 3), "freed_gib": round((free() - before) / GiB, 2)}
+
+    c.worker.shares_device = True
+    with torch.no_grad():  # new weights, far from the ones vLLM starts with
+        for p in c.worker.engines.policy.module.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    state = {n: p.detach().to("cpu", copy=True) for n, p in c.worker.engines.policy.module.named_parameters()}
+    options = VLLMServerOptions(dtype="bfloat16", max_model_len=2048, gpu_memory_utilization=0.3,
+                                served_model_name="check", enable_sleep_mode=True, weight_transfer="ipc")
+    with VLLMServer(c.model_dir, c.work / "vllm-colocated", options) as server:
+        url = [server.url]
+        # rollout -> train
+        move("vllm_sleep_level2", lambda: post_each(url, "/sleep", params={"level": 2}))
+        move("trainer_reload", c.worker.reload_states)
+        # train -> rollout
+        move("trainer_offload_optimizer", lambda: c.worker.offload_states(["optimizer", "grads"]))
+        move("vllm_wake_weights", lambda: post_each(url, "/wake_up", params={"tags": "weights"}))
+        started = time.perf_counter()
+        sent = c.worker.push_weights(server.url, True, None, 512 << 20)
+        push_s = time.perf_counter() - started
+        out["ipc_push"] = {"bytes": sent, "s": round(push_s, 3), "gb_per_s": round(sent / push_s / 1e9, 2)}
+        move("trainer_offload_params", lambda: c.worker.offload_states(["params"]))
+        move("vllm_wake_kv_cache", lambda: post_each(url, "/wake_up", params={"tags": "kv_cache"}))
+        post_each(url, "/reset_prefix_cache")
+        probe = {"model": "check", "prompt": list(range(10, 42)), "max_tokens": 16, "temperature": 0.0,
+                 "logprobs": 0, "return_token_ids": True, "ignore_eos": True}
+        choice = httpx.post(f"{server.url}/v1/completions", json=probe, timeout=120).json()["choices"][0]
+        served = torch.tensor(choice["logprobs"]["token_logprobs"])
+        move("trainer_reload_after", c.worker.reload_states)
+    new = _hf_logprobs(c, state, probe["prompt"], choice["token_ids"])
+    old = _hf_logprobs(c, None, probe["prompt"], choice["token_ids"])
+    out.update(logprob_vs_rank_max_abs=round(float((served - new).abs().max()), 4),
+               logprob_old_vs_rank_max_abs=round(float((old - new).abs().max()), 4))
+    return out
+
+
 SECTIONS: list[tuple[str, Callable[[Check], dict[str, Any]]]] = [
     ("environment", environment), ("build_model", build_model), ("matmul", matmul), ("train_step", train_step),
-    ("logprobs", logprobs), ("offload", offload), ("ipc", ipc), ("vllm", vllm)]
+    ("logprobs", logprobs), ("offload", offload), ("ipc", ipc), ("rank_ipc", rank_ipc), ("vllm", vllm),
+    ("colocated", colocated)]
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -396,6 +491,20 @@ def _ipc_receiver(handles: Any, answers: Any) -> None:
         answers.put({"open_s": opened - started, "seconds": done - started,
                      "ok": bool(torch.equal(own[:1024], tensor[:1024]))})
         del tensor
+
+
+def _rank_ipc_receiver(payloads: Any, answers: Any) -> None:
+    import torch
+
+    from seamless.trainer.weight_push import rebuild_ipc
+
+    torch.cuda.init()
+    while (payload := payloads.get()) is not None:
+        named = rebuild_ipc(payload, torch.cuda.current_device())  # opens the rank's memory
+        copies = [t.clone() for _, t in named]  # what vLLM's load does: into memory of its own
+        torch.cuda.synchronize()
+        answers.put({"sums": [float(t.float().sum()) for t in copies]})
+        del named, copies
 
 
 def _version(name: str) -> str | None:

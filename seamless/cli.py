@@ -100,6 +100,16 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="print a JSON list, one object per policy and size")
     sim.add_argument("--plot", help="PNG to write (default: <run.root_dir>/sim-<run.name>.png; '' for none)")
     sim.set_defaults(handler=_cmd_sim)
+
+    plan = commands.add_parser("plan", help="choose a cluster layout for a recipe with the simulator",
+                               description="Simulate every layout (policy; train, rollout and both counts; "
+                                           "staleness bound) of N GPUs for the recipe and rank them.")
+    plan.add_argument("recipe", help="recipe YAML")
+    plan.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides")
+    plan.add_argument("--gpus", type=int, required=True, help="GPUs to plan for")
+    plan.add_argument("--from-run", metavar="RUN_DIR", help="calibrate the simulator from this run's recorded_run.json")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(handler=_cmd_plan)
     return parser
 
 
@@ -153,6 +163,17 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return run_sim(args.recipe, args.overrides, args.gpus, args.json, args.plot, args.pool)
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from seamless.config import load_recipe
+    from seamless.scheduler.planner import format_plan, make_plan
+
+    plan = make_plan(load_recipe(args.recipe, args.overrides), args.gpus, args.from_run)
+    print(json.dumps(plan.to_json(), indent=1) if args.json else format_plan(plan))
+    return 0
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -167,10 +188,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume {args.resume}: no recipe.resolved.yaml there; pass a run folder "
                               "that seamless run created")
     recipe = load_recipe(args.recipe, args.overrides)
+    from seamless.run.layout import resolve_layout, save_plan
     from seamless.run.parts import check_recipe, describe_failure
 
+    recipe, plan = resolve_layout(recipe, args.resume)  # cluster.policy auto: the planner's layout
+    if plan is not None:
+        print(f"seamless run: cluster.policy auto chose {plan.best.layout.label()} "
+              f"({plan.best.tokens_per_s:,.1f} tokens/s predicted, best of {len(plan.ranked)} layouts)")
     check_recipe(recipe)  # a recipe that cannot run fails here: no run folder, no services, no resume hint
     run_dir = create_run_dir(recipe, args.resume or args.run_dir)
+    if plan is not None:
+        save_plan(plan, run_dir)
     from seamless.run.loop import run
 
     # SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C, so every service is stopped and a

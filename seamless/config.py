@@ -165,8 +165,12 @@ class RolloutConfig(Section):
     `abort` stops them and resubmits prompt + partial tokens after the update."""
     prefix_cache: Literal["reset", "salt"] = "salt"
     """After a weight update, `reset` empties vLLM's prefix cache, `salt` keys it by weight version."""
-    weight_sync: Literal["disk", "nccl"] = "disk"
-    """How new weights reach servers: safetensors files reloaded from disk, or NCCL broadcast (GPUs)."""
+    weight_sync: Literal["auto", "disk"] = "disk"
+    """How new weights reach servers. `disk`: safetensors written to `weight_dir` and reloaded.
+    `auto`: on GPUs the trainer's ranks send them, per server, by CUDA IPC (a server on a rank's
+    own GPU) or an NCCL broadcast from rank 0 (a server on a GPU of its own), with `disk` for weights
+    from a folder; on CPU the same as `disk`. `auto` has not yet run on a GPU (scripts/gpu_check.py
+    `colocated` checks it), so `disk` stays the default until it has."""
     weight_dir: Literal["run", "shm"] = "run"
     """Where disk weight sync writes safetensors: the run folder, or /dev/shm (RAM; faster, needs room)."""
     health_interval_s: float = Field(1.0, gt=0)
@@ -412,7 +416,7 @@ class TrainerConfig(Section):
 
 
 ResourceTag = Literal["train", "rollout"]
-PolicyName = Literal["colocated", "disaggregated", "tagged"]
+PolicyName = Literal["colocated", "disaggregated", "tagged", "auto"]
 
 
 class ResourceGroup(Section):
@@ -522,8 +526,10 @@ class ClusterConfig(Section):
     """Ray cluster to join (e.g. ray://head:10001 or auto); unset starts a local one on 127.0.0.1."""
     policy: PolicyName = "tagged"
     """Scheduling policy: all resources in turns (`colocated`, needs every resource tagged
-    [train, rollout]), a fixed split (`disaggregated`: train-tagged train, rollout-only roll out), or
-    SeamlessFlow's multiplexing (`tagged`: [train, rollout] resources roll out until a step starts)."""
+    [train, rollout]), a fixed split (`disaggregated`: train-tagged train, rollout-only roll out),
+    SeamlessFlow's multiplexing (`tagged`: [train, rollout] resources roll out until a step starts),
+    or `auto`: `seamless run` plans the layout of the resources' GPUs at start (`seamless plan`:
+    policy, tags and staleness; a resumed run keeps its trainer's size) and logs the plan."""
     max_async_staleness: int | None = Field(None, ge=0)
     """How many weight versions rollout may run ahead of training. Unset: 0 (synchronous) for
     colocated and disaggregated, 1 for tagged. colocated is always synchronous."""
@@ -563,6 +569,9 @@ class ClusterConfig(Section):
 
     @model_validator(mode="after")
     def _policy_fits_pool(self) -> ClusterConfig:
+        if self.policy == "auto" and self.num_gpus < 2:
+            raise ValueError("cluster.policy auto plans a layout of 2 GPUs or more, but cluster.resources has "
+                             f"{self.num_gpus}; add resources or pick cluster.policy: colocated")
         if self.policy == "colocated" and self.max_async_staleness:
             raise ValueError("colocated is synchronous; remove cluster.max_async_staleness or pick "
                              "cluster.policy: disaggregated or tagged")
@@ -655,11 +664,6 @@ class Recipe(Section):
                 f"rollout.tensor_parallel_size is {rollout.tensor_parallel_size} but cluster.resources.{shared[0]} "
                 "is tagged [train, rollout] (one GPU shared with a trainer rank); use tensor_parallel_size 1, "
                 "or tag that group [train] and add [rollout] groups")
-        if shared and rollout.weight_sync == "nccl":
-            raise ValueError(
-                f"rollout.weight_sync is nccl but cluster.resources.{shared[0]} is tagged [train, rollout]: NCCL "
-                "cannot send to a vLLM server on a GPU the sender also holds; use weight_sync: disk with "
-                "weight_dir: shm")
         if rollout.max_tokens >= self.model.max_model_len:
             raise ValueError(
                 f"rollout.max_tokens ({rollout.max_tokens}) leaves no room for a prompt within "
@@ -740,6 +744,19 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
                               "section, so it has no sub-keys")
         node = child
     node[parts[-1]] = value
+
+
+def check_gpu_sharing(recipe: Recipe) -> None:
+    """On GPUs (the caller knows): a [train, rollout] resource's trainer rank moves its optimizer
+    state off the GPU while vLLM serves there, which DeepSpeed does only from ZeRO stage 1 up. On
+    CPU nothing moves, so any stage runs."""
+    shared = [i for i, group in enumerate(recipe.cluster.resources) if len(group.tags) == 2]
+    stage = recipe.trainer.deepspeed.get("zero_optimization", {}).get("stage", 0)
+    if shared and int(stage) < 1:
+        raise ConfigError(
+            f"cluster.resources.{shared[0]} is tagged [train, rollout], so on a GPU its trainer rank moves its "
+            "optimizer state off the GPU while vLLM serves there, which DeepSpeed does only from ZeRO stage 1 "
+            "up; set trainer.deepspeed.zero_optimization.stage to 1, 2 or 3")
 
 
 MOVED_KEYS = {"trainer.critic_lr": "algorithm.critic_lr (PPO only: the other algorithms have no critic)"}

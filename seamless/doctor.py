@@ -125,8 +125,9 @@ def check_recipe(report: Report, recipe: Recipe, on_gpu: bool) -> None:
     dual = sum(g.count for g in cluster.resources if len(g.tags) == 2)
     report.fact("recipe", f"{recipe.run.name}: {cluster.policy}, {cluster.num_gpus} resource(s) "
                           f"({dual} [train, rollout]), {recipe.num_devices} GPU(s) needed")
-    transport = ("NCCL broadcast" if rollout.weight_sync == "nccl" else
-                 f"safetensors reload from {'/dev/shm' if rollout.weight_dir == 'shm' else 'the run folder'}")
+    disk = f"safetensors reload from {'/dev/shm' if rollout.weight_dir == 'shm' else 'the run folder'}"
+    transport = (f"from the trainer's GPUs: CUDA IPC to a server beside a rank, NCCL from rank 0 to the others "
+                 f"({disk} for a warm start's folder)" if rollout.weight_sync == "auto" and on_gpu else disk)
     report.fact("weight transport", transport)
     if dual:
         switch = ("vLLM sleep/wake (--enable-sleep-mode) beside the trainer rank" if on_gpu else

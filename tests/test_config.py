@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from seamless.config import GrpoConfig, PpoConfig, Recipe, apply_override, load_recipe
+from seamless.config import GrpoConfig, PpoConfig, Recipe, apply_override, check_gpu_sharing, load_recipe
 from seamless.errors import ConfigError
 
 REPO = Path(__file__).parents[1]
@@ -140,8 +140,13 @@ def test_gpu_layout_mistakes_fail_at_load_with_the_fix():
     dual = {"resources": [{"count": 1, "tags": ["train", "rollout"]}]}
     with pytest.raises(ConfigError, match="tensor_parallel_size is 2 but cluster.resources.0"):
         _recipe_with(cluster=dual, rollout={"tensor_parallel_size": 2})
-    with pytest.raises(ConfigError, match="weight_sync is nccl.*use weight_sync: disk"):
+    # NCCL and CUDA IPC are chosen per server by `auto`; the old `nccl` (sent from the driver) is gone
+    with pytest.raises(ConfigError, match="rollout.weight_sync.*'auto' or 'disk'"):
         _recipe_with(cluster=dual, rollout={"weight_sync": "nccl"})
+    stage0 = _recipe_with(cluster=dual, trainer={"deepspeed": {"zero_optimization": {"stage": 0}}})  # fine on CPU
+    with pytest.raises(ConfigError, match="ZeRO stage 1 up; set trainer.deepspeed.zero_optimization.stage"):
+        check_gpu_sharing(stage0)  # what `seamless run` checks where CUDA is visible
+    check_gpu_sharing(_recipe_with(cluster=dual))  # the default, stage 2
     with pytest.raises(ConfigError, match="float16 is not supported by the trainer"):
         _recipe_with(model={"dtype": "float16"})
     with pytest.raises(ConfigError, match=r"rollout.max_tokens \(600\) leaves no room.*max_model_len \(512\)"):

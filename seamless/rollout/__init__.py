@@ -3,7 +3,7 @@
 from seamless.rollout.fleet import VLLMFleet, make_transport
 from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.rollout.records import ServerEvent, ServerStats, WeightUpdateMetrics
-from seamless.rollout.transport import DiskTransport, NcclTransport, WeightTransport
+from seamless.rollout.transport import DiskTransport, PushPlan, RankTransport, WeightTransport
 
-__all__ = ["DiskTransport", "NcclTransport", "ProxyAdmin", "ServerEvent", "ServerStats", "VLLMFleet",
+__all__ = ["DiskTransport", "PushPlan", "RankTransport", "ProxyAdmin", "ServerEvent", "ServerStats", "VLLMFleet",
            "WeightTransport", "WeightUpdateMetrics", "make_transport"]

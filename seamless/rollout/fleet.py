@@ -33,10 +33,10 @@ from seamless.rollout.server_actor import ServerActor
 from seamless.rollout.server_http import post_each
 from seamless.rollout.server_metrics import read_metrics
 from seamless.rollout.switch import NO_SWITCH, MemorySwitch
-from seamless.rollout.transport import DiskTransport, NcclTransport, WeightTransport
+from seamless.rollout.transport import DiskTransport, PushPlan, RankTransport, WeightPusher, WeightTransport
 from seamless.rollout.weights import WeightSource
 from seamless.services.network import LOOPBACK, server_headers, server_key
-from seamless.services.vllm_server import VLLMServerOptions
+from seamless.services.vllm_server import VLLMServerOptions, cuda_available
 
 log = logging.getLogger("seamless.rollout")
 
@@ -56,6 +56,8 @@ class _Server:
     """Weights the server holds."""
     sleeps: bool = False
     """It shares its GPU with a trainer rank and sleeps while the rank trains (vLLM sleep mode)."""
+    transfer: str = "disk"
+    """How the trainer's weights reach it: `ipc` (from the rank on its GPU), `nccl`, or `disk`."""
     tokens: int = 0
     tokens_at: float = 0.0
 
@@ -72,11 +74,13 @@ def server_options(model: ModelConfig, rollout: RolloutConfig) -> VLLMServerOpti
 
 
 def make_transport(config: RolloutConfig, run_dir: Path) -> WeightTransport:
-    """The transport `rollout.weight_sync` names."""
-    if config.weight_sync == "nccl":
-        return NcclTransport()
+    """The transport `rollout.weight_sync` names: on GPUs (`auto`) the trainer's ranks send,
+    with safetensors as the fallback; on CPU safetensors alone."""
     root = Path("/dev/shm") / f"seamless-{os.getpid()}-{run_dir.name}" if config.weight_dir == "shm" else run_dir / "weights"
-    return DiskTransport(root)
+    disk = DiskTransport(root)
+    if config.weight_sync == "auto" and cuda_available():
+        return RankTransport(disk)
+    return disk
 
 
 class VLLMFleet:
@@ -93,17 +97,21 @@ class VLLMFleet:
         self.model_dir = Path(model_dir).resolve()
         self.run_dir = Path(run_dir).resolve()
         self.proxy = proxy
-        self.config = config or RolloutConfig()
-        self.transport = transport or make_transport(self.config, self.run_dir)
+        config = config or RolloutConfig()
+        self.transport = transport or make_transport(config, self.run_dir)
         self.devices = devices
-        base = options or server_options(model or ModelConfig(), self.config)
+        base = options or server_options(model or ModelConfig(), config)
         # a fixed served name, so a restarted server (or one on new weights) answers to the same model
         # `bind` beyond loopback ("node": the address of the node each server lands on) needs the
         # servers' API key, which the proxy and every call here send ($SEAMLESS_VLLM_API_KEY)
         self.options = replace(base, served_model_name=base.served_model_name or self.model_dir.name,
                                extra_args=[*base.extra_args, *self.transport.server_args()],
                                host=bind, api_key=base.api_key or server_key())
-        self.publisher = WeightPublisher(self.transport, proxy, self.config)
+        self.publisher = WeightPublisher(self.transport, proxy, config)
+        if isinstance(self.transport, RankTransport):
+            self.transport.plan = self.push_plan
+        self._rank_of: dict[int, int] = {}  # resource id -> the trainer rank on its GPU
+        self._joining: dict[str, tuple[int, str]] = {}  # url -> (resource, transfer) of a server loading weights to join
         self.switch: MemorySwitch = NO_SWITCH
         """How a sleeping server and the trainer rank beside it trade the GPU (set by the run's parts)."""
         self.events: list[ServerEvent] = []
@@ -117,9 +125,44 @@ class VLLMFleet:
     # membership ------------------------------------------------------------------------------
 
     @property
+    def config(self) -> RolloutConfig:
+        """The rollout section: one copy, the publisher's (it drives updates; the fleet reads its
+        health and restart settings from the same object)."""
+        return self.publisher.config
+
+    @property
     def version(self) -> int:
         """The weights every server in rotation serves (the publisher's version)."""
         return self.publisher.version
+
+    def send_from(self, trainer: WeightPusher, rank_of_resource: Mapping[int, int]) -> None:
+        """The trainer's ranks send weights themselves (a `RankTransport`, on GPUs): the rank on a
+        [train, rollout] resource to the server beside it. Call before any server starts."""
+        self._rank_of = dict(rank_of_resource)
+        if isinstance(self.transport, RankTransport):
+            self.transport.pusher = trainer
+
+    def push_plan(self, urls: Sequence[str]) -> PushPlan:
+        """For each of these servers, how the trainer's ranks reach it (chosen when it started)."""
+        with self._lock:
+            known = {s.url: (s.resource_id, s.transfer) for s in self._servers.values()} | self._joining
+        ipc: dict[int, str] = {}
+        nccl, disk = [], []
+        for url in urls:
+            rid, transfer = known.get(url, (None, "disk"))
+            if transfer == "ipc" and rid in self._rank_of:
+                ipc[self._rank_of[rid]] = url
+            elif transfer == "nccl":
+                nccl.append(url)
+            else:
+                disk.append(url)
+        return PushPlan(ipc=ipc, nccl=tuple(nccl), disk=tuple(disk))
+
+    def _transfer_backend(self, rid: int, slot: DeviceSlot | None) -> str | None:
+        """vLLM's weight-transfer backend for a server on `rid`, when the ranks send weights."""
+        if not isinstance(self.transport, RankTransport) or slot is None:
+            return None
+        return "ipc" if slot.shared and rid in self._rank_of else "nccl"
 
     def add_server(self, lease: Lease | None, resource_id: int | None = None) -> str:
         """Start a server on the lease (or anywhere, without one) with the current weights, register
@@ -215,6 +258,11 @@ class VLLMFleet:
         with self._lock:
             return {rid: s.url for rid, s in self._servers.items() if s.state == "up"}
 
+    def all_servers(self) -> dict[int, str]:
+        """URL of each server the fleet holds, parked ones too, by resource id."""
+        with self._lock:
+            return {rid: s.url for rid, s in self._servers.items() if s.state != "gone"}
+
     def actor(self, resource_id: int) -> Any:
         return self._servers[resource_id].actor
 
@@ -226,7 +274,8 @@ class VLLMFleet:
         work_dir = self.run_dir / "servers" / f"r{rid}-{self._launches}"
         slot = self._slot(rid, lease)
         # a server sharing its GPU with a trainer rank must be able to sleep (free its memory)
-        options = replace(self.options, enable_sleep_mode=slot is not None and slot.shared)
+        options = replace(self.options, enable_sleep_mode=slot is not None and slot.shared,
+                          weight_transfer=self._transfer_backend(rid, slot))
         return actor, actor.start.remote(str(self.model_dir), str(work_dir), options)
 
     def actor_options(self, rid: int, lease: Lease | None) -> dict[str, Any]:
@@ -249,16 +298,21 @@ class VLLMFleet:
 
         try:
             url, pid = ray.get(pending, timeout=self.options.startup_timeout_s + 30)
-            sleeps = ray.get(actor.sleeps.remote(), timeout=30)
+            sleeps, transfer = ray.get([actor.sleeps.remote(), actor.weight_transfer.remote()], timeout=30)
             self._warm([url])  # a no-op for servers add_servers warmed already
             if self.version > 0:  # a server joining late loads the weights the others serve
-                self._rejoin(url, sleeps=False)  # awake: it just started
+                self._joining[url] = (rid, transfer)  # push_plan finds it before it is in _servers
+                try:
+                    self._rejoin(url, sleeps=False)  # awake: it just started
+                finally:
+                    self._joining.pop(url, None)
             self.proxy.add_upstream(url)
         except Exception:
             ray.kill(actor, no_restart=True)
             raise
         now = time.monotonic()
-        return _Server(rid, lease, actor, url, pid, started_at=now, version=self.version, sleeps=sleeps, tokens_at=now)
+        return _Server(rid, lease, actor, url, pid, started_at=now, version=self.version, sleeps=sleeps,
+                       transfer=transfer, tokens_at=now)
 
     def _warm(self, urls: Sequence[str]) -> None:
         """A few small requests on each new server before it joins the proxy: vLLM on CPU runs its

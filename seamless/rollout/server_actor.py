@@ -47,6 +47,11 @@ class ServerActor:
         """Whether the server runs with vLLM's sleep mode (a GPU it shares with a trainer rank)."""
         return self._server is not None and self._server.on_gpu and self._server.options.enable_sleep_mode
 
+    def weight_transfer(self) -> str:
+        """How the trainer's weights reach this server: vLLM's `ipc` or `nccl` engine (GPUs), else `disk`."""
+        server = self._server
+        return (server.options.weight_transfer or "disk") if server is not None and server.on_gpu else "disk"
+
     def device_report(self) -> dict:
         """The devices this actor (and so its server process) sees (tests, `seamless doctor`)."""
         from seamless.cluster.devices import device_report

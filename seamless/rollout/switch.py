@@ -73,11 +73,13 @@ NO_SWITCH: MemorySwitch = _NoSwitch()
 
 @dataclass(frozen=True)
 class Move:
-    """One part of a switch: what moved, and how long it took."""
+    """One part of a switch: what moved, on which servers' GPUs, when (time.monotonic) and how long."""
 
     name: str
     seconds: float
     freed_bytes: int = 0
+    started: float = 0.0
+    urls: tuple[str, ...] = ()
 
 
 @dataclass
@@ -90,25 +92,25 @@ class ColocatedSwitch:
 
     def to_train(self, urls: Sequence[str]) -> None:
         # level 2 drops the weights instead of copying them to host memory: new ones always follow
-        self._timed("vllm_sleep", lambda: post_each(urls, "/sleep", params={"level": 2}, timeout_s=self.timeout_s))
-        self._timed("trainer_reload", self.trainer.reload_states)
+        self._timed("vllm_sleep", urls, lambda: post_each(urls, "/sleep", params={"level": 2}, timeout_s=self.timeout_s))
+        self._timed("trainer_reload", urls, self.trainer.reload_states)
 
     def before_load(self, urls: Sequence[str]) -> None:
-        self._timed("trainer_offload_optimizer", lambda: self.trainer.offload_states(OPTIMIZER_AND_GRADS))
-        self._timed("vllm_wake_weights", lambda: self._wake(urls, "weights"))
+        self._timed("trainer_offload_optimizer", urls, lambda: self.trainer.offload_states(OPTIMIZER_AND_GRADS))
+        self._timed("vllm_wake_weights", urls, lambda: self._wake(urls, "weights"))
 
     def after_load(self, urls: Sequence[str]) -> None:
-        self._timed("trainer_offload_params", lambda: self.trainer.offload_states(PARAMS))
-        self._timed("vllm_wake_kv_cache", lambda: self._wake(urls, "kv_cache"))
+        self._timed("trainer_offload_params", urls, lambda: self.trainer.offload_states(PARAMS))
+        self._timed("vllm_wake_kv_cache", urls, lambda: self._wake(urls, "kv_cache"))
 
     def _wake(self, urls: Sequence[str], tag: str) -> None:
         post_each(urls, "/wake_up", params={"tags": tag}, timeout_s=self.timeout_s)
 
-    def _timed(self, name: str, move) -> None:
-        started = time.perf_counter()
+    def _timed(self, name: str, urls: Sequence[str], move) -> None:
+        started = time.monotonic()
         result = move()
         freed = result if isinstance(result, int) else 0
-        self.moves.append(Move(name, time.perf_counter() - started, freed))
+        self.moves.append(Move(name, time.monotonic() - started, freed, started, tuple(urls)))
 
     def take_moves(self) -> list[Move]:
         moves, self.moves = self.moves, []

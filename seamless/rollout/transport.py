@@ -1,4 +1,5 @@
-"""How new weights reach the servers: safetensors files reloaded from disk, or an NCCL broadcast.
+"""How new weights reach the servers: safetensors files reloaded from disk (the CPU path and the
+fallback), or sent by the trainer's ranks from their GPUs (CUDA IPC or NCCL, per server).
 
 Both split an update the same way: `stage` (before the pause, rollout keeps running) and `load`
 (while paused, every server at once). The weight publisher times the two separately.
@@ -7,17 +8,14 @@ Both split an update the same way: `stage` (before the pause, rollout keeps runn
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import httpx
-
+from seamless.errors import ServiceError
 from seamless.rollout.server_http import post_each
-from seamless.services.network import server_headers
 from seamless.rollout.weights import WeightSource, safetensors_files, write_buckets
-
 
 
 class WeightTransport(Protocol):
@@ -82,104 +80,70 @@ class DiskTransport:
                     shutil.rmtree(folder, ignore_errors=True)
 
 
-class NcclTransport:
-    """NCCL broadcast through vLLM's native weight-transfer routes (GPUs only).
+@dataclass(frozen=True)
+class PushPlan:
+    """Which servers get the trainer's weights how, chosen per server (GPUs only)."""
 
-    This process is the sender (NCCL rank 0); each server's workers join at its rank offset.
-    Run it where the full weights are on a GPU: the trainer's rank 0, or a driver holding a GPU.
-    Written against vllm.distributed.weight_transfer (0.32); tested only where a GPU is lent.
+    ipc: dict[int, str] = field(default_factory=dict)
+    """Trainer rank -> URL of the server on that rank's own GPU: CUDA IPC from the rank."""
+    nccl: tuple[str, ...] = ()
+    """Servers on GPUs of their own: an NCCL broadcast from trainer rank 0."""
+    disk: tuple[str, ...] = ()
+    """Servers neither can reach (a server without a GPU): safetensors through the fallback."""
+
+
+class WeightPusher(Protocol):
+    """The trainer, as a source of weights its ranks send themselves."""
+
+    def push_weights(self, plan: PushPlan) -> int:
+        """Every rank sends its weights as the plan says; bytes sent."""
+
+    def weights_id(self) -> tuple[int, int]:
+        """Changes whenever the trainer's weights do (it counts its optimizer steps)."""
+
+    def weight_bytes(self) -> int:
+        """The size of the full policy weights."""
+
+
+class RankTransport:
+    """On GPUs: the trainer's ranks send their weights themselves (trainer/weight_push.py), CUDA IPC
+    to a server on a rank's own GPU and NCCL from rank 0 to servers on GPUs of their own. Weights
+    from anywhere else (the model folder at a warm start, a checkpoint's export at a resume) go
+    through the disk fallback; so do the weights of a version the trainer has trained past (a
+    server restarted mid-step cannot get them from the ranks, and rejoins at the next version).
+
+    `pusher` (the trainer) and `plan` (the fleet's choice per server) are set once both exist.
     """
 
-    name = "nccl"
+    name = "ranks"
 
-    def __init__(self, master_address: str = "127.0.0.1", master_port: int | None = None,
-                 packed: bool = True, timeout_s: float = 600.0):
-        from seamless.services.process import free_port
-
-        self.master_address = master_address
-        self.master_port = master_port or free_port()
-        self.packed = packed
-        self.timeout_s = timeout_s
-        self._params: list[tuple[str, Any]] = []
-        self._engine: Any = None
-        self._urls: tuple[str, ...] = ()
-
-    def server_args(self) -> list[str]:
-        return ["--weight-transfer-config", '{"backend": "nccl"}']
+    def __init__(self, fallback: DiskTransport):
+        self.fallback = fallback
+        self.pusher: WeightPusher | None = None
+        self.plan: Callable[[Sequence[str]], PushPlan] | None = None
+        self._from_ranks: tuple[int, tuple[int, int]] | None = None  # (version, trainer's weights id)
 
     def stage(self, source: WeightSource, version: int) -> int:
-        import torch
-
-        from seamless.rollout.weights import buckets
-
-        # (name, tensor on this process's GPU): what the broadcast sends, in a fixed order
-        self._params = [(name, t.detach().to("cuda", non_blocking=True).contiguous())
-                        for bucket in buckets(source) for name, t in bucket]
-        torch.cuda.synchronize()
-        return sum(t.numel() * t.element_size() for _, t in self._params)
+        if self.pusher is not None and source is self.pusher:
+            # nothing to copy: the ranks hold the weights and send them at load
+            self._from_ranks = (version, self.pusher.weights_id())
+            return self.pusher.weight_bytes()
+        self._from_ranks = None
+        return self.fallback.stage(source, version)
 
     def load(self, urls: Sequence[str], version: int) -> None:
-        if tuple(urls) != self._urls:
-            self._connect(urls)
-        self._engine.send_weights()
+        if self._from_ranks is None or self._from_ranks[0] != version:
+            self.fallback.load(urls, version)
+            return
+        assert self.pusher is not None and self.plan is not None, "RankTransport used before the fleet set it up"
+        if self.pusher.weights_id() != self._from_ranks[1]:
+            raise ServiceError(f"weights version {version} are no longer in the trainer (it has trained since); "
+                               "the server gets the next version when it is published")
+        plan = self.plan(urls)
+        if plan.disk:
+            raise ServiceError(f"servers {list(plan.disk)} run without a GPU in a run whose trainer sends weights "
+                               "from its GPUs; set rollout.weight_sync: disk")
+        self.pusher.push_weights(plan)
 
-    def _connect(self, urls: Sequence[str]) -> None:
-        from vllm.distributed.weight_transfer.nccl_engine import (NCCLTrainerInitInfo,
-                                                                  NCCLTrainerWeightTransferEngine)
-
-        if self._engine is not None:
-            self._engine.shutdown()
-            post_each(self._urls, "/shutdown_weight_transfer_engine")
-        sizes = [r.json()["world_size"] for r in
-                 (httpx.get(f"{u}/get_world_size", params={"include_dp": "false"}, timeout=30, headers=server_headers())
-                  for u in urls)]
-        client = _FanoutClient(list(urls), sizes, self.timeout_s)
-        info = NCCLTrainerInitInfo(master_address=self.master_address, master_port=self.master_port,
-                                   world_size=1 + sum(sizes), packed=self.packed, rank=0)
-        self._engine = NCCLTrainerWeightTransferEngine.trainer_init(info, client=client, source=_Params(self))
-        self._urls = tuple(urls)
-
-
-class _Params:
-    """vLLM's WeightSource over the staged (name, GPU tensor) list."""
-
-    def __init__(self, transport: NcclTransport):
-        self._transport = transport
-
-    def metadata(self) -> list[Any]:
-        from vllm.distributed.weight_transfer.base import ParamMeta
-
-        return [ParamMeta(name, t.dtype, tuple(t.shape)) for name, t in self._transport._params]
-
-    def __iter__(self):
-        return iter(self._transport._params)
-
-    def held_names(self) -> None:
-        return None
-
-
-class _FanoutClient:
-    """vLLM's VLLMWeightSyncClient over several servers: each gets its own NCCL rank offset."""
-
-    def __init__(self, urls: list[str], world_sizes: list[int], timeout_s: float):
-        self.urls, self.world_sizes, self.timeout_s = urls, world_sizes, timeout_s
-
-    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        offsets = [1 + sum(self.world_sizes[:i]) for i in range(len(self.urls))]
-
-        def one(i: int) -> None:  # each blocks in the NCCL rendezvous: all at once
-            post_each([self.urls[i]], "/init_weight_transfer_engine",
-                      json={"init_info": {**init_info, "rank_offset": offsets[i]}}, timeout_s=self.timeout_s)
-
-        with ThreadPoolExecutor(len(self.urls)) as pool:
-            list(pool.map(one, range(len(self.urls))))
-
-    def start_weight_update(self) -> None:
-        post_each(self.urls, "/start_weight_update", timeout_s=self.timeout_s)
-
-    def update_weights(self, update_info: Any) -> None:
-        post_each(self.urls, "/update_weights", json={"update_info": update_info}, timeout_s=self.timeout_s)
-
-    def finish_weight_update(self, weight_version: str | None = None) -> None:
-        post_each(self.urls, "/finish_weight_update", json={"weight_version": weight_version},
-                  timeout_s=self.timeout_s)
+    def server_args(self) -> list[str]:
+        return []  # per server: the fleet picks each one's backend (VLLMServerOptions.weight_transfer)

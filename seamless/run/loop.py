@@ -197,9 +197,14 @@ def _publish(parts: Parts) -> dict[str, float]:
 
 def _switch_metrics(parts: Parts) -> dict[str, float]:
     """Seconds of each memory move of the step's GPU role switches (vLLM sleep/wake, trainer
-    offload/reload), summed over the resources that switched; none on CPU."""
+    offload/reload), summed over the resources that switched, and each move on the timeline in
+    its GPU's row; none on CPU."""
     row: dict[str, float] = {}
+    resource_of = {url: rid for rid, url in parts.fleet.all_servers().items()}
     for move in parts.fleet.switch.take_moves():
+        for url in move.urls:  # the timeline shows each part in the row of the GPU it ran on
+            if url in resource_of:
+                parts.scheduler.mark(resource_of[url], move.name, move.started, move.seconds)
         row[f"switch/{move.name}_s"] = row.get(f"switch/{move.name}_s", 0.0) + move.seconds
         if move.freed_bytes:
             row["switch/trainer_freed_gib"] = row.get("switch/trainer_freed_gib", 0.0) + move.freed_bytes / 2**30

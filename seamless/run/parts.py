@@ -22,7 +22,7 @@ from pathlib import Path
 
 from seamless.agent.runner import AgentRunner
 from seamless.agent.specs import ShellAgent, resolve_agent, resolve_reward, resolve_warmup
-from seamless.config import Recipe
+from seamless.config import Recipe, check_gpu_sharing
 from seamless.agent.tasks import TaskSet, load_tasks
 from seamless.errors import ConfigError, SeamlessError, ServiceError
 from seamless.proxy.server import ProxyProcess
@@ -38,6 +38,7 @@ from seamless.scheduler.placement import custom_resources, device_needs
 from seamless.services.process import dead_services
 from seamless.services.network import SERVER_KEY_ENV, is_loopback, redacted, server_key, store_url_problem
 from seamless.services.redis_server import RedisServer
+from seamless.services.vllm_server import cuda_available
 from seamless.traces.episodes import EpisodeQueue
 from seamless.trainer.engines import deepspeed_config
 from seamless.trainer.trainer import Trainer
@@ -95,8 +96,11 @@ def check_recipe(recipe: Recipe, files: bool = True) -> None:
         _check_model_path(recipe)
     if recipe.store.url is not None and (problem := store_url_problem(recipe.store.url)):
         raise ConfigError(f"store.url {redacted(recipe.store.url)}: {problem}")
-    make_policy(recipe.cluster.policy, ResourcePool.from_cluster(recipe.cluster), recipe.cluster.staleness)
+    if recipe.cluster.policy != "auto":  # auto: the planner picks a layout that fits (run/layout.py)
+        make_policy(recipe.cluster.policy, ResourcePool.from_cluster(recipe.cluster), recipe.cluster.staleness)
     deepspeed_config(recipe.trainer.deepspeed, 1, recipe.trainer.grad_clip, recipe.model.dtype)
+    if cuda_available():
+        check_gpu_sharing(recipe)
 
 
 def _check_model_path(recipe: Recipe) -> Path:
@@ -128,14 +132,17 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         _step("starting Ray")
         sigterm = signal.getsignal(signal.SIGTERM)
         needs = device_needs(ResourcePool.from_cluster(recipe.cluster), recipe.rollout.tensor_parallel_size)
+        # the servers' key, when they bind beyond loopback, reaches every Ray worker of the run (the
+        # trainer ranks post weights to the servers) through the job's environment
+        stack.enter_context(_server_key(recipe.cluster.bind))
+        env_vars = {SERVER_KEY_ENV: server_key()} if server_key() else {}
         if start_ray(num_gpus=recipe.num_devices, num_cpus=recipe.cluster.num_cpus,
-                     address=recipe.cluster.address, resources=custom_resources(needs)):
+                     address=recipe.cluster.address, resources=custom_resources(needs), env_vars=env_vars):
             stack.callback(stop_ray)  # only a Ray this run started (an embedding program keeps its own)
         # ray.init installs a SIGTERM handler that exits on the spot; keep the caller's, which
         # unwinds (checkpoint, then every service stopped)
         signal.signal(signal.SIGTERM, sigterm)
         model_dir = resolve_model_dir(recipe, run_dir)
-        stack.enter_context(_server_key(recipe.cluster.bind))
         store_url = recipe.store.url
         if store_url is None:
             _step("starting the private Redis")
@@ -161,6 +168,9 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
             recipe, model_dir, num_ranks=len(pool.trainers), slots=[devices.slot(rid) for rid in sorted(pool.trainers)]))
         # a server that sleeps (a GPU it shares with a rank) trades the GPU with the ranks this way
         fleet.switch = ColocatedSwitch(trainer)
+        # on GPUs the ranks send the weights themselves: rank i (on resource sorted(trainers)[i]) by
+        # CUDA IPC to the server beside it, rank 0 by NCCL to the others (CPU: safetensors)
+        fleet.send_from(trainer, {rid: rank for rank, rid in enumerate(sorted(pool.trainers))})
         batch_episodes = recipe.rollout.batch_size * recipe.rollout.group_size
         scheduler = TagScheduler(recipe.cluster, FleetOnLeases(fleet), batch_episodes,
                                  placement=placement, load_interval_s=0.2)

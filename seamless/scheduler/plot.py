@@ -43,6 +43,14 @@ def plot_timeline(timeline: Timeline, path: str | Path, title: str = "", width: 
             y = top + index[seg.resource] * row_h
             colour = _COLOURS[seg.role][0 if seg.busy else 1]
             draw.rectangle([x(seg.start), y, max(x(seg.end) - 1, x(seg.start)), y + row_h - 2], fill=colour)
+    for mark in timeline.marks:  # the parts of a GPU role switch, as ticks with their initials
+        if mark.resource in index:
+            y = top + index[mark.resource] * row_h
+            draw.rectangle([x(mark.start), y + row_h // 2 - 1, max(x(mark.end), x(mark.start) + 1), y + row_h // 2 + 1],
+                           fill="black")
+            if row_h >= 10:
+                initials = "".join(word[0] for word in mark.name.split("_"))
+                draw.text((x(mark.start), y), initials, fill="black")
     for i, rid in enumerate(rows):
         if row_h >= 10 or i % max(1, len(rows) // 16) == 0:
             draw.text((5, top + i * row_h), f"gpu {rid}", fill="black")

@@ -83,6 +83,11 @@ class TagScheduler:
     def now(self) -> float:
         return self._clock() - self._t0
 
+    def mark(self, rid: int, name: str, started: float, seconds: float) -> None:
+        """A part of resource `rid`'s role switch on the timeline; `started` read from the
+        scheduler's clock (time.monotonic unless a test gave another)."""
+        self.timeline.mark(rid, name, started - self._t0, started - self._t0 + seconds)
+
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:

@@ -37,6 +37,16 @@ class PhaseSpan:
     end: float
 
 
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """One named part of a resource's role switch (vLLM sleep, a trainer offload, ...)."""
+
+    resource: int
+    name: str
+    start: float
+    end: float
+
+
 class Timeline:
     """Recorder of segments; `set` and `begin_phase` are called at events, times in seconds."""
 
@@ -45,6 +55,7 @@ class Timeline:
         self.t0 = t0
         self.segments: list[Segment] = []
         self.phases: list[PhaseSpan] = []
+        self.marks: list[Mark] = []
         roles = roles or {}
         # open state per resource: (role, busy, since)
         self._open: dict[int, tuple[Role, bool, float]] = {
@@ -77,6 +88,11 @@ class Timeline:
             self.segments.append(Segment(rid, old_role, old_busy, since, t))
         self._open[rid] = (role, busy, t)
 
+    def mark(self, rid: int, name: str, start: float, end: float) -> None:
+        """A part of a role switch on resource `rid`, drawn inside its row (it changes no role)."""
+        with self.lock:
+            self.marks.append(Mark(rid, name, start, end))
+
     def role_of(self, rid: int) -> Role:
         return self._open[rid][0]
 
@@ -107,6 +123,7 @@ class Timeline:
         with self.lock:
             copy.segments = list(self.segments)
             copy.phases = list(self.phases)
+            copy.marks = list(self.marks)
             copy._open = dict(self._open)
             copy._phase = self._phase
         latest = max([since for _, _, since in copy._open.values()] + [copy._phase[2]])
@@ -184,7 +201,7 @@ class Timeline:
         assert self.end is not None, "close() the timeline first"
         return {"num_resources": self.num_resources, "t0": self.t0, "end": self.end,
                 "segments": [asdict(s) | {"role": s.role.value} for s in self.segments],
-                "phases": [asdict(p) for p in self.phases]}
+                "phases": [asdict(p) for p in self.phases], "marks": [asdict(m) for m in self.marks]}
 
     @classmethod
     def from_dict(cls, data: dict) -> Timeline:
@@ -192,6 +209,7 @@ class Timeline:
         timeline.segments = [Segment(s["resource"], Role(s["role"]), s["busy"], s["start"], s["end"])
                              for s in data["segments"]]
         timeline.phases = [PhaseSpan(**p) for p in data["phases"]]
+        timeline.marks = [Mark(**m) for m in data.get("marks", [])]  # older files have none
         timeline.end = data["end"]
         return timeline
 

@@ -8,6 +8,7 @@ reported with the tail of its log.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -51,6 +52,9 @@ class VLLMServerOptions:
     enable_sleep_mode: bool = False
     """GPUs only: a server sharing its GPU with a trainer rank sleeps (frees its memory) while the
     rank trains; vLLM on CPU has no sleep mode and refuses the flag."""
+    weight_transfer: str | None = None
+    """GPUs only: vLLM's weight-transfer backend the trainer's ranks send weights with, `ipc` (a
+    rank on this GPU) or `nccl`; None: weights arrive as safetensors (/collective_rpc reload)."""
     served_model_name: str | None = None
     enable_prefix_caching: bool = True
     extra_args: list[str] = field(default_factory=list)
@@ -118,6 +122,8 @@ class VLLMServer:
                      "--tensor-parallel-size", str(opts.tensor_parallel_size)]
             if opts.enable_sleep_mode:
                 argv.append("--enable-sleep-mode")
+            if opts.weight_transfer:
+                argv += ["--weight-transfer-config", json.dumps({"backend": opts.weight_transfer})]
         else:
             # the lightest configuration that worked on CPU: no CUDA graphs, no worker processes
             argv += ["--enforce-eager", "--distributed-executor-backend", "uni",
@@ -137,6 +143,10 @@ class VLLMServer:
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
         })
+        if self.on_gpu and self.options.weight_transfer == "ipc":
+            # the IPC handles arrive pickled over HTTP; the server binds loopback, so only processes
+            # on this machine can send them
+            env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         if not self.on_gpu:
             env.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_CI_ENV": "1",
                         "VLLM_TARGET_DEVICE": "cpu"})

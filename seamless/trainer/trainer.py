@@ -37,6 +37,7 @@ from seamless.algorithms import (
 from seamless.config import AlgorithmConfig, Recipe, TrainerConfig
 from seamless.cluster.devices import DeviceSlot
 from seamless.errors import SeamlessError
+from seamless.rollout.transport import PushPlan
 from seamless.trainer.batch import (
     MicroBatch,
     TrainBatch,
@@ -88,6 +89,8 @@ class Trainer:
         self.step = 0  # RL steps done
         self.optimizer_steps = 0  # drives the LR schedule
         self.sft_steps = 0
+        self._nccl_endpoint: tuple[str, int] | None = None  # rank 0's end of the weight broadcast, kept
+        self._weight_bytes: int | None = None
         if slots is not None and len(slots) != num_ranks:
             raise ValueError(f"{num_ranks} ranks but {len(slots)} device slots")
         self._workers = spawn_ranks(spec, num_ranks, slots, gpus_per_rank)
@@ -267,6 +270,35 @@ class Trainer:
         import ray
 
         ray.get([w.reload_states.remote() for w in self._workers])
+
+    # --- weights sent from the ranks' GPUs (rollout/transport.py RankTransport drives it) ----------
+
+    def push_weights(self, plan: PushPlan) -> int:
+        """Every rank sends the policy as the plan says: CUDA IPC from rank i to `plan.ipc[i]`, an
+        NCCL broadcast from rank 0 to `plan.nccl`; bytes sent."""
+        import ray
+
+        from seamless.trainer.weight_push import NcclPeers
+
+        nccl = None
+        if plan.nccl:
+            if self._nccl_endpoint is None:  # one address for the run: the group is kept across steps
+                self._nccl_endpoint = ray.get(self._workers[0].endpoint.remote())
+            nccl = NcclPeers(tuple(plan.nccl), *self._nccl_endpoint)
+        bucket_bytes = self.config.export_bucket_mb << 20
+        return sum(ray.get([w.push_weights.remote(plan.ipc.get(rank), bool(plan.ipc), nccl, bucket_bytes)
+                            for rank, w in enumerate(self._workers)]))
+
+    def weights_id(self) -> tuple[int, int]:
+        """Changes whenever the weights do: every optimizer step (RL or supervised) moves it."""
+        return self.optimizer_steps, self.sft_steps
+
+    def weight_bytes(self) -> int:
+        import ray
+
+        if self._weight_bytes is None:
+            self._weight_bytes = ray.get(self._workers[0].weight_bytes.remote())
+        return self._weight_bytes
 
     def save_checkpoint(self, root: str | Path, extra_state: dict[str, Any] | None = None) -> Path:
         """Save to root/step_NNNNNNNN (every rank's shard, optimizer, RNG); keep the newest K.

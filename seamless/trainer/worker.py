@@ -53,6 +53,7 @@ class TrainWorker:
         self.shares_device = shares_device
         """A vLLM server lives on this rank's GPU too (a [train, rollout] resource)."""
         self.engines: Engines | None = None
+        self._pusher: Any = None  # weight_push.RankPusher, made on the first push
 
     def device_report(self) -> dict[str, Any]:
         """The devices this rank's process sees and the one it uses (tests, `seamless doctor`)."""
@@ -260,6 +261,22 @@ class TrainWorker:
                 return None
             return [(n, p.detach().to("cpu", copy=True)) for n, p in zip(names, chosen)]
 
+    def push_weights(self, ipc_url: str | None, ipc_anywhere: bool, nccl: Any, bucket_bytes: int) -> int:
+        """Send the policy's weights from this rank's GPU (trainer/weight_push.py): by CUDA IPC to
+        `ipc_url`, the server on this GPU, and (rank 0) by NCCL to `nccl`'s servers; bytes sent.
+        Every rank is called at once (ZeRO-3 gathers are collective)."""
+        from seamless.trainer.weight_push import RankPusher
+
+        if self._pusher is None:
+            self._pusher = RankPusher(self.rank)
+        return self._pusher.push(self._e.policy.module, self._e.stage == 3, self.bucket_plan(bucket_bytes),
+                                 ipc_url, ipc_anywhere, nccl)
+
+    def weight_bytes(self) -> int:
+        """The full (unpartitioned) size of the policy's weights."""
+        return sum(int(getattr(p, "ds_numel", p.numel())) * p.element_size()
+                   for p in self._e.policy.module.parameters())
+
     def describe(self) -> dict[str, Any]:
         """How this rank was built: ZeRO stage, whether the policy was created as shards, its device."""
         import deepspeed
@@ -278,6 +295,9 @@ class TrainWorker:
     def shutdown(self) -> None:
         """Leave the process group; without this about 1 in 13 gloo runs aborted at exit."""
         import torch.distributed as dist
+
+        if self._pusher is not None:
+            self._pusher.shutdown()
 
         if dist.is_initialized():
             dist.barrier()

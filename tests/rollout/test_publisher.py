@@ -21,10 +21,12 @@ import pytest
 import torch
 
 from seamless.config import ProxyConfig, RolloutConfig
-from seamless.rollout.fleet import VLLMFleet, _Server
+from seamless.errors import ServiceError
+from seamless.rollout.fleet import VLLMFleet, _Server, make_transport
 from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.rollout.switch import ColocatedSwitch
-from seamless.services.vllm_server import VLLMServerOptions
+from seamless.rollout.transport import DiskTransport, PushPlan, RankTransport
+from seamless.services.vllm_server import VLLMServer, VLLMServerOptions
 
 SEAMLESS = Path(__file__).resolve().parents[2] / "seamless"
 QUIET = {"/health", "/metrics"}  # the proxy's health loop and metric reads: not part of the order
@@ -89,6 +91,24 @@ class TrainerStandIn:
         self.calls.append(("trainer", "reload", ""))
 
 
+class PusherStandIn(TrainerStandIn):
+    """The trainer as the rank transport sees it: records each push's plan in the same list."""
+
+    def __init__(self, calls: list) -> None:
+        super().__init__(calls)
+        self.optimizer_steps = 0
+
+    def push_weights(self, plan: PushPlan) -> int:
+        self.calls.append(("trainer", "push", f"ipc={sorted(plan.ipc.items())} nccl={list(plan.nccl)}"))
+        return 1
+
+    def weights_id(self) -> tuple[int, int]:
+        return self.optimizer_steps, 0
+
+    def weight_bytes(self) -> int:
+        return 1234
+
+
 @pytest.fixture(scope="module")
 def switch_proxy(redis_server, tmp_path_factory):
     from seamless.proxy.server import ProxyProcess
@@ -150,9 +170,12 @@ def test_a_colocated_switch_runs_in_the_verified_order_both_ways(colocated, tiny
     ]
     state = admin.upstreams()
     assert [u["url"] for u in state["upstreams"]] == [fleet.servers()[0]] and state["weight_version"] == 2
-    moves = [m.name for m in fleet.switch.take_moves()]
-    assert moves == ["vllm_sleep", "trainer_reload", "trainer_offload_optimizer", "vllm_wake_weights",
-                     "trainer_offload_params", "vllm_wake_kv_cache"]
+    moves = fleet.switch.take_moves()
+    assert [m.name for m in moves] == ["vllm_sleep", "trainer_reload", "trainer_offload_optimizer",
+                                       "vllm_wake_weights", "trainer_offload_params", "vllm_wake_kv_cache"]
+    # each on the GPU of the server it moved (the loop marks it in that row of the timeline), in order
+    assert all(m.urls == (fleet.all_servers()[0],) for m in moves)
+    assert [m.started for m in moves] == sorted(m.started for m in moves)
 
 
 def test_an_update_in_rotation_pauses_through_the_proxy_and_stamps_before_resuming(colocated, tiny_model_dir):
@@ -181,6 +204,86 @@ def test_a_resumed_publisher_never_reuses_a_version(colocated, tiny_model_dir, t
     assert again.publish(_weights(tiny_model_dir, 1.0), []).version == stamped + 1
 
 
+@pytest.fixture
+def from_ranks(switch_proxy, tiny_model_dir, tmp_path):
+    """A GPU run's fleet, by its control calls: the ranks send weights (a RankTransport), one server
+    shares rank 0's GPU (CUDA IPC), another has a GPU of its own (NCCL from rank 0)."""
+    calls: list = []
+    beside, alone = StandIn(calls), StandIn(calls)
+    admin = ProxyAdmin(switch_proxy.url, switch_proxy.admin_key)
+    fleet = VLLMFleet(tiny_model_dir, tmp_path, admin, RolloutConfig(prefix_cache="reset"),
+                      options=VLLMServerOptions(served_model_name="stand-in"),
+                      transport=RankTransport(DiskTransport(tmp_path / "weights")))
+    trainer = PusherStandIn(calls)
+    fleet.switch = ColocatedSwitch(trainer)
+    fleet.send_from(trainer, {0: 0})  # rank 0 trains on resource 0
+    fleet._servers[0] = _Server(0, None, None, beside.url, 0, 0.0, sleeps=True, transfer="ipc")
+    fleet._servers[1] = _Server(1, None, None, alone.url, 0, 0.0, transfer="nccl")
+    for server in (beside, alone):
+        admin.add_upstream(server.url)
+    calls.clear()
+    yield fleet, calls, trainer, beside, alone
+    for server in (beside, alone):
+        admin.remove_upstream(server.url)
+        server.close()
+    fleet._servers.clear()
+
+
+def test_the_ranks_send_weights_by_ipc_beside_them_and_nccl_elsewhere_in_the_switch_order(from_ranks, tiny_model_dir):
+    fleet, calls, trainer, beside, alone = from_ranks
+    fleet.publish(_weights(tiny_model_dir, 1.0))  # a folder or state dict (warm start): the disk fallback
+    assert [c for c in calls if c[1] in ("/collective_rpc", "push")].count(
+        ("server", "/collective_rpc", "reload_weights")) == 2
+    fleet.park_server(0)
+    calls.clear()
+
+    update = fleet.publish(trainer, [1])  # the step's weights: NCCL from rank 0 to the server in rotation
+    assert update.bytes == 1234 and update.transport == "ranks"
+    assert ("trainer", "push", f"ipc=[] nccl=['{alone.url}']") in calls
+    assert ("server", "/collective_rpc", "reload_weights") not in calls  # nothing on disk
+    calls.clear()
+
+    fleet.add_server(None, resource_id=0)  # train -> rollout: CUDA IPC from the rank beside it
+    assert calls[:6] == [
+        ("trainer", "offload", "optimizer,grads"),
+        ("server", "/wake_up", "weights"),
+        ("trainer", "push", f"ipc=[(0, '{beside.url}')] nccl=[]"),
+        ("server", "/collective_rpc", "refresh_tied_lm_head"),
+        ("trainer", "offload", "params"),
+        ("server", "/wake_up", "kv_cache"),
+    ]
+
+
+def test_a_server_joining_late_is_planned_while_it_loads_before_it_is_a_member(from_ranks):
+    fleet, _, _, _, alone = from_ranks
+    late = fleet._servers.pop(1)  # _finish_launch loads a late server's weights before adding it
+    assert fleet.push_plan([alone.url]) == PushPlan(disk=(alone.url,))
+    fleet._joining[alone.url] = (late.resource_id, late.transfer)
+    assert fleet.push_plan([alone.url]) == PushPlan(nccl=(alone.url,))
+    fleet._servers[1] = late
+
+
+def test_weights_the_trainer_has_trained_past_are_never_sent_under_an_old_version(from_ranks):
+    fleet, calls, trainer, _, _ = from_ranks
+    fleet.park_server(0)
+    fleet.publish(trainer, [1])
+    trainer.optimizer_steps += 1  # the next step trained before the parked server came back
+    with pytest.raises(ServiceError, match="no longer in the trainer.*gets the next version"):
+        fleet.add_server(None, resource_id=0)
+
+
+def test_a_gpu_server_is_started_with_the_backend_its_ranks_send_with(tmp_path):
+    server = VLLMServer(tmp_path, tmp_path, VLLMServerOptions(weight_transfer="ipc"))
+    server.on_gpu = True  # argv and env only: nothing starts
+    argv = server.argv()
+    assert argv[argv.index("--weight-transfer-config") + 1] == '{"backend": "ipc"}'
+    assert server.env()["VLLM_ALLOW_INSECURE_SERIALIZATION"] == "1"  # the handles arrive pickled
+    server.on_gpu = False  # vLLM on CPU has no weight-transfer engines: safetensors only
+    assert "--weight-transfer-config" not in server.argv()
+    assert "VLLM_ALLOW_INSECURE_SERIALIZATION" not in server.env()
+    assert isinstance(make_transport(RolloutConfig(weight_sync="auto"), tmp_path), DiskTransport)  # on CPU
+
+
 def _weight_moves_in(path: Path) -> list[str]:
     """Where a file stamps a version or loads weights: vLLM's version, cache and reload routes, or
     the proxy's resume (which stamps its version)."""
@@ -189,7 +292,7 @@ def _weight_moves_in(path: Path) -> list[str]:
         stamps_proxy = (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                         and node.func.attr == "resume" and "proxy" in ast.unparse(node.func.value))
         routes = isinstance(node, ast.Constant) and node.value in {"/update_weight_version", "/reset_prefix_cache",
-                                                                   "reload_weights"}
+                                                                   "reload_weights", "/update_weights"}
         if stamps_proxy or routes:
             found.append(f"{path.relative_to(SEAMLESS.parent)}:{node.lineno}")
     return found
@@ -197,8 +300,9 @@ def _weight_moves_in(path: Path) -> list[str]:
 
 def test_one_module_moves_weights_and_the_version():
     """The version is stamped (vLLM's and the proxy's) and weights are loaded in the publisher and
-    the transport it drives only; everything else calls the publisher."""
-    allowed = {"publisher.py", "transport.py"}
+    the transport it drives only (on GPUs its rank side, trainer/weight_push.py); everything else
+    calls the publisher."""
+    allowed = {"publisher.py", "transport.py", "weight_push.py"}
     places = [hit for path in SEAMLESS.rglob("*.py") if path.name not in allowed and "proxy" not in path.parts
               for hit in _weight_moves_in(path)]
     assert places == [], f"weights or versions move outside rollout/publisher.py: {places}"

@@ -57,3 +57,15 @@ def test_snapshot_leaves_the_live_timeline_open():
     tl.set(2, 0, busy=False)
     assert tl.snapshot(4).bubble_ratio() == pytest.approx(0.5)
     assert tl.end is None
+
+
+def test_the_parts_of_a_gpu_role_switch_are_marked_in_their_rows_and_kept(tmp_path):
+    tl = two_gpu_timeline()
+    plain = plot_timeline(tl, tmp_path / "plain.png").read_bytes()
+    tl.mark(0, "vllm_sleep", 6.0, 6.4)
+    tl.mark(0, "trainer_reload", 6.4, 6.9)
+    back = Timeline.load(tl.save(tmp_path / "t.json"))
+    assert [(m.resource, m.name, m.start, m.end) for m in back.marks] == [
+        (0, "vllm_sleep", 6.0, 6.4), (0, "trainer_reload", 6.4, 6.9)]
+    assert back.bubble_ratio() == tl.bubble_ratio()  # marks change no role
+    assert plot_timeline(back, tmp_path / "marked.png").read_bytes() != plain

@@ -24,7 +24,7 @@ def test_gpu_check_runs_its_trainer_sections_on_cpu_and_skips_the_gpu_ones(tmp_p
     assert done.returncode == 0, done.stderr[-4000:]
     sections = json.loads(out.read_text())["sections"]
     assert sections["build_model"]["tied"] and sections["build_model"]["parameters"] > 0
-    for name in ("matmul", "ipc", "vllm"):
+    for name in ("matmul", "ipc", "rank_ipc", "vllm", "colocated"):
         assert "CUDA device" in sections[name]["skipped"], sections[name]
     # the role switch's DeepSpeed calls run on CPU too (host to host, nothing freed): the rank still trains
     offload = sections["offload"]
