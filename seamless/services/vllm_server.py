@@ -144,8 +144,9 @@ class VLLMServer:
             "DO_NOT_TRACK": "1",
         })
         if self.on_gpu and self.options.weight_transfer == "ipc":
-            # the IPC handles arrive pickled over HTTP; the server binds loopback, so only processes
-            # on this machine can send them
+            # the IPC handles arrive pickled over HTTP (unpickling runs code): only the run may send
+            # them. On loopback that is this machine; bound beyond it, every route needs the run's
+            # key (vllm_guard.py), so unpickling is for key holders only
             env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         if not self.on_gpu:
             env.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_CI_ENV": "1",
