@@ -649,6 +649,16 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def _weights_reach_other_nodes(self) -> Recipe:
+        # servers bound to their nodes' addresses live on other machines, which cannot read this
+        # node's /dev/shm
+        if self.cluster.bind != "127.0.0.1" and self.rollout.weight_sync == "disk" and self.rollout.weight_dir == "shm":
+            raise ValueError("rollout.weight_dir: shm writes weights to this node's /dev/shm, which servers on other "
+                             "nodes (cluster.bind) cannot read; set rollout.weight_sync: auto (the trainer's ranks "
+                             "send them), or rollout.weight_dir: run with the run folder on a shared filesystem")
+        return self
+
+    @model_validator(mode="after")
     def _devices_fit(self) -> Recipe:
         """What must hold for the GPUs to be shared as the recipe says, checked before anything starts."""
         rollout, trainer = self.rollout, self.trainer

@@ -68,3 +68,9 @@ def test_the_simulator_runs_a_recipes_mixed_pool_at_its_gpus_speeds():
 
     slow, fast = tokens_per_s(0.25), tokens_per_s(1.0)
     assert fast > 1.5 * slow, (slow, fast)  # rollout-bound: slower rollout GPUs, fewer tokens a second
+
+
+def test_servers_on_other_nodes_cannot_read_this_nodes_shm():
+    with pytest.raises(ConfigError, match="weight_sync: auto"):
+        load_recipe(None, ["cluster.bind=node", "rollout.weight_dir=shm"])
+    load_recipe(None, ["cluster.bind=node", "rollout.weight_dir=shm", "rollout.weight_sync=auto"])
