@@ -435,11 +435,18 @@ class VLLMFleet:
         return {rid: by_url.get(url, 0) for rid, url in self.servers().items()}
 
     def _urls(self, resource_ids: Sequence[int]) -> list[str]:
+        """The URLs of these resources' servers. A server that died (its node gone, say) and waits to
+        restart is left out: it loads the current weights when it rejoins, and the run goes on."""
         running = self.servers()
-        missing = [rid for rid in resource_ids if rid not in running]
+        lost = [rid for rid in resource_ids if rid not in running and rid in self._servers
+                and self._servers[rid].state in ("down", "gone")]
+        missing = [rid for rid in resource_ids if rid not in running and rid not in lost]
         if missing:
             raise ConfigError(f"no running server on resources {missing}; running: {sorted(running)}")
-        return [running[rid] for rid in resource_ids]
+        if lost:
+            log.warning("weights go to %d server(s); resources %s have no server now (they load the weights "
+                        "when their server restarts)", len(resource_ids) - len(lost), lost)
+        return [running[rid] for rid in resource_ids if rid in running]
 
     # metrics and shutdown --------------------------------------------------------------------
 
