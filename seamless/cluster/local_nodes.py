@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,10 +79,20 @@ class LocalNodes:
     def add(self, gpus: int, labels: dict[str, str] | None = None, resources: dict[str, float] | None = None,
             cpus: int = 1, wait: bool = True) -> LocalNode:
         """Start a node on the next loopback address with `gpus` logical GPUs."""
+        import ray._private.utils as ray_utils
+
         ip = f"127.0.0.{self._next}"
         self._next += 1
-        node = self._cluster.add_node(wait=wait, num_cpus=cpus, num_gpus=gpus, node_ip_address=ip,
-                                      labels=labels or {}, resources=resources or {})
+        # a node added mid-run comes from another thread than the run's; Ray's node object installs a
+        # SIGTERM handler, which only the main thread may do (and the run keeps its own there)
+        setter = ray_utils.set_sigterm_handler
+        if threading.current_thread() is not threading.main_thread():
+            ray_utils.set_sigterm_handler = lambda handler: None
+        try:
+            node = self._cluster.add_node(wait=wait, num_cpus=cpus, num_gpus=gpus, node_ip_address=ip,
+                                          labels=labels or {}, resources=resources or {})
+        finally:
+            ray_utils.set_sigterm_handler = setter
         local = LocalNode(ip, node)
         self.nodes.append(local)
         self._guard_new_processes()
