@@ -5,6 +5,7 @@
 
 AGENTS = {
     "math": "agents.math_agent:run",
+    "listing": "agents.list_agent:run",
     "calculator": "agents.calculator_agent:run",
     "openai-agents": "agents.openai_sdk_calculator:run",
 }

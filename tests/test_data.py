@@ -39,6 +39,27 @@ def test_arithmetic_eval_size_must_leave_training_tasks():
         load_tasks(DataConfig(eval_size=4, max_operand=1, operations=["+"]))
 
 
+def test_counting_tasks_list_long_answers_and_hold_out_a_disjoint_set():
+    config = DataConfig(source="counting", max_operand=50, count_lengths=(48, 56), eval_size=100, seed=1)
+    tasks = load_tasks(config)
+    assert load_tasks(config).eval_tasks == tasks.eval_tasks
+    held = {t.task_id for t in tasks.eval_tasks}
+    train = [tasks.train_task(i) for i in range(500)]
+    assert len(held) == 100 and not held & {t.task_id for t in train}
+    for task in train + tasks.eval_tasks:
+        first, last = int(task.metadata["first"]), int(task.metadata["last"])
+        assert task.prompt == f"List the numbers from {first} to {last}."
+        assert task.answer.split() == [str(n) for n in range(first, last + 1)]
+        assert 0 <= first <= 50 and 48 <= last - first + 1 <= 56
+
+
+def test_counting_rejects_bad_lengths_and_too_few_tasks():
+    with pytest.raises(ValueError, match="count_lengths"):
+        DataConfig(source="counting", count_lengths=(10, 5))
+    with pytest.raises(ConfigError, match="eval_size"):
+        load_tasks(DataConfig(source="counting", max_operand=3, count_lengths=(4, 4), eval_size=4))
+
+
 def _write(path, lines):
     path.write_text("\n".join(lines) + "\n")
     return path

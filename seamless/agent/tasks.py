@@ -1,4 +1,4 @@
-"""Tasks (prompts with reference answers): generated arithmetic, JSONL/Parquet files, or a
+"""Tasks (prompts with reference answers): generated arithmetic or counting, JSONL/Parquet files, or a
 Hugging Face `datasets` dataset (hub name or `save_to_disk` folder).
 
 `load_tasks(config)` gives a `TaskSet`: a fixed held-out list for evaluation and a train stream
@@ -52,19 +52,21 @@ def _triple_task(a: int, op: str, b: int) -> Task:
                 answer=str(_OPS[op](a, b)), metadata={"a": str(a), "op": op, "b": str(b)})
 
 
-class ArithmeticTasks:
-    """`a op b` questions with operands in [0, max_operand]; deterministic for a seed."""
+class GeneratedTasks:
+    """Tasks drawn from a seeded generator: a held-out set drawn first, then a train stream with
+    random access by index that skips held-out tasks. Subclasses say how to draw one task."""
+
+    salt = "generated"
+    """Seeds the generators (with data.seed); part of what makes a task set, so never change it."""
 
     def __init__(self, config: DataConfig):
         self.config = config
-        self.ops = list(dict.fromkeys(config.operations))
         space = self._space_size()
         if config.eval_size >= space:
             raise ConfigError(
-                f"data.eval_size ({config.eval_size}) leaves no training tasks: max_operand "
-                f"{config.max_operand} with operations {self.ops} gives only {space} distinct tasks; "
-                "lower data.eval_size or raise data.max_operand")
-        rng = random.Random(f"arith-eval:{config.seed}")
+                f"data.eval_size ({config.eval_size}) leaves no training tasks: {self._space_text()} gives only "
+                f"{space} distinct tasks; lower data.eval_size or raise data.max_operand")
+        rng = random.Random(f"{self.salt}-eval:{config.seed}")
         held: dict[str, Task] = {}
         while len(held) < config.eval_size:
             task = self._draw(rng)
@@ -73,21 +75,65 @@ class ArithmeticTasks:
         self._held_ids = set(held)
 
     def _space_size(self) -> int:
+        raise NotImplementedError
+
+    def _space_text(self) -> str:
+        raise NotImplementedError
+
+    def _draw(self, rng: random.Random) -> Task:
+        raise NotImplementedError
+
+    def train_task(self, index: int) -> Task:
+        # a fresh generator per index gives random access (resume by index) without any state
+        rng = random.Random(f"{self.salt}-train:{self.config.seed}:{index}")
+        while True:  # terminates: eval_size < space, checked in __init__
+            task = self._draw(rng)
+            if task.task_id not in self._held_ids:
+                return task
+
+
+class ArithmeticTasks(GeneratedTasks):
+    """`a op b` questions with operands in [0, max_operand]; deterministic for a seed."""
+
+    salt = "arith"
+
+    def __init__(self, config: DataConfig):
+        self.ops = list(dict.fromkeys(config.operations))
+        super().__init__(config)
+
+    def _space_size(self) -> int:
         n = self.config.max_operand + 1
         # a - b and b - a are the same task once swapped to be non-negative
         return sum(n * (n + 1) // 2 if op == "-" else n * n for op in self.ops)
+
+    def _space_text(self) -> str:
+        return f"max_operand {self.config.max_operand} with operations {self.ops}"
 
     def _draw(self, rng: random.Random) -> Task:
         top = self.config.max_operand
         return _triple_task(rng.randint(0, top), rng.choice(self.ops), rng.randint(0, top))
 
-    def train_task(self, index: int) -> Task:
-        # a fresh generator per index gives random access (resume by index) without any state
-        rng = random.Random(f"arith-train:{self.config.seed}:{index}")
-        while True:  # terminates: eval_size < space, checked in __init__
-            task = self._draw(rng)
-            if task.task_id not in self._held_ids:
-                return task
+
+class CountingTasks(GeneratedTasks):
+    """"List the numbers from a to b." with a in [0, max_operand] and b - a + 1 in count_lengths;
+    the answer is the numbers separated by spaces, so a right answer is long (about three tokens
+    a number) while the rule stays learnable by a tiny model."""
+
+    salt = "count"
+
+    def _space_size(self) -> int:
+        fewest, most = self.config.count_lengths
+        return (self.config.max_operand + 1) * (most - fewest + 1)
+
+    def _space_text(self) -> str:
+        return f"max_operand {self.config.max_operand} with count_lengths {list(self.config.count_lengths)}"
+
+    def _draw(self, rng: random.Random) -> Task:
+        first = rng.randint(0, self.config.max_operand)
+        last = first + rng.randint(*self.config.count_lengths) - 1
+        return Task(task_id=f"count-{first}-{last}", prompt=f"List the numbers from {first} to {last}.",
+                    answer=" ".join(str(n) for n in range(first, last + 1)),
+                    metadata={"first": str(first), "last": str(last)})
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -234,7 +280,7 @@ class FileTasks:
 class TaskSet:
     """Held-out tasks plus an endless, index-addressable train stream."""
 
-    def __init__(self, source: ArithmeticTasks | FileTasks, prompt_template: str = "{prompt}"):
+    def __init__(self, source: GeneratedTasks | FileTasks, prompt_template: str = "{prompt}"):
         self._source = source
         self._template = prompt_template
         self.eval_tasks: list[Task] = [self._templated(t) for t in source.eval_tasks]
@@ -265,5 +311,7 @@ def load_tasks(config: DataConfig) -> TaskSet:
     """The recipe's tasks: generated arithmetic, the configured files, or a `datasets` dataset."""
     if config.source == "arithmetic":
         return TaskSet(ArithmeticTasks(config), config.prompt_template)
+    if config.source == "counting":
+        return TaskSet(CountingTasks(config), config.prompt_template)
     return TaskSet(FileTasks(config), config.prompt_template)
 

@@ -371,7 +371,7 @@ async def _open(state: ProxyState, api: Api, body: dict[str, Any],
         upstream.inflight += 1
         upstream.calls += 1
         try:
-            sent_body = upstream_body(api, body, upstream.model, state.pool.cache_salt)
+            sent_body = upstream_body(api, body, upstream.model, state.pool.cache_salt, state.settings.stream_interval)
             if api == "chat" and state.settings.token_in_token_out:
                 await _token_in(state, session_id, upstream, body, sent_body)
             sent = json.dumps(sent_body, separators=(",", ":")).encode()

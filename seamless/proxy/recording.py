@@ -254,10 +254,15 @@ class AgentWants:
                    usage=bool(stream_options.get("include_usage")) if body.get("stream") else True)
 
 
-def upstream_body(api: Api, body: dict[str, Any], model: str, cache_salt: str | None = None) -> dict[str, Any]:
-    """The agent's request as the proxy sends it: streamed, with token ids and logprobs, and the
-    pool's cache salt (per weight version) joined to any salt the agent gave."""
+def upstream_body(api: Api, body: dict[str, Any], model: str, cache_salt: str | None = None,
+                  stream_interval: int = 1) -> dict[str, Any]:
+    """The agent's request as the proxy sends it: streamed (chunks of `stream_interval` tokens, or
+    the agent's coarser interval), with token ids and logprobs, and the pool's cache salt (per
+    weight version) joined to any salt the agent gave."""
     sent = dict(body)
+    if stream_interval > 1:
+        asked = body.get("stream_interval")
+        sent["stream_interval"] = max(stream_interval, asked) if isinstance(asked, int) else stream_interval
     sent["model"] = model
     if cache_salt is not None:
         sent["cache_salt"] = f"{body['cache_salt']}:{cache_salt}" if body.get("cache_salt") else cache_salt

@@ -69,7 +69,7 @@ class Trainer:
 
     def __init__(self, model_dir: str | Path, algorithm: AlgorithmConfig, config: TrainerConfig, num_ranks: int,
                  dtype: str = "float32", seed: int = 0, slots: Sequence[DeviceSlot] | None = None,
-                 gpus_per_rank: float = 1.0):
+                 gpus_per_rank: float = 1.0, cpu_threads: int | None = None):
         """`slots`: the device of each rank (rank i on slots[i], sharing it with a vLLM server where
         the slot is shared). Without slots each rank asks Ray for `gpus_per_rank` GPUs anywhere."""
         import ray
@@ -85,7 +85,8 @@ class Trainer:
         spec = WorkerSpec(model_dir=str(self.model_dir), ds_config=ds_config, dtype=dtype, lr=config.lr,
                           critic_lr=self.algorithm.critic_lr or 0.0, weight_decay=config.weight_decay,
                           need_reference=self.algorithm.needs_reference, need_critic=self.algorithm.needs_critic,
-                          algorithm=algorithm, seed=seed, gpu_memory_share=config.gpu_memory_share)
+                          algorithm=algorithm, seed=seed, gpu_memory_share=config.gpu_memory_share,
+                          cpu_threads=cpu_threads or config.cpu_threads)
         self.step = 0  # RL steps done
         self.optimizer_steps = 0  # drives the LR schedule
         self.sft_steps = 0
@@ -106,6 +107,7 @@ class Trainer:
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, model_dir: str | Path, num_ranks: int, **kwargs: Any) -> Trainer:
+        kwargs.setdefault("cpu_threads", rank_cpu_threads(recipe, num_ranks))
         return cls(model_dir, recipe.algorithm, recipe.trainer, num_ranks, dtype=recipe.model.dtype,
                    seed=recipe.run.seed, **kwargs)
 
@@ -393,6 +395,17 @@ class Trainer:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def rank_cpu_threads(recipe: Recipe, num_ranks: int) -> int | None:
+    """Torch threads per rank on CPU: trainer.cpu_threads, else under colocated (every server is
+    paused while the ranks train) the cluster's CPUs shared among the ranks, else None (OMP_NUM_THREADS).
+    Plain PyTorch on the tiny recipe's batch: 228 ms a step at 1 thread, 163 ms at 2."""
+    if recipe.trainer.cpu_threads is not None:
+        return recipe.trainer.cpu_threads
+    if recipe.cluster.policy != "colocated":
+        return None
+    return max(1, (recipe.cluster.num_cpus or os.cpu_count() or 1) // max(num_ranks, 1))
 
 
 def spawn_ranks(spec: WorkerSpec, num_ranks: int, slots: Sequence[DeviceSlot] | None = None,

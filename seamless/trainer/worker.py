@@ -43,6 +43,8 @@ class WorkerSpec:
     seed: int
     gpu_memory_share: float = 0.4
     """On a GPU shared with a vLLM server: the most of it this rank may hold after building its engines."""
+    cpu_threads: int | None = None
+    """Torch threads of the rank when it computes on the CPU; None keeps OMP_NUM_THREADS."""
 
 
 class TrainWorker:
@@ -84,6 +86,8 @@ class TrainWorker:
             torch.cuda.set_device(device)
         torch.manual_seed(self.spec.seed + self.rank)
         random.seed(self.spec.seed + self.rank)
+        if self.spec.cpu_threads and not torch.cuda.is_available():
+            torch.set_num_threads(self.spec.cpu_threads)
         deepspeed.init_distributed(dist_backend=None, auto_mpi_discovery=False)
         s = self.spec
         self.engines = build_engines(s.model_dir, s.ds_config, s.dtype, s.lr, s.critic_lr, s.weight_decay,

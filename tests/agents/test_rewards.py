@@ -1,6 +1,6 @@
 import pytest
 
-from agents.rewards import extract_final_integer, integer_match
+from agents.rewards import extract_final_integer, integer_match, list_match
 from seamless.agent.tasks import Task
 
 
@@ -58,3 +58,10 @@ def test_gsm8k_answers_end_with_hashes(tmp_path, reply, reward):
 
 def test_gsm8k_reference_with_thousands_separator():
     assert integer_match(Task("t", "q", "#### 1,200"), "so 1200 dollars") == 1.0
+
+
+@pytest.mark.parametrize("answer, reward", [
+    ("3 4 5 6", 1.0), (" 3  4\n5 6 ", 1.0), ("3 4 5", 0.75), ("3 4 9 6", 0.5), ("3 4 5 6 7 8", 4 / 6),
+    ("", 0.0), (None, 0.0), ("4 5 6", 0.0)])
+def test_list_match_gives_the_share_of_the_list_given_right(answer, reward):
+    assert list_match(Task("t", "List the numbers from 3 to 6.", "3 4 5 6"), answer) == pytest.approx(reward)
