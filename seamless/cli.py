@@ -95,6 +95,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides, e.g. "
                      "cluster.sim.response_sigma=1.5")
     sim.add_argument("--gpus", type=int, help="simulate this many GPUs instead of cluster.sim.gpus")
+    sim.add_argument("--pool", action="store_true", help="simulate the recipe's own cluster.resources (tags, "
+                     "GPU kinds and their speed) under its cluster.policy, instead of N-GPU pools")
     sim.add_argument("--json", action="store_true", help="print a JSON list, one object per policy and size")
     sim.add_argument("--plot", help="PNG to write (default: <run.root_dir>/sim-<run.name>.png; '' for none)")
     sim.set_defaults(handler=_cmd_sim)
@@ -158,7 +160,7 @@ def _cmd_model_tiny(args: argparse.Namespace) -> int:
 def _cmd_sim(args: argparse.Namespace) -> int:
     from seamless.scheduler.report import run_sim
 
-    return run_sim(args.recipe, args.overrides, args.gpus, args.json, args.plot)
+    return run_sim(args.recipe, args.overrides, args.gpus, args.json, args.plot, args.pool)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ YAML, applies `key=value` overrides by dotted path, and validates; every problem
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -214,7 +215,8 @@ class ProxyConfig(Section):
     (each key as `--key-with-dashes`), built from these fields."""
 
     host: str = "127.0.0.1"
-    """Interface to bind. Anything other than loopback exposes the proxy to the network."""
+    """Interface to bind. Beyond loopback it is reachable from the network; every route but /health
+    (which says only ok/degraded) needs the admin key or a session's key, there as everywhere."""
     port: int = Field(0, ge=0, le=65535)
     """TCP port; 0 picks a free one."""
     admin_key: str | None = None
@@ -444,12 +446,34 @@ class ResourceGroup(Section):
     """How many accelerators (logical GPUs on a CPU machine)."""
     tags: list[ResourceTag] = Field(min_length=1)
     """What they may do: [train], [rollout] or [train, rollout]."""
+    node_labels: dict[str, str] = {}
+    """Ray node labels their nodes must carry, e.g. {seamless.io/gpu: L4} (set with `ray start
+    --labels`, or a KubeRay group's rayStartParams): which hardware, which place. Needs
+    cluster.address (a local one-node cluster carries no labels)."""
+    ray_resources: dict[str, float] = {}
+    """Custom Ray resources each accelerator of the group also takes, e.g. {gpu-L4: 1} on nodes
+    started with `ray start --resources '{"gpu-L4": 8}'`. A local cluster is given them."""
+    speed: float = Field(1.0, gt=0)
+    """Throughput of these accelerators relative to the sim's reference GPU (decode, prefill and
+    training alike); only `seamless sim` reads it, to model a pool of mixed GPU kinds."""
 
     @model_validator(mode="after")
     def _tags_unique(self) -> ResourceGroup:
         if len(set(self.tags)) != len(self.tags):
             raise ValueError(f"tags {self.tags} repeat a tag; write [train], [rollout] or [train, rollout]")
+        reserved = {"CPU", "GPU", "memory", "object_store_memory"} & set(self.ray_resources)
+        if reserved:
+            raise ValueError(f"ray_resources names Ray's own {sorted(reserved)}; the GPU each accelerator takes "
+                             "is implied, list only custom resources (e.g. {gpu-L4: 1})")
+        if any(v <= 0 for v in self.ray_resources.values()):
+            raise ValueError(f"ray_resources {self.ray_resources} has an amount <= 0; write positive amounts")
+        if any(not k or not v for k, v in self.node_labels.items()):
+            raise ValueError(f"node_labels {self.node_labels} has an empty key or value")
         return self
+
+    @property
+    def selects_nodes(self) -> bool:
+        return bool(self.node_labels or self.ray_resources)
 
 
 class SimConfig(Section):
@@ -533,10 +557,35 @@ class ClusterConfig(Section):
     """The accelerator pool with capability tags."""
     num_cpus: int | None = Field(None, ge=1)
     """CPUs a local Ray cluster may use (default: all)."""
+    bind: str = "127.0.0.1"
+    """Address the rollout servers listen on: 127.0.0.1 keeps them on this machine; `node` binds
+    each to the address Ray reports for the node it lands on (several nodes), and an IP binds that.
+    Beyond loopback every server requires an API key: $SEAMLESS_VLLM_API_KEY, or one the run
+    generates (the proxy and the fleet send it). The proxy binds `proxy.host`, the private Redis
+    loopback (both live on the driver's node)."""
     placement_timeout_s: float = Field(30.0, gt=0)
     """How long a role switch waits for Ray to place a resource before it fails."""
     sim: SimConfig = SimConfig()
     """Workload model of `seamless sim` (not used by `seamless run`)."""
+
+    @model_validator(mode="after")
+    def _bind_is_an_address(self) -> ClusterConfig:
+        if self.bind != "node":
+            try:
+                ipaddress.ip_address(self.bind)
+            except ValueError:
+                raise ValueError(f"bind {self.bind!r} is neither an IP address nor `node`; write 127.0.0.1 "
+                                 "(one machine), node (each server on its node's address) or an IP") from None
+        return self
+
+    @model_validator(mode="after")
+    def _labels_need_a_cluster(self) -> ClusterConfig:
+        for i, group in enumerate(self.resources):
+            if group.node_labels and self.address is None:
+                raise ValueError(f"resources.{i}.node_labels selects nodes by label, but cluster.address is "
+                                 "unset and a local one-node cluster carries no labels; join a cluster with "
+                                 "cluster.address, or select by resources.{i}.ray_resources instead")
+        return self
 
     @model_validator(mode="after")
     def _policy_fits_pool(self) -> ClusterConfig:
@@ -617,6 +666,16 @@ class Recipe(Section):
                 raise ValueError(
                     f"cluster.resources has no resource tagged {needed!r}; add one, e.g. "
                     f"{{count: 1, tags: [train, rollout]}}")
+        return self
+
+    @model_validator(mode="after")
+    def _weights_reach_other_nodes(self) -> Recipe:
+        # servers bound to their nodes' addresses live on other machines, which cannot read this
+        # node's /dev/shm
+        if self.cluster.bind != "127.0.0.1" and self.rollout.weight_sync == "disk" and self.rollout.weight_dir == "shm":
+            raise ValueError("rollout.weight_dir: shm writes weights to this node's /dev/shm, which servers on other "
+                             "nodes (cluster.bind) cannot read; set rollout.weight_sync: auto (the trainer's ranks "
+                             "send them), or rollout.weight_dir: run with the run folder on a shared filesystem")
         return self
 
     @model_validator(mode="after")

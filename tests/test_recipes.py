@@ -34,7 +34,9 @@ def test_recipe_validates(path):
     recipe = load_recipe(path)
     assert recipe.run.name != "run", "give every recipe its own run.name (it names the run folder)"
     if recipe.model.path:  # a real model is a GPU recipe: bf16, weights through /dev/shm, vLLM in bf16
-        assert recipe.model.dtype == "bfloat16" and recipe.rollout.weight_dir == "shm"
+        assert recipe.model.dtype == "bfloat16"
+        # weights through /dev/shm, or sent by the ranks (servers on other nodes cannot read its shm)
+        assert recipe.rollout.weight_dir == "shm" or recipe.rollout.weight_sync == "auto"
         from seamless.rollout.fleet import server_options
 
         options = server_options(recipe.model, recipe.rollout)
@@ -74,6 +76,59 @@ def test_kuberay_manifest_is_a_rayjob_with_gpus():
 def test_slurm_script_is_valid_bash():
     done = subprocess.run(["bash", "-n", str(CLUSTER / "slurm.sbatch")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+TWO_KINDS = REPO / "recipes" / "grpo_qwen2.5-1.5b_gsm8k_two_kinds.yaml"
+
+
+def _label_gpus(recipe: Recipe) -> dict[str, int]:
+    """GPUs the recipe asks for, by the value of its seamless.io/gpu node label."""
+    wanted: dict[str, int] = {}
+    for group in recipe.cluster.resources:
+        kind = group.node_labels["seamless.io/gpu"]
+        wanted[kind] = wanted.get(kind, 0) + group.count
+    return wanted
+
+
+def test_two_kinds_recipe_places_training_and_rollout_by_gpu_kind():
+    recipe = load_recipe(TWO_KINDS)
+    assert recipe.cluster.bind == "node" and recipe.cluster.address == "auto"
+    roles = {group.node_labels["seamless.io/gpu"]: tuple(group.tags) for group in recipe.cluster.resources}
+    assert roles == {"H100": ("train", "rollout"), "L4": ("rollout",)}
+
+
+def test_kuberay_two_kinds_offers_what_the_recipe_selects():
+    job = yaml.safe_load((CLUSTER / "kuberay-two-kinds.yaml").read_text())
+    spec = job["spec"]["rayClusterSpec"]
+    assert spec["authOptions"]["mode"] == "token"  # Ray's ports need the cluster's token
+    assert TWO_KINDS.name in job["spec"]["entrypoint"] and "cluster.address=auto" in job["spec"]["entrypoint"]
+    offered: dict[str, int] = {}
+    for group in spec["workerGroupSpecs"]:
+        key, _, kind = group["rayStartParams"]["labels"].partition("=")
+        assert key == "seamless.io/gpu"
+        gpus = int(group["rayStartParams"]["num-gpus"])
+        assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+        offered[kind] = offered.get(kind, 0) + gpus * group["replicas"]
+    assert offered == _label_gpus(load_recipe(TWO_KINDS))
+
+
+def _ray_start_labels(text: str) -> list[tuple[str, int]]:
+    """(label value, GPUs) of each `ray start` of a script or launcher config (one command: no `&`
+    between its --num-gpus and its --labels)."""
+    return [(kind, int(gpus)) for gpus, kind in
+            re.findall(r'--num-gpus=(\d+)[^&]*?--labels="?seamless\.io/gpu=(\w+)', text)]
+
+
+@pytest.mark.parametrize("name", ["slurm-two-kinds.sbatch", "ray-cluster-two-kinds.yaml"])
+def test_slurm_and_launcher_two_kinds_label_their_nodes_and_use_tokens(name):
+    text = (CLUSTER / name).read_text()
+    assert "RAY_AUTH_MODE=token" in text and TWO_KINDS.name in text
+    assert sorted(set(_ray_start_labels(text))) == [("H100", 8), ("L4", 8)]
+    if name.endswith(".sbatch"):
+        assert subprocess.run(["bash", "-n", str(CLUSTER / name)]).returncode == 0
+    else:
+        config = yaml.safe_load(text)
+        assert len(config["provider"]["worker_ips"]) == config["max_workers"] == 2  # the two L4 nodes
 
 
 @pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from seamless.errors import ConfigError
@@ -55,6 +55,14 @@ class DeviceNeed:
 
     gpus: int = 1
     residents: int = 1
+    labels: dict[str, str] = field(default_factory=dict)
+    """Ray node labels the bundle's node must carry (which GPU kind, which place)."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources the bundle takes besides its GPUs (per GPU; see `bundle`)."""
+
+    def bundle(self) -> dict[str, float]:
+        """The bundle Ray reserves: the GPUs, and each custom resource once per GPU."""
+        return {"GPU": self.gpus, **{k: v * self.gpus for k, v in self.resources.items()}}
 
 
 class DeviceMap:
@@ -67,25 +75,39 @@ class DeviceMap:
 
     @classmethod
     def reserve(cls, needs: list[DeviceNeed], name: str = "seamless", timeout_s: float = 30.0) -> DeviceMap:
-        """Place one bundle per resource on the connected Ray cluster (PACK: as few nodes as fit)."""
+        """Place one bundle per resource on the connected Ray cluster (PACK: as few nodes as fit),
+        each on a node that carries its labels and custom resources."""
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
 
-        total = sum(n.gpus for n in needs)
-        have = int(ray.cluster_resources().get("GPU", 0))
-        if have < total:
-            raise ConfigError(
-                f"cluster.resources declares {total} GPUs but the Ray cluster has {have}; lower the counts "
-                "in cluster.resources (or rollout.tensor_parallel_size) or join a larger cluster with "
-                "cluster.address")
-        group = placement_group([{"GPU": n.gpus} for n in needs], strategy="PACK", name=f"{name}-devices")
+        _check_capacity(needs, ray.cluster_resources())
+        selectors = [dict(n.labels) for n in needs]
+        group = placement_group([n.bundle() for n in needs], strategy="PACK", name=f"{name}-devices",
+                                bundle_label_selector=selectors if any(selectors) else None)
         if not group.wait(timeout_s):
             remove_placement_group(group)
+            total = sum(n.gpus for n in needs)
+            wanted = sorted({f"{k}={v}" for s in selectors for k, v in s.items()})
+            where = f" on nodes labelled {', '.join(wanted)}" if wanted else ""
             raise ConfigError(
-                f"could not reserve {total} GPU(s) for cluster.resources within {timeout_s:g} s: the Ray "
-                "cluster has no free GPUs for them (another job holds some); lower the counts in "
-                "cluster.resources, free GPUs, or raise cluster.placement_timeout_s")
+                f"could not reserve {total} GPU(s) for cluster.resources{where} within {timeout_s:g} s: the Ray "
+                "cluster has no free GPUs that match them (too few such nodes, or another job holds some); "
+                "check cluster.resources (counts, node_labels, ray_resources) against `ray status`, free "
+                "GPUs, or raise cluster.placement_timeout_s")
         return cls(group, needs)
+
+    def placed(self) -> bool:
+        """Whether every bundle sits on a live node: after a node dies Ray reschedules its bundles
+        (state RESCHEDULING) until a node that matches them joins."""
+        from ray.util.placement_group import placement_group_table
+
+        return self.placement_group is not None and placement_group_table(self.placement_group).get("state") == "CREATED"
+
+    def node_of(self, resource_id: int) -> str:
+        """The Ray node id that holds a resource's bundle."""
+        from ray.util.placement_group import placement_group_table
+
+        return placement_group_table(self.placement_group)["bundles_to_node_id"][resource_id]
 
     def slot(self, resource_id: int) -> DeviceSlot:
         return self.slots[resource_id]
@@ -101,6 +123,26 @@ class DeviceMap:
         deadline = time.monotonic() + 30
         while placement_group_table(group).get("state") != "REMOVED" and time.monotonic() < deadline:
             time.sleep(0.002)
+
+
+def _check_capacity(needs: list[DeviceNeed], have: dict[str, float]) -> None:
+    """Fail before waiting when the cluster has fewer GPUs (or custom resources) than the recipe asks."""
+    total = sum(n.gpus for n in needs)
+    if int(have.get("GPU", 0)) < total:
+        raise ConfigError(
+            f"cluster.resources declares {total} GPUs but the Ray cluster has {int(have.get('GPU', 0))}; lower "
+            "the counts in cluster.resources (or rollout.tensor_parallel_size) or join a larger cluster with "
+            "cluster.address")
+    wanted: dict[str, float] = {}
+    for need in needs:
+        for key, amount in need.bundle().items():
+            wanted[key] = wanted.get(key, 0.0) + amount
+    short = {k: v for k, v in wanted.items() if k != "GPU" and have.get(k, 0.0) < v}
+    if short:
+        raise ConfigError(
+            f"cluster.resources asks for Ray resources {short} (ray_resources x count) but the cluster has "
+            f"{ {k: have.get(k, 0.0) for k in short} }; start nodes with `ray start --resources` that offer "
+            "them, or change cluster.resources.N.ray_resources")
 
 
 def assigned_device() -> int | None:

@@ -28,9 +28,12 @@ _watchdog = None  # of the local cluster this process started
 
 
 def start_ray(num_gpus: int, num_cpus: int | None = None, temp_dir: str | Path | None = None,
-              address: str | None = None) -> bool:
-    """Join the cluster at `address`, or start a local one on 127.0.0.1 with logical GPUs.
+              address: str | None = None, resources: dict[str, float] | None = None,
+              env_vars: dict[str, str] | None = None) -> bool:
+    """Join the cluster at `address`, or start a local one on 127.0.0.1 with logical GPUs (and the
+    custom `resources` the recipe's cluster.resources select by).
 
+    `env_vars` go to every worker of this job (Ray's job-level runtime environment).
     Returns False when this process was already connected to Ray (then the caller did not start
     it and must not shut it down)."""
     import ray
@@ -39,7 +42,8 @@ def start_ray(num_gpus: int, num_cpus: int | None = None, temp_dir: str | Path |
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is not None:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True,
+                 runtime_env={"env_vars": dict(env_vars)} if env_vars else None)
         return True
     # local-only cluster: bind loopback. Ray reads the variable when it is imported (its Python
     # side) and when its processes start (the GCS and raylets), so set both.
@@ -51,9 +55,10 @@ def start_ray(num_gpus: int, num_cpus: int | None = None, temp_dir: str | Path |
         temp_dir = tempfile.mkdtemp(prefix="seamless-ray-")
     Path(temp_dir).mkdir(parents=True, exist_ok=True)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, include_dashboard=False,
              _node_ip_address="127.0.0.1", _temp_dir=str(temp_dir), log_to_driver=True,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}})
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+                                       **(env_vars or {})}})
     global _watchdog
     started = [process_target(p.pid) for p in psutil.Process().children(recursive=True) if p.pid not in before]
     # a short grace: the agents ignore SIGTERM for about 10 s, and no Ray process keeps data we need

@@ -24,6 +24,7 @@ from seamless.proxy.errors import handle_exception, handle_http_exception, handl
 from seamless.proxy.state import SETTINGS_ENV, ProxySettings, ProxyState
 from seamless.proxy.upstream_http import UpstreamHTTP
 from seamless.proxy.upstreams import PoolControl, UpstreamPool
+from seamless.services.network import server_headers
 from seamless.traces.store import TraceStore
 
 log = logging.getLogger("seamless.proxy")
@@ -39,13 +40,15 @@ def create_app(settings: ProxySettings) -> openai_routes.AgentAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # httpx for control traffic (health, pause/resume); agent calls go through UpstreamHTTP
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        async with httpx.AsyncClient(limits=limits, timeout=settings.upstream_timeout_s) as client:
+        # the servers' API key ($SEAMLESS_VLLM_API_KEY) goes with every call to them
+        async with httpx.AsyncClient(limits=limits, timeout=settings.upstream_timeout_s,
+                                     headers=server_headers()) as client:
             store = TraceStore(settings.store_url, settings.key_prefix)
             pool = UpstreamPool(client)
             session_of_key: dict[str, str] = {}
             bus = ControlBus(store.redis, settings.key_prefix, settings.workers, pool.apply,
                              forget=lambda key: session_of_key.pop(key, None))
-            upstream_http = UpstreamHTTP()
+            upstream_http = UpstreamHTTP(headers=server_headers())
             voids = VoidLedger(store)
             state = ProxyState(settings=settings, store=store, client=client, pool=pool,
                                upstream_http=upstream_http, control=PoolControl(pool, bus), voids=voids,

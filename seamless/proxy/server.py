@@ -18,8 +18,13 @@ from pydantic import ValidationError
 from seamless.config import ProxyConfig
 from seamless.errors import ConfigError
 from seamless.proxy.state import SETTINGS_ENV, ProxySettings, new_key
+from seamless.services.network import is_loopback, redacted, store_url_problem, url_host
 from seamless.services.process import ManagedProcess, free_port, http_ok
 from seamless.traces.keys import Keys
+
+
+STORE_URL_ENV = "SEAMLESS_REDIS_URL"
+"""The store's URL when `--redis` is not given: a password in it stays out of the process list."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upstream", action="append", default=[], metavar="URL",
                         help="vLLM server base URL (repeatable); more can be added at run time with "
                              "POST /admin/upstreams")
-    parser.add_argument("--redis", metavar="URL", help="redis:// or unix:// URL; default: start a "
-                                                       "private Redis in the run folder")
+    parser.add_argument("--redis", metavar="URL", help=f"redis:// or unix:// URL (or ${STORE_URL_ENV}, which "
+                                                       "keeps a password out of the process list); default: "
+                                                       "start a private Redis in the run folder")
     parser.add_argument("--prefix", default="seamless", help="Redis key prefix of this run")
     parser.add_argument("--run-dir", help="folder for the private Redis (default runs/proxy-<time>)")
     parser.add_argument("--fresh", action="store_true",
@@ -80,24 +86,27 @@ def run_from_args(args: argparse.Namespace) -> int:
     from seamless.services.redis_server import RedisServer
 
     config = config_of(args)
-    if config.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"seamless proxy: warning: binding {config.host} exposes the proxy beyond this machine",
-              file=sys.stderr)
     port = config.port or free_port(config.host)
     redis_server = None
-    store_url = args.redis
+    store_url = args.redis or os.environ.get(STORE_URL_ENV) or None
     if store_url is None:
         run_dir = Path(args.run_dir or f"runs/proxy-{time.strftime('%Y%m%d-%H%M%S')}")
         redis_server = RedisServer(run_dir / "redis").start()
         store_url = redis_server.url
     elif not store_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"--redis {store_url!r} is not a Redis URL; use redis://HOST:PORT/DB or unix:///path")
+        raise ConfigError(f"--redis {redacted(store_url)!r} is not a Redis URL; use redis://HOST:PORT/DB or unix:///path")
+    elif problem := store_url_problem(store_url):
+        raise ConfigError(f"--redis {redacted(store_url)}: {problem}")
+    # every route but /health needs a key: the admin key (generated when unset) or a session's
     admin_key = config.admin_key or new_key()
     if not config.admin_key:
         print(f"seamless proxy: admin key (generated): {admin_key}", flush=True)
+    if not is_loopback(config.host):
+        print(f"seamless proxy: listening on {config.host}, beyond loopback: every route but /health "
+              "needs the admin key or a session's key", file=sys.stderr, flush=True)
     settings = ProxySettings(**config.model_dump() | dict(port=port, admin_key=admin_key), store_url=store_url,
                              key_prefix=args.prefix, upstreams=tuple(args.upstream))
-    print(f"seamless proxy: serving on http://{config.host}:{port} (store {store_url})", flush=True)
+    print(f"seamless proxy: serving on http://{url_host(config.host)}:{port} (store {redacted(store_url)})", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _previous_proxy(store_url, args.prefix, forget=args.fresh)
     # keep idle connections far longer than clients do (httpx drops its own after 5 s): a server
@@ -153,18 +162,22 @@ class ProxyProcess:
     def __init__(self, store_url: str, work_dir: str | Path, upstreams: list[str] = (),
                  prefix: str = "seamless", config: ProxyConfig = ProxyConfig(), extra_args: list[str] = ()):
         self.config = config.model_copy(update={"admin_key": config.admin_key or new_key(),
-                                                "port": config.port or free_port()})
+                                                "port": config.port or free_port(url_host(config.host))})
         self.admin_key, self.port = self.config.admin_key, self.config.port
         self.work_dir = Path(work_dir)
-        argv = [sys.executable, "-m", "seamless.proxy", f"--redis={store_url}", f"--prefix={prefix}",
-                *argv_of(self.config), *extra_args]
+        # the keys (admin key, a Redis password in the URL) go in the environment: other users of
+        # the machine can read every process's command line
+        argv = [sys.executable, "-m", "seamless.proxy", f"--prefix={prefix}",
+                *argv_of(self.config.model_copy(update={"admin_key": None})), *extra_args]
         argv += [f"--upstream={url}" for url in upstreams]
-        self._process = ManagedProcess(f"seamless proxy ({self.url})", [*argv, "--fresh"], self.work_dir / "proxy.log")
+        self._env = {**os.environ, "SEAMLESS_ADMIN_KEY": self.admin_key, STORE_URL_ENV: store_url}
+        self._process = ManagedProcess(f"seamless proxy ({self.url})", [*argv, "--fresh"], self.work_dir / "proxy.log",
+                                       env=self._env)
         self._argv = argv
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{url_host(self.config.host)}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -178,7 +191,7 @@ class ProxyProcess:
     def restart(self, timeout_s: float = 60.0) -> ProxyProcess:
         """Stop the proxy if it still runs, then start it again without `--fresh`."""
         self._process.stop()
-        self._process = ManagedProcess(self._process.name, self._argv, self._process.log_path)
+        self._process = ManagedProcess(self._process.name, self._argv, self._process.log_path, env=self._env)
         return self.start(timeout_s)
 
     def stop(self) -> None:

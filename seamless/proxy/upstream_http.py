@@ -146,8 +146,12 @@ class UpstreamResponse:
 class UpstreamHTTP:
     """A pool of keep-alive connections per server; `post` starts a call and returns at its headers."""
 
-    def __init__(self, connect_timeout_s: float = 5.0, max_idle_per_server: int = 256) -> None:
+    def __init__(self, connect_timeout_s: float = 5.0, max_idle_per_server: int = 256,
+                 headers: dict[str, str] | None = None) -> None:
         self.connect_timeout_s = connect_timeout_s
+        # sent with every call (the servers' API key); header injection is impossible by construction
+        self._extra_head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()
+                                   if "\r" not in k + v and "\n" not in k + v)
         self.max_idle_per_server = max_idle_per_server
         self._idle: dict[tuple[str, int, bool], list[_Connection]] = collections.defaultdict(list)
 
@@ -158,7 +162,7 @@ class UpstreamHTTP:
         origin = (parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80), tls)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         head = (f"POST {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+                f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{self._extra_head}"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         sent_at = time.time()
         conn, reused = self._take_idle(origin), True

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -34,6 +35,7 @@ from seamless.rollout.server_metrics import read_metrics
 from seamless.rollout.switch import NO_SWITCH, MemorySwitch
 from seamless.rollout.transport import DiskTransport, PushPlan, RankTransport, WeightPusher, WeightTransport
 from seamless.rollout.weights import WeightSource
+from seamless.services.network import LOOPBACK, server_headers, server_key
 from seamless.services.vllm_server import VLLMServerOptions, cuda_available
 
 log = logging.getLogger("seamless.rollout")
@@ -91,7 +93,7 @@ class VLLMFleet:
     def __init__(self, model_dir: str | Path, run_dir: str | Path, proxy: ProxyAdmin,
                  config: RolloutConfig | None = None, options: VLLMServerOptions | None = None,
                  transport: WeightTransport | None = None, devices: DeviceMap | None = None,
-                 model: ModelConfig | None = None):
+                 model: ModelConfig | None = None, bind: str = LOOPBACK):
         self.model_dir = Path(model_dir).resolve()
         self.run_dir = Path(run_dir).resolve()
         self.proxy = proxy
@@ -100,8 +102,11 @@ class VLLMFleet:
         self.devices = devices
         base = options or server_options(model or ModelConfig(), config)
         # a fixed served name, so a restarted server (or one on new weights) answers to the same model
+        # `bind` beyond loopback ("node": the address of the node each server lands on) needs the
+        # servers' API key, which the proxy and every call here send ($SEAMLESS_VLLM_API_KEY)
         self.options = replace(base, served_model_name=base.served_model_name or self.model_dir.name,
-                               extra_args=[*base.extra_args, *self.transport.server_args()])
+                               extra_args=[*base.extra_args, *self.transport.server_args()],
+                               host=bind, api_key=base.api_key or server_key())
         self.publisher = WeightPublisher(self.transport, proxy, config)
         if isinstance(self.transport, RankTransport):
             self.transport.plan = self.push_plan
@@ -331,7 +336,8 @@ class VLLMFleet:
         except Exception as exc:  # the actor is gone already: its server dies with it
             log.info("stopping %s: %s", server.url, exc)
         ray.kill(server.actor, no_restart=True)
-        _kill_group(server.pid)
+        if _on_this_node(server.url):  # a pid of another node's server means nothing here
+            _kill_group(server.pid)
 
     def _event(self, server: _Server, kind: str, detail: str = "") -> None:
         event = ServerEvent(server.resource_id, kind, server.url, detail)  # type: ignore[arg-type]
@@ -370,7 +376,7 @@ class VLLMFleet:
         try:
             if not ray.get(server.actor.alive.remote(), timeout=10):
                 return False
-            return httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+            return httpx.get(f"{server.url}/health", timeout=5, headers=server_headers()).status_code == 200
         except Exception:  # RayActorError, timeouts, refused connections: all mean not serving
             return False
 
@@ -389,6 +395,13 @@ class VLLMFleet:
         return min(self.config.restart_backoff_s * 2 ** (failures - 1), self.config.restart_backoff_max_s)
 
     def _restart(self, server: _Server) -> None:
+        slot = self._slot(server.resource_id, server.lease)
+        if self.devices is not None and slot is not None and slot.placement_group is self.devices.placement_group \
+                and not self.devices.placed():
+            # its node is gone and no node that matches it has joined yet: starting an actor now would
+            # wait (holding the fleet's lock) until one does; look again at the next check
+            server.restart_at = time.monotonic() + self.config.health_interval_s
+            return
         try:
             fresh = self._launch(server.resource_id, server.lease)
         except Exception as exc:
@@ -422,11 +435,18 @@ class VLLMFleet:
         return {rid: by_url.get(url, 0) for rid, url in self.servers().items()}
 
     def _urls(self, resource_ids: Sequence[int]) -> list[str]:
+        """The URLs of these resources' servers. A server that died (its node gone, say) and waits to
+        restart is left out: it loads the current weights when it rejoins, and the run goes on."""
         running = self.servers()
-        missing = [rid for rid in resource_ids if rid not in running]
+        lost = [rid for rid in resource_ids if rid not in running and rid in self._servers
+                and self._servers[rid].state in ("down", "gone")]
+        missing = [rid for rid in resource_ids if rid not in running and rid not in lost]
         if missing:
             raise ConfigError(f"no running server on resources {missing}; running: {sorted(running)}")
-        return [running[rid] for rid in resource_ids]
+        if lost:
+            log.warning("weights go to %d server(s); resources %s have no server now (they load the weights "
+                        "when their server restarts)", len(resource_ids) - len(lost), lost)
+        return [running[rid] for rid in resource_ids if rid in running]
 
     # metrics and shutdown --------------------------------------------------------------------
 
@@ -457,6 +477,14 @@ class VLLMFleet:
                 if server.state == "up":
                     self.proxy.remove_upstream(server.url)
                 self._end(server)
+
+
+def _on_this_node(url: str) -> bool:
+    """Whether a server's URL names this node (loopback, or the address Ray reports for it)."""
+    import ray
+
+    host = urlsplit(url).hostname
+    return host in ("127.0.0.1", "localhost", "::1") or host == ray.util.get_node_ip_address()
 
 
 def _kill_group(pid: int) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from seamless.rollout import die_with_parent
+from seamless.services.network import NODE
 from seamless.services.vllm_server import VLLMServer, VLLMServerOptions
 
 
@@ -31,7 +33,13 @@ class ServerActor:
         self._server: VLLMServer | None = None
 
     def start(self, model_dir: str, work_dir: str, options: VLLMServerOptions) -> tuple[str, int]:
-        """Start the server and block until it is healthy; returns (url, pid of its process group)."""
+        """Start the server and block until it is healthy; returns (url, pid of its process group).
+        A server bound to "node" listens on the address Ray reports for this node, and the URL it
+        returns (the one the proxy routes to) names that address."""
+        if options.host == NODE:
+            import ray
+
+            options = replace(options, host=ray.util.get_node_ip_address())
         self._server = _GuardedServer(model_dir, Path(work_dir), options).start()
         return self._server.url, self._server.pid
 

@@ -11,14 +11,18 @@ from typing import Any
 import httpx
 
 from seamless.errors import ServiceError
+from seamless.services.network import server_headers
 
 
 def post_each(urls: Sequence[str], path: str, json: dict[str, Any] | None = None,
               params: dict[str, Any] | None = None, timeout_s: float = 600.0) -> list[httpx.Response]:
-    """POST to every server at once; raise naming the first that failed."""
+    """POST to every server at once (with the servers' API key, when they have one); raise naming
+    the first that failed."""
+    headers = server_headers()
+
     def one(url: str) -> httpx.Response:
         try:
-            response = httpx.post(url + path, json=json, params=params, timeout=timeout_s)
+            response = httpx.post(url + path, json=json, params=params, timeout=timeout_s, headers=headers)
         except httpx.HTTPError as exc:
             raise ServiceError(f"server {url} did not answer POST {path}: {exc!r}") from exc
         if response.status_code != 200:

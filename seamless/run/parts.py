@@ -26,6 +26,7 @@ from seamless.config import Recipe, check_gpu_sharing
 from seamless.agent.tasks import TaskSet, load_tasks
 from seamless.errors import ConfigError, SeamlessError, ServiceError
 from seamless.proxy.server import ProxyProcess
+from seamless.proxy.state import new_key
 from seamless.cluster.ray_cluster import start_ray, stop_ray
 from seamless.rollout.fleet import VLLMFleet
 from seamless.rollout.proxy_admin import ProxyAdmin
@@ -33,7 +34,9 @@ from seamless.rollout.switch import ColocatedSwitch
 from seamless.run.logger import RunLogger
 from seamless.scheduler import RayPlacement, ResourcePool, TagScheduler, make_policy
 from seamless.scheduler.adapters import FleetOnLeases
+from seamless.scheduler.placement import custom_resources, device_needs
 from seamless.services.process import dead_services
+from seamless.services.network import SERVER_KEY_ENV, is_loopback, redacted, server_key, store_url_problem
 from seamless.services.redis_server import RedisServer
 from seamless.services.vllm_server import cuda_available
 from seamless.traces.episodes import EpisodeQueue
@@ -88,6 +91,8 @@ def check_recipe(recipe: Recipe, files: bool = True) -> None:
         resolve_warmup(recipe.rollout.agent)
     if files and recipe.model.path:
         _check_model_path(recipe)
+    if recipe.store.url is not None and (problem := store_url_problem(recipe.store.url)):
+        raise ConfigError(f"store.url {redacted(recipe.store.url)}: {problem}")
     if recipe.cluster.policy != "auto":  # auto: the planner picks a layout that fits (run/layout.py)
         make_policy(recipe.cluster.policy, ResourcePool.from_cluster(recipe.cluster), recipe.cluster.staleness)
     deepspeed_config(recipe.trainer.deepspeed, 1, recipe.trainer.grad_clip, recipe.model.dtype)
@@ -123,8 +128,13 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         tasks = load_tasks(recipe.data)
         _step("starting Ray")
         sigterm = signal.getsignal(signal.SIGTERM)
+        needs = device_needs(ResourcePool.from_cluster(recipe.cluster), recipe.rollout.tensor_parallel_size)
+        # the servers' key, when they bind beyond loopback, reaches every Ray worker of the run (the
+        # trainer ranks post weights to the servers) through the job's environment
+        stack.enter_context(_server_key(recipe.cluster.bind))
+        env_vars = {SERVER_KEY_ENV: server_key()} if server_key() else {}
         if start_ray(num_gpus=recipe.num_devices, num_cpus=recipe.cluster.num_cpus,
-                     address=recipe.cluster.address):
+                     address=recipe.cluster.address, resources=custom_resources(needs), env_vars=env_vars):
             stack.callback(stop_ray)  # only a Ray this run started (an embedding program keeps its own)
         # ray.init installs a SIGTERM handler that exits on the spot; keep the caller's, which
         # unwinds (checkpoint, then every service stopped)
@@ -146,7 +156,7 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         stack.callback(placement.close)
         devices = placement.reserve(pool)
         fleet = VLLMFleet(model_dir, run_dir, ProxyAdmin(proxy.url, proxy.admin_key), config=recipe.rollout,
-                          devices=devices, model=recipe.model)
+                          devices=devices, model=recipe.model, bind=recipe.cluster.bind)
         stack.callback(_shutdown_fleet, fleet)
         _step(f"starting the trainer on {len(pool.trainers)} rank(s)")
         # created once for the run, each rank on its resource's device; the scheduler's train
@@ -184,6 +194,20 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
             if dead:
                 raise dead[0] from exc
             raise
+
+
+@contextlib.contextmanager
+def _server_key(bind: str) -> Iterator[None]:
+    """Rollout servers bound beyond loopback need an API key: $SEAMLESS_VLLM_API_KEY, or one made
+    for this run (in the environment, so the proxy's process inherits it; gone when the run ends)."""
+    if is_loopback(bind) or server_key():
+        yield
+        return
+    os.environ[SERVER_KEY_ENV] = new_key()
+    try:
+        yield
+    finally:
+        os.environ.pop(SERVER_KEY_ENV, None)
 
 
 def _shutdown_fleet(fleet: VLLMFleet) -> None:

@@ -38,7 +38,18 @@ def device_needs(pool: ResourcePool, tensor_parallel_size: int = 1) -> list[Devi
     """One bundle per resource: a trainer rank and a vLLM server share a [train, rollout] one; a
     [rollout]-only resource is `tensor_parallel_size` GPUs for one server."""
     return [DeviceNeed(gpus=tensor_parallel_size if r.can_rollout and not r.can_train else 1,
-                       residents=2 if r.dual else 1) for r in pool]
+                       residents=2 if r.dual else 1, labels=dict(r.labels), resources=dict(r.ray_resources))
+            for r in pool]
+
+
+def custom_resources(needs: list[DeviceNeed]) -> dict[str, float]:
+    """The custom Ray resources all bundles take together (a local cluster is given these)."""
+    total: dict[str, float] = {}
+    for need in needs:
+        for key, amount in need.bundle().items():
+            if key != "GPU":
+                total[key] = total.get(key, 0.0) + amount
+    return total
 
 
 class RayPlacement:

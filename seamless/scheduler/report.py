@@ -10,17 +10,22 @@ from pathlib import Path
 from seamless.config import load_recipe
 from seamless.errors import ConfigError
 from seamless.scheduler.plot import plot_sweep
-from seamless.scheduler.sim import SimResult, default_cases, sweep
+from seamless.scheduler.sim import SimResult, default_cases, simulate_pool, sweep
 
 
 def run_sim(recipe_path: str, overrides: list[str], gpus: int | None, as_json: bool,
-            plot_path: str | None) -> int:
+            plot_path: str | None, own_pool: bool = False) -> int:
     recipe = load_recipe(recipe_path, overrides)
     workload = recipe.cluster.sim
     if gpus is not None and gpus < 2:
         raise ConfigError(f"--gpus {gpus}: simulate at least 2 GPUs (or set cluster.sim.gpus)")
+    if own_pool and gpus is not None:
+        raise ConfigError("--pool simulates the recipe's cluster.resources; drop --gpus")
     sizes = [gpus] if gpus is not None else list(workload.gpus)
-    results = sweep(workload, sizes, default_cases(recipe.cluster.max_async_staleness or 1))
+    if own_pool:
+        results = [simulate_pool(workload, recipe.cluster)]
+    else:
+        results = sweep(workload, sizes, default_cases(recipe.cluster.max_async_staleness or 1))
     if as_json:
         print(json.dumps([r.to_json() for r in results], indent=1))
     else:

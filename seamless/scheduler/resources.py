@@ -25,6 +25,12 @@ class Resource:
     id: int
     tags: frozenset[str]
     group: int = 0
+    labels: tuple[tuple[str, str], ...] = ()
+    """Ray node labels its node must carry (cluster.resources.N.node_labels): its hardware and place."""
+    ray_resources: tuple[tuple[str, float], ...] = ()
+    """Custom Ray resources it takes besides its GPU (cluster.resources.N.ray_resources)."""
+    speed: float = 1.0
+    """Throughput relative to the simulator's reference GPU (cluster.resources.N.speed)."""
 
     @property
     def can_train(self) -> bool:
@@ -39,7 +45,8 @@ class Resource:
         return self.can_train and self.can_rollout
 
     def describe(self) -> str:
-        return f"resource {self.id} (cluster.resources.{self.group}, tags [{', '.join(sorted(self.tags))}])"
+        where = "".join(f", {k}={v}" for k, v in self.labels) + "".join(f", {k}: {v:g}" for k, v in self.ray_resources)
+        return f"resource {self.id} (cluster.resources.{self.group}, tags [{', '.join(sorted(self.tags))}]{where})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +59,11 @@ class ResourcePool:
     def from_cluster(cls, cluster: ClusterConfig) -> ResourcePool:
         resources: list[Resource] = []
         for group_index, group in enumerate(cluster.resources):
+            labels = tuple(sorted(group.node_labels.items()))
+            extra = tuple(sorted(group.ray_resources.items()))
             for _ in range(group.count):
-                resources.append(Resource(len(resources), frozenset(group.tags), group_index))
+                resources.append(Resource(len(resources), frozenset(group.tags), group_index, labels, extra,
+                                          group.speed))
         return cls(tuple(resources))
 
     @classmethod

@@ -24,7 +24,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from seamless.config import SimConfig
+from seamless.config import ClusterConfig, SimConfig
 from seamless.scheduler.policy import PipelineState, Policy, StepPlan
 from seamless.scheduler.resources import Role
 from seamless.scheduler.timeline import Timeline
@@ -151,7 +151,9 @@ class Simulation:
         heapq.heappush(self._events, (t, self._seq, kind, arg))
 
     def _rate(self, server: _Server) -> float:
-        return self.w.decode_tokens_per_s / (len(server.finish) + self.w.half_load_concurrency)
+        # a GPU kind of another speed (cluster.resources.N.speed) decodes and prefills that much faster
+        speed = self.policy.pool[server.rid].speed
+        return speed * self.w.decode_tokens_per_s / (len(server.finish) + self.w.half_load_concurrency)
 
     # ---- episodes ---------------------------------------------------------------------------
 
@@ -344,7 +346,9 @@ class Simulation:
         for rid in plan.train:
             self.timeline.set(self.now, rid, role=Role.TRAIN, busy=True)
         tokens = sum(ep.context for ep in self._batch)
-        duration = self.w.train_step_overhead_s + tokens / (self.w.train_tokens_per_s * len(plan.train))
+        # data-parallel ranks split the batch evenly and wait for the slowest (mixed GPU kinds)
+        slowest = min(self.policy.pool[rid].speed for rid in plan.train)
+        duration = self.w.train_step_overhead_s + tokens / (self.w.train_tokens_per_s * len(plan.train) * slowest)
         self._at(self.now + duration, "train_end")
 
     def _on_train_end(self, _: int) -> None:
@@ -427,6 +431,17 @@ def simulate(workload: SimConfig, gpus: int, case: SimCase) -> SimResult:
 
     pool = ResourcePool.split(gpus, workload.train_share, all_dual=case.policy == "colocated")
     return Simulation(make_policy(case.policy, pool, case.staleness), workload, case.label).run()
+
+
+def simulate_pool(workload: SimConfig, cluster: ClusterConfig) -> SimResult:
+    """Simulate a recipe's own pool: its cluster.resources (tags, GPU kinds and their speed) under
+    its cluster.policy."""
+    from seamless.scheduler.policy import make_policy
+    from seamless.scheduler.resources import ResourcePool
+
+    pool = ResourcePool.from_cluster(cluster)
+    label = f"{cluster.policy} (recipe pool)"
+    return Simulation(make_policy(cluster.policy, pool, cluster.staleness), workload, label).run()
 
 
 def sweep(workload: SimConfig, sizes: list[int], cases: list[SimCase] | None = None) -> list[SimResult]:

@@ -38,10 +38,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+def http_ok(url: str, timeout_s: float = 2.0, headers: dict[str, str] | None = None) -> bool:
     """True when GET `url` answers 200 (a service's health route); False while it cannot connect."""
     try:
-        return httpx.get(url, timeout=timeout_s).status_code == 200
+        return httpx.get(url, timeout=timeout_s, headers=headers).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import redis
 
 from seamless.errors import ServiceError
+from seamless.services.network import LOOPBACK, is_loopback, require_key, url_host
 from seamless.services.process import ManagedProcess, free_port
 from seamless.services.watchdog import proc_stat
 
@@ -49,22 +50,32 @@ def find_redis_server() -> str:
 
 
 class RedisServer:
-    """A redis-server process owned by seamless, with its data in `data_dir`."""
+    """A redis-server process owned by seamless, with its data in `data_dir`.
 
-    def __init__(self, data_dir: str | Path, persist: bool = True):
+    On loopback (the default) it serves a unix socket where the path fits, else 127.0.0.1. Bound to
+    another `host` it serves TCP there and refuses to start without a `password` (given to Redis in
+    a config file only its owner can read, and to clients in `url`)."""
+
+    def __init__(self, data_dir: str | Path, persist: bool = True, host: str = LOOPBACK,
+                 password: str | None = None):
         self.data_dir = Path(data_dir).resolve()
         self.persist = persist
+        self.host = host
+        self._password = password
+        require_key(f"redis-server on {host}", host, password, "give it a password (RedisServer(password=...))")
         socket_path = self.data_dir / "redis.sock"
-        self._socket_path = socket_path if len(str(socket_path)) <= _MAX_UNIX_SOCKET_PATH else None
-        self._port = 0 if self._socket_path else free_port()
+        fits = len(str(socket_path)) <= _MAX_UNIX_SOCKET_PATH
+        self._socket_path = socket_path if fits and is_loopback(host) else None
+        self._port = 0 if self._socket_path else free_port(host)
         self._process: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
-        """redis-py URL of this server (unix:// or redis://127.0.0.1:PORT)."""
+        """redis-py URL of this server (unix:// or redis://HOST:PORT), with its password if it has one."""
+        auth = f":{self._password}@" if self._password else ""
         if self._socket_path:
-            return f"unix://{self._socket_path}"
-        return f"redis://127.0.0.1:{self._port}/0"
+            return f"unix://{auth}{self._socket_path}"
+        return f"redis://{auth}{url_host(self.host)}:{self._port}/0"
 
     @property
     def pid(self) -> int:
@@ -74,8 +85,8 @@ class RedisServer:
     def start(self, timeout_s: float = 30.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._stop_stale_server()  # before anything here is touched (the socket below)
-        argv = [find_redis_server(),
-                "--bind", "127.0.0.1", "--port", str(self._port),
+        argv = [find_redis_server(), *self._password_config(),
+                "--bind", self.host, "--port", str(self._port),
                 "--dir", str(self.data_dir),
                 "--save", "",  # no RDB snapshots; durability comes from the AOF below
                 "--appendonly", "yes" if self.persist else "no",
@@ -92,6 +103,18 @@ class RedisServer:
         (self.data_dir / "redis.owner").write_text(str(os.getpid()))  # see _stop_stale_server
         self._process.wait_until(self._answers_ping, timeout_s, poll_s=0.02)
         return self
+
+    def _password_config(self) -> list[str]:
+        """A config file with `requirepass` (it must come first on redis-server's command line), so
+        the password never shows in the process list."""
+        if not self._password:
+            return []
+        path = self.data_dir / "redis-auth.conf"
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(f'requirepass "{self._password}"\n')
+        return [str(path)]
 
     @property
     def _pid_file(self) -> Path:

