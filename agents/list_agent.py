@@ -7,30 +7,17 @@ a number), so generation, not per-request overhead, dominates an episode
 
 from __future__ import annotations
 
+from agents.single_turn import SingleTurn
 from seamless.agent.api import AgentContext
 from seamless.agent.tasks import Task
-from seamless.run.warmup import IM_END, render_chat
 
 SYSTEM_PROMPT = "Answer with the numbers only, separated by spaces."
-
-
-def build_messages(task: Task) -> list[dict]:
-    """The conversation the agent sends (the warm-start data renders exactly these messages)."""
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": task.prompt}]
+_AGENT = SingleTurn(SYSTEM_PROMPT)
+build_messages = _AGENT.build_messages
 
 
 async def run(task: Task, ctx: AgentContext) -> str:
-    async with ctx.openai_client() as client:
-        reply = await client.chat.completions.create(
-            model=ctx.model, messages=build_messages(task), temperature=ctx.sampling.temperature,
-            max_tokens=ctx.sampling.max_tokens, top_p=ctx.sampling.top_p)
-    return reply.choices[0].message.content or ""
+    return await _AGENT.run(task, ctx)
 
 
-def warmup(task: Task, tokenizer) -> list[tuple[str, bool]]:
-    """Warm-start data (seamless.agent.api.WarmupFn): this agent's prompt, then `answer<|im_end|>`."""
-    prompt = render_chat(tokenizer, build_messages(task), None, True)
-    return [(prompt, False), (task.answer + IM_END, True)]
-
-
-run.warmup = warmup
+run.warmup = _AGENT.warmup
