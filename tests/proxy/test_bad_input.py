@@ -98,17 +98,21 @@ def test_a_client_that_disconnects_mid_stream_records_nothing(proxy, session):
     assert [len(t["completion_token_ids"]) for t in turns] == [2]
 
 
-def test_a_generated_key_that_starts_with_a_dash_still_reaches_the_proxy(tmp_path):
+def test_a_generated_key_that_starts_with_a_dash_still_reaches_the_proxy(tmp_path, monkeypatch):
     # secrets.token_urlsafe starts with "-" once in 64 keys; argparse took "--admin-key -x..." for
-    # a missing value and the proxy exited (seen as a resumed run dying in CI)
+    # a missing value and the proxy exited (seen as a resumed run dying in CI). The key now travels
+    # in the environment (other users can read a command line), values starting with "-" in argv
     import argparse
 
     from seamless.config import ProxyConfig
-    from seamless.proxy.server import ProxyProcess, add_arguments
+    from seamless.proxy.server import ProxyProcess, add_arguments, config_of
 
     process = ProxyProcess("redis://127.0.0.1:1", tmp_path, upstreams=["http://127.0.0.1:2"],
                            prefix="-run", config=ProxyConfig(admin_key="-Xk3y"))
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(process._process.argv[3:])
-    assert (args.admin_key, args.prefix, args.upstream) == ("-Xk3y", "-run", ["http://127.0.0.1:2"])
+    assert (args.prefix, args.upstream) == ("-run", ["http://127.0.0.1:2"])
+    assert "-Xk3y" not in " ".join(process._process.argv)
+    monkeypatch.setenv("SEAMLESS_ADMIN_KEY", process._env["SEAMLESS_ADMIN_KEY"])
+    assert config_of(args).admin_key == "-Xk3y"
