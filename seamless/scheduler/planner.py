@@ -44,27 +44,29 @@ class Layout:
         parts = [f"{n} {name}" for n, name in ((self.train, "train"), (self.dual, "both"), (self.rollout, "rollout")) if n]
         return f"{self.policy} ({', '.join(parts)}; staleness {self.staleness})"
 
+    def groups(self) -> list[tuple[int, list[str]]]:
+        """(count, tags) of each tag set this layout uses."""
+        return [(n, tags) for n, tags in
+                ((self.train, ["train"]), (self.dual, ["train", "rollout"]), (self.rollout, ["rollout"])) if n]
+
     def cluster(self, base: ClusterConfig) -> ClusterConfig:
         """`base` with this layout's resources, policy and staleness (everything else kept)."""
-        groups = [ResourceGroup(count=n, tags=tags) for n, tags in
-                  ((self.train, ["train"]), (self.dual, ["train", "rollout"]), (self.rollout, ["rollout"])) if n]
+        groups = [ResourceGroup(count=n, tags=tags) for n, tags in self.groups()]
         return base.model_copy(update={"resources": groups, "policy": self.policy,
                                        "max_async_staleness": self.staleness})
+
+    def _flow_groups(self) -> list[str]:
+        return [f"{{count: {n}, tags: [{', '.join(tags)}]}}" for n, tags in self.groups()]
 
     def yaml(self) -> str:
         """The `cluster:` keys of this layout, ready to paste into a recipe."""
         lines = ["cluster:", f"  policy: {self.policy}", f"  max_async_staleness: {self.staleness}", "  resources:"]
-        for n, tags in ((self.train, "[train]"), (self.dual, "[train, rollout]"), (self.rollout, "[rollout]")):
-            if n:
-                lines.append(f"    - {{count: {n}, tags: {tags}}}")
-        return "\n".join(lines)
+        return "\n".join(lines + [f"    - {group}" for group in self._flow_groups()])
 
     def overrides(self) -> list[str]:
         """The same as KEY=VALUE overrides for `seamless run`."""
-        groups = [f"{{count: {n}, tags: {tags}}}" for n, tags in
-                  ((self.train, "[train]"), (self.dual, "[train, rollout]"), (self.rollout, "[rollout]")) if n]
         return [f"cluster.policy={self.policy}", f"cluster.max_async_staleness={self.staleness}",
-                f"cluster.resources=[{', '.join(groups)}]"]
+                f"cluster.resources=[{', '.join(self._flow_groups())}]"]
 
 
 @dataclass(frozen=True)
@@ -202,14 +204,9 @@ def _calibrated(recipe: Recipe, run_dir: Path) -> tuple[SimConfig, float, int | 
                           "to write a fresh one") from None
     base = recipe.cluster.sim
     workload = fit_workload(run, base)
-    tokens_err, bubble_err = _errors(compare(run, base))
+    bubble_err, tokens_err = compare(run, base).relative_errors()
     calibration = Calibration(str(run_dir), tokens_per_s_error=tokens_err, bubble_ratio_error=bubble_err)
     return workload, run.episode_overhead_s, run.agent_concurrency, calibration
-
-
-def _errors(comparison) -> tuple[float, float]:
-    bubble, tokens = comparison.relative_errors()
-    return tokens, bubble
 
 
 def _leaders_under_error(leaders: list[Prediction], workload: SimConfig, calibration: Calibration, run) -> list[str]:
