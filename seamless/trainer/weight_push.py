@@ -113,7 +113,7 @@ class RankPusher:
         if self._nccl is not None:  # a server left or joined: the old group is unusable
             self._nccl.shutdown()
             post_each(list(self._nccl_urls), "/shutdown_weight_transfer_engine", timeout_s=self.timeout_s)
-        sizes = [post_world_size(url) for url in peers.urls]
+        sizes = [server_world_size(url) for url in peers.urls]
         client = FanoutClient(list(peers.urls), sizes, self.timeout_s)
         info = NCCLTrainerInitInfo(master_address=peers.master_address, master_port=peers.master_port,
                                    world_size=1 + sum(sizes), packed=True, rank=0)
@@ -189,7 +189,7 @@ def module_source(module: torch.nn.Module, stage3: bool) -> Any:
     return PolicySource()
 
 
-def post_world_size(url: str) -> int:
+def server_world_size(url: str) -> int:
     import httpx
 
     from seamless.services.network import server_headers
