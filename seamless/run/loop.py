@@ -200,8 +200,9 @@ def _switch_metrics(parts: Parts) -> dict[str, float]:
     offload/reload), summed over the resources that switched, and each move on the timeline in
     its GPU's row; none on CPU."""
     row: dict[str, float] = {}
-    resource_of = {url: rid for rid, url in parts.fleet.all_servers().items()}
-    for move in parts.fleet.switch.take_moves():
+    moves = parts.fleet.switch.take_moves()
+    resource_of = {url: rid for rid, url in parts.fleet.all_servers().items()} if moves else {}
+    for move in moves:
         for url in move.urls:  # the timeline shows each part in the row of the GPU it ran on
             if url in resource_of:
                 parts.scheduler.mark(resource_of[url], move.name, move.started, move.seconds)
