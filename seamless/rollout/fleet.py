@@ -4,7 +4,15 @@ One `VLLMFleet` owns every server of a run. It places a server actor on a leased
 resource, registers the server with the proxy over its admin API, restarts servers that die
 (with backoff, each death and restart reported as a `ServerEvent`), and hands every weight update
 to its `WeightPublisher` (rollout/publisher.py: the one sequence and the one version), for the
-servers in rotation (`publish`) and for each server that (re)joins. The scheduler drives its
+servers in rotation (`publish`) and for each server that (re)joins.
+
+Rollout capacity comes and goes with Ray's nodes. A server whose node dies is dropped from the
+update in progress, taken out of the proxy's rotation (its in-flight calls continue on the other
+servers) and waits, without counting failures, until Ray has a node for its resource again (Ray
+re-places the resource's bundle on a matching node that joins); then it starts there, warms up,
+loads the current weights and rejoins the proxy. Nodes joining and leaving (`cluster/node_watch.py`)
+and every server event go to `listeners` as they happen (the run's timeline) and wait in
+`take_events()` for the next step's log row. The scheduler drives its
 servers' roles through `scheduler.adapters.FleetOnLeases`; the main loop publishes weights with it.
 """
 
@@ -15,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,10 +33,11 @@ import httpx
 
 from seamless.config import ModelConfig, RolloutConfig
 from seamless.cluster.devices import DeviceMap, DeviceSlot
+from seamless.cluster.node_watch import NodeEvent, NodeWatch
 from seamless.errors import ConfigError, ServiceError
 from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.rollout.publisher import WeightPublisher
-from seamless.rollout.records import Lease, ServerEvent, ServerStats, WeightUpdateMetrics
+from seamless.rollout.records import CAPACITY_KINDS, Lease, ServerEvent, ServerStats, WeightUpdateMetrics
 from seamless.rollout.server_actor import ServerActor
 from seamless.rollout.server_http import post_each
 from seamless.rollout.server_metrics import read_metrics
@@ -51,7 +60,7 @@ class _Server:
     started_at: float
     failures: int = 0
     restart_at: float = 0.0
-    state: str = "up"  # up | down (waiting to restart) | gone (gave up) | parked (kept, out of rotation)
+    state: str = "up"  # up | down (waiting to restart) | starting (restarting) | gone (gave up) | parked
     version: int = 0
     """Weights the server holds."""
     sleeps: bool = False
@@ -114,7 +123,14 @@ class VLLMFleet:
         self._joining: dict[str, tuple[int, str]] = {}  # url -> (resource, transfer) of a server loading weights to join
         self.switch: MemorySwitch = NO_SWITCH
         """How a sleeping server and the trainer rank beside it trade the GPU (set by the run's parts)."""
-        self.events: list[ServerEvent] = []
+        self.events: list[ServerEvent | NodeEvent] = []
+        """Every server and node event of the run, in order."""
+        self.listeners: list[Callable[[ServerEvent | NodeEvent], None]] = []
+        """Called with each change of rollout capacity as it happens (nodes, server deaths and
+        restarts; from the supervisor's thread, too)."""
+        self.nodes: NodeWatch | None = None
+        """Ray's nodes, polled at each health check when set (a run on a Ray cluster)."""
+        self._taken = 0  # events already handed out by take_events()
         self._servers: dict[int, _Server] = {}
         self._lock = threading.RLock()  # membership, restarts and updates never interleave
         self._stop = threading.Event()
@@ -328,11 +344,13 @@ class VLLMFleet:
     def _launch(self, rid: int, lease: Lease | None) -> _Server:
         return self._finish_launch(rid, lease, *self._spawn(rid, lease))
 
-    def _end(self, server: _Server) -> None:
+    def _end(self, server: _Server, wait_s: float = 30) -> None:
         import ray
 
+        if server.actor is None:  # registered, not started, by the fleet (tests' stand-ins): not ours to stop
+            return
         try:
-            ray.get(server.actor.stop.remote(), timeout=30)
+            ray.get(server.actor.stop.remote(), timeout=wait_s)
         except Exception as exc:  # the actor is gone already: its server dies with it
             log.info("stopping %s: %s", server.url, exc)
         ray.kill(server.actor, no_restart=True)
@@ -341,9 +359,26 @@ class VLLMFleet:
 
     def _event(self, server: _Server, kind: str, detail: str = "") -> None:
         event = ServerEvent(server.resource_id, kind, server.url, detail)  # type: ignore[arg-type]
-        self.events.append(event)
         (log.warning if kind in ("died", "restart_failed", "gave_up") else log.info)(
             "server r%d %s %s %s", server.resource_id, kind, server.url, detail)
+        self._tell(event)
+
+    def _tell(self, event: ServerEvent | NodeEvent) -> None:
+        with self._lock:
+            self.events.append(event)
+        if isinstance(event, ServerEvent) and event.kind not in CAPACITY_KINDS:
+            return
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # a listener (the timeline) must never stop supervision
+                log.exception("fleet event listener failed on %s", event)
+
+    def take_events(self) -> list[ServerEvent | NodeEvent]:
+        """Events since the previous call (for the step's log row)."""
+        with self._lock:
+            fresh, self._taken = self.events[self._taken:], len(self.events)
+        return fresh
 
     # supervision -----------------------------------------------------------------------------
 
@@ -362,13 +397,18 @@ class VLLMFleet:
                 log.exception("fleet health check failed")
 
     def check(self) -> None:
-        """One pass: a dead server is unregistered and ended; a down one restarts when its backoff is over."""
+        """One pass: nodes that joined or left are reported; a dead server is unregistered and ended;
+        a down one restarts when its backoff is over and Ray has a node for it."""
+        for event in self.nodes.poll() if self.nodes is not None else []:
+            log.warning("Ray node %s %s", event.address, event.kind.removeprefix("node_"))
+            self._tell(event)
         with self._lock:
             for server in list(self._servers.values()):
                 if server.state == "up" and not self._alive(server):
                     self._on_death(server)
-                elif server.state == "down" and time.monotonic() >= server.restart_at:
-                    self._restart(server)
+            due = [s for s in self._servers.values() if s.state == "down" and time.monotonic() >= s.restart_at]
+        for server in due:
+            self._restart(server)
 
     def _alive(self, server: _Server) -> bool:
         import ray
@@ -380,42 +420,80 @@ class VLLMFleet:
         except Exception:  # RayActorError, timeouts, refused connections: all mean not serving
             return False
 
-    def _on_death(self, server: _Server) -> None:
+    def _on_death(self, server: _Server, why: str = "") -> None:
         self.proxy.remove_upstream(server.url)  # the proxy stops routing to it now, not at its next check
-        self._end(server)
+        self._end(server, wait_s=5)  # its node may be gone: Ray would take a while to say so
         # a server that ran a while before dying starts a fresh count of failures
         if time.monotonic() - server.started_at > 10 * max(self.config.restart_backoff_max_s, 1):
             server.failures = 0
         server.failures += 1
         server.state = "down"
         server.restart_at = time.monotonic() + self._backoff(server.failures)
-        self._event(server, "died", f"failure {server.failures}")
+        self._event(server, "died", f"failure {server.failures}" + (f": {why}" if why else ""))
 
     def _backoff(self, failures: int) -> float:
         return min(self.config.restart_backoff_s * 2 ** (failures - 1), self.config.restart_backoff_max_s)
 
-    def _restart(self, server: _Server) -> None:
+    def _has_node(self, server: _Server) -> bool:
+        """Whether Ray has a live node for the server's resource: after a node dies Ray re-places
+        its bundles (the run's placement group is not placed) until a node that matches joins."""
         slot = self._slot(server.resource_id, server.lease)
-        if self.devices is not None and slot is not None and slot.placement_group is self.devices.placement_group \
-                and not self.devices.placed():
-            # its node is gone and no node that matches it has joined yet: starting an actor now would
-            # wait (holding the fleet's lock) until one does; look again at the next check
+        if self.devices is None or slot is None or slot.placement_group is not self.devices.placement_group:
+            return True
+        return self.devices.placed()
+
+    def _restart(self, server: _Server) -> None:
+        """A fresh server on the resource, started outside the fleet's lock (a vLLM start takes a
+        minute; weight updates to the other servers go on meanwhile), then warmed, loaded with the
+        current weights and registered under it."""
+        import ray
+
+        if not self._has_node(server):
+            # no node for it yet: look again at the next check. Waiting for capacity is not a
+            # failure, however long: the server starts when a node joins
             server.restart_at = time.monotonic() + self.config.health_interval_s
             return
+        rid = server.resource_id
+        with self._lock:
+            if self._servers.get(rid) is not server or server.state != "down":
+                return  # removed, or restarted, meanwhile
+            server.state = "starting"
+            server.actor, pending = self._spawn(rid, server.lease)  # shutdown() ends it, if it comes first
         try:
-            fresh = self._launch(server.resource_id, server.lease)
+            ready, _ = ray.wait([pending], timeout=self.options.startup_timeout_s + 30)
+            if not ready:
+                raise ServiceError(f"the server on resource {rid} did not start within "
+                                   f"{self.options.startup_timeout_s + 30:g} s")
+            with self._lock:
+                if self._servers.get(rid) is not server:  # removed while it started
+                    ray.kill(server.actor, no_restart=True)
+                    return
+                fresh = self._finish_launch(rid, server.lease, server.actor, pending)
         except Exception as exc:
-            server.failures += 1
-            if server.failures > self.config.max_restarts:
-                server.state = "gone"
-                self._event(server, "gave_up", f"{server.failures} failures in a row; last: {exc}")
-            else:
-                server.restart_at = time.monotonic() + self._backoff(server.failures)
-                self._event(server, "restart_failed", str(exc)[:2000])
+            with self._lock:
+                self._restart_failed(server, exc)
             return
-        fresh.failures = server.failures
-        self._servers[server.resource_id] = fresh
+        with self._lock:
+            fresh.failures = server.failures
+            self._servers[rid] = fresh
         self._event(fresh, "restarted", f"after failure {server.failures}")
+
+    def _restart_failed(self, server: _Server, exc: Exception) -> None:
+        import ray
+
+        ray.kill(server.actor, no_restart=True)
+        server.state = "down"
+        if not self._has_node(server):  # its node died under it (Ray took a while to say so): no failure
+            server.restart_at = time.monotonic() + self.config.health_interval_s
+            self._event(server, "restart_failed", f"no node for it yet: {str(exc)[:500]}")
+            return
+        server.failures += 1
+        if server.failures > self.config.max_restarts:
+            server.state = "gone"
+            self._event(server, "gave_up", f"{server.failures} failures in a row; last: {exc}")
+        else:
+            server.restart_at = time.monotonic() + self._backoff(server.failures)
+            self._event(server, "restart_failed", str(exc)[:2000])
 
     # weight updates --------------------------------------------------------------------------
 
@@ -425,8 +503,10 @@ class VLLMFleet:
         with self._lock:
             urls = self._urls(resource_ids) if resource_ids is not None else list(self.servers().values())
             metrics = self.publisher.publish(source, urls)
-            for server in self._servers.values():
-                if server.url in urls:
+            for server in list(self._servers.values()):
+                if server.url in metrics.lost and server.state == "up":  # its node died mid-update
+                    self._on_death(server, f"stopped answering during the update to weights v{metrics.version}")
+                elif server.url in urls:
                     server.version = metrics.version
         return metrics
 
@@ -439,7 +519,7 @@ class VLLMFleet:
         restart is left out: it loads the current weights when it rejoins, and the run goes on."""
         running = self.servers()
         lost = [rid for rid in resource_ids if rid not in running and rid in self._servers
-                and self._servers[rid].state in ("down", "gone")]
+                and self._servers[rid].state in ("down", "starting", "gone")]
         missing = [rid for rid in resource_ids if rid not in running and rid not in lost]
         if missing:
             raise ConfigError(f"no running server on resources {missing}; running: {sorted(running)}")

@@ -23,7 +23,9 @@ class Lease(Protocol):
         """The resource's device: where the server's actor goes."""
 
 
-EventKind = Literal["started", "died", "restarted", "restart_failed", "gave_up", "removed"]
+EventKind = Literal["started", "died", "restarted", "restart_failed", "gave_up", "removed", "parked", "unparked"]
+CAPACITY_KINDS = frozenset({"died", "restarted", "restart_failed", "gave_up"})
+"""Server events that change rollout capacity (the others are a run's routine role switches)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class ServerEvent:
     url: str
     detail: str = ""
     at: float = field(default_factory=time.time)
+
+    def describe(self) -> str:
+        return f"server on resource {self.resource_id} {self.kind.replace('_', ' ')} ({self.url}) {self.detail}".rstrip()
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ class WeightUpdateMetrics:
     """Agent calls in flight when rollout paused: they span the update (partial rollout)."""
     tokens_during_update: int
     """Tokens the servers generated between the start of the pause and the end of the resume."""
+    lost: tuple[str, ...] = ()
+    """Servers that stopped answering during the update (a node died): it went on without them."""
 
     @property
     def paused_s(self) -> float:
@@ -71,7 +78,8 @@ class WeightUpdateMetrics:
 
     def as_dict(self) -> dict[str, float]:
         """Flat numbers for the metrics logger."""
-        return {**asdict(self), "paused_s": self.paused_s, "bytes_per_s": self.bytes_per_s}
+        numbers = {k: v for k, v in asdict(self).items() if k != "lost"}
+        return {**numbers, "servers_lost": len(self.lost), "paused_s": self.paused_s, "bytes_per_s": self.bytes_per_s}
 
 
 @dataclass(frozen=True)

@@ -306,3 +306,61 @@ def test_one_module_moves_weights_and_the_version():
     places = [hit for path in SEAMLESS.rglob("*.py") if path.name not in allowed and "proxy" not in path.parts
               for hit in _weight_moves_in(path)]
     assert places == [], f"weights or versions move outside rollout/publisher.py: {places}"
+
+
+class DiesOnReload(StandIn):
+    """A stand-in whose node dies while it loads weights: the reload's connection drops unanswered
+    and nothing answers on its port afterwards."""
+
+    def __init__(self, calls: list) -> None:
+        super().__init__(calls)
+        handler, stand_in = self.server.RequestHandlerClass, self
+
+        class Dying(handler):  # type: ignore[misc, valid-type]
+            def do_POST(self) -> None:  # noqa: N802
+                if self.path == "/collective_rpc" and b"reload_weights" in self.rfile.peek(4096):
+                    stand_in.calls.append(("server", "/collective_rpc", "died"))
+                    self.close_connection = True
+                    stand_in.server.socket.close()  # nothing accepts on its port from now on
+                    return  # the request dropped without an answer
+                super().do_POST()
+
+        self.server.RequestHandlerClass = Dying
+
+
+def test_a_server_whose_node_dies_mid_update_is_dropped_and_the_update_goes_on(switch_proxy, tiny_model_dir,
+                                                                             tmp_path):
+    """The run that failed with `did not answer POST /collective_rpc`: the weights reach the other
+    server, the proxy stops routing to the lost one and stamps the new version, and the fleet
+    reports the death (the timeline's listener hears it) and waits to restart the server."""
+    kept_calls, lost_calls = [], []
+    kept, lost = StandIn(kept_calls), DiesOnReload(lost_calls)
+    admin = ProxyAdmin(switch_proxy.url, switch_proxy.admin_key)
+    fleet = VLLMFleet(tiny_model_dir, tmp_path, admin, RolloutConfig(prefix_cache="reset"),
+                      options=VLLMServerOptions(served_model_name="stand-in"))
+    fleet._servers[0] = _Server(0, None, None, kept.url, 0, 0.0)
+    fleet._servers[1] = _Server(1, None, None, lost.url, 0, 0.0)
+    heard: list = []
+    fleet.listeners.append(heard.append)
+    for server in (kept, lost):
+        admin.add_upstream(server.url)
+    kept_calls.clear()
+    try:
+        update = fleet.publish(_weights(tiny_model_dir, 1.0))
+        assert update.lost == (lost.url,) and update.servers == 1 and update.as_dict()["servers_lost"] == 1
+        assert kept_calls == [("server", "/pause", "keep"), ("server", "/collective_rpc", "reload_weights"),
+                              ("server", "/collective_rpc", "refresh_tied_lm_head"),
+                              ("server", "/reset_prefix_cache", ""), ("server", "/update_weight_version", ""),
+                              ("server", "/resume", "")]
+        assert ("server", "/collective_rpc", "died") in lost_calls
+        assert fleet.servers() == {0: kept.url} and fleet._servers[1].state == "down"
+        state = admin.upstreams()
+        assert [u["url"] for u in state["upstreams"]] == [kept.url]
+        assert state["weight_version"] == update.version and not state["paused"]
+        assert [(e.kind, e.resource_id) for e in heard] == [("died", 1)] and "weights v1" in heard[0].detail
+        assert fleet.publish(_weights(tiny_model_dir, 1.01)).servers == 1  # the next update: the kept one only
+    finally:
+        for server in (kept, lost):
+            admin.remove_upstream(server.url)
+        kept.close()
+        fleet._servers.clear()
