@@ -29,6 +29,7 @@ from seamless.agent.evaluation import evaluate
 from seamless.run.parts import Parts, build_parts
 from seamless.run.profile import StepClock, plot_profile
 from seamless.scheduler.validate import RunRecorder
+from seamless.traces.audit import EpisodeLedger
 from seamless.traces.episodes import EpisodeEntry
 from seamless.trainer.trainer import latest_checkpoint
 from seamless.traces.export import drop_steps_after, write_step
@@ -75,6 +76,8 @@ class Totals:
     """Where each step's wall time goes (the `profile/` columns)."""
     episode_times: dict[str, EpisodeTimes] = field(default_factory=dict)
     """Phase stamps of finished episodes not yet trained, by session id."""
+    ledger: EpisodeLedger = field(default_factory=EpisodeLedger)
+    """Every episode finished and trained, checked at the end: none lost, none trained twice."""
 
 
 def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
@@ -99,6 +102,7 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
                     for group in groups.wait_finished(timeout_s=0.5):
                         scheduler.episodes_finished(len(group))
                         totals.episodes += group
+                        totals.ledger.on_finished(e.session_id for e in group)
                         totals.recorder.episode_wall_s.update({e.session_id: e.wall_time_s for e in group})
                         totals.episode_times.update({e.session_id: e.times for e in group if e.times})
                     # 3. a step once a batch is ready: collect, roles, train, publish, roles back, log, checkpoint
@@ -135,6 +139,7 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
     # 3a. collect: whole GRPO groups from the stream, merged into training sequences
     entries, trajectories = _collect(parts, progress)
     sequences = [s for t in trajectories for s in t.sequences]
+    totals.ledger.on_trained(t.session_id for t in trajectories)
     progress.in_train_step = True
     clock.mark("stream")
     # 3b. roles: the resources that train leave rollout (their calls continue on the other servers)
@@ -158,6 +163,7 @@ def _one_step(parts: Parts, progress: Progress, bar: tqdm, totals: Totals) -> No
         write_step(parts.run_dir, progress.step, [e.entry_id for e in entries], trajectories)
     totals.trained_tokens += totals.recorder.step(trajectories, sequences)
     row = _step_metrics(parts, trajectories, sequences, totals, report) | sync | _switch_metrics(parts) | metrics
+    row |= _capacity_metrics(parts)
     clock.mark("log")
     row |= clock.take([(totals.episode_times.pop(t.session_id), t.turns) for t in trajectories
                        if t.session_id in totals.episode_times])
@@ -209,6 +215,17 @@ def _switch_metrics(parts: Parts) -> dict[str, float]:
         row[f"switch/{move.name}_s"] = row.get(f"switch/{move.name}_s", 0.0) + move.seconds
         if move.freed_bytes:
             row["switch/trainer_freed_gib"] = row.get("switch/trainer_freed_gib", 0.0) + move.freed_bytes / 2**30
+    return row
+
+
+def _capacity_metrics(parts: Parts) -> dict[str, float]:
+    """Rollout capacity: servers serving now, and the Ray nodes and servers that came and went since
+    the previous row (each is on the timeline already, drawn where it happened), printed too."""
+    row = {"fleet/servers": float(len(parts.fleet.servers()))}
+    for event in parts.fleet.take_events():
+        if event.kind in ("node_joined", "node_lost", "died", "restarted", "restart_failed", "gave_up"):
+            row[f"fleet/{event.kind}"] = row.get(f"fleet/{event.kind}", 0.0) + 1
+            tqdm.write(f"seamless run: {event.describe()}")
     return row
 
 
@@ -375,13 +392,17 @@ def _log_samples(parts: Parts, step: int, episodes: list) -> None:
 
 def _summary(parts: Parts, progress: Progress, after: float, totals: Totals, timeline) -> dict:
     wall_s = time.monotonic() - totals.started
+    audit = totals.ledger.audit(e.session_id for e in parts.episodes.in_stream())
+    print(f"seamless run: {audit.line()}")
     summary = {"steps": progress.step, "eval_accuracy_before": progress.eval_before, "eval_accuracy_after": after,
                "wall_time_s": wall_s, "trained_tokens": totals.trained_tokens,
                "trained_tokens_per_s": totals.trained_tokens / max(1e-9, wall_s),
                "policy": parts.scheduler.policy.name, "staleness": parts.scheduler.policy.staleness,
                "bubble_ratio": timeline.bubble_ratio(), "bubble_ratio_by_phase": timeline.bubble_by_phase(),
                "role_switches": timeline.role_switches(), "timeline_s": timeline.end - timeline.t0,
-               "seed": parts.recipe.run.seed, "run_dir": str(parts.run_dir)}
+               "seed": parts.recipe.run.seed, "run_dir": str(parts.run_dir),
+               "episodes": audit.as_dict(), "fleet_events": [e.describe() for e in parts.fleet.events
+                                                             if e.kind not in ("started", "removed", "parked", "unparked")]}
     (parts.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     hint = parts.logger.finish()
     print(f"seamless run: held-out accuracy {progress.eval_before:.1%} before -> {after:.1%} after "

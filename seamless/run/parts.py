@@ -27,6 +27,7 @@ from seamless.agent.tasks import TaskSet, load_tasks
 from seamless.errors import ConfigError, SeamlessError, ServiceError
 from seamless.proxy.server import ProxyProcess
 from seamless.proxy.state import new_key
+from seamless.cluster.node_watch import NodeWatch
 from seamless.cluster.ray_cluster import start_ray, stop_ray
 from seamless.rollout.fleet import VLLMFleet
 from seamless.rollout.proxy_admin import ProxyAdmin
@@ -175,6 +176,11 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
               f"{sum(r.can_rollout for r in pool)} vLLM server(s)")
         stack.callback(scheduler.close)  # before the fleet and the trainer stop: leases go first
         scheduler.start()
+        # rollout capacity that comes and goes (Ray nodes joining and lost, servers dying and coming
+        # back) goes on the timeline as it happens, and into the next step's log row
+        fleet.listeners.append(lambda e: scheduler.cluster_event(e.kind, e.detail, getattr(e, "resource_id", None)))
+        if recipe.cluster.address is not None:  # a cluster whose nodes may come and go
+            fleet.nodes = NodeWatch()
         fleet.start_supervisor()
         runner = AgentRunner.from_config(proxy.url, proxy.admin_key, recipe.rollout)
         rollout_runner = AgentRunner.from_config(proxy.url, proxy.admin_key, recipe.rollout)

@@ -17,6 +17,8 @@ _COLOURS = {Role.ROLLOUT: ((52, 120, 200), (180, 205, 235)), Role.TRAIN: ((230, 
             Role.SWITCHING: ((210, 40, 40), (210, 40, 40)), Role.IDLE: ((150, 150, 150), (150, 150, 150))}
 _PHASE_COLOURS = {"rollout": (52, 120, 200), "switch": (210, 40, 40), "train": (230, 120, 30),
                   "sync": (120, 60, 160)}
+_EVENT_COLOURS = {"node_lost": (200, 0, 0), "died": (200, 0, 0), "gave_up": (120, 0, 0),
+                  "node_joined": (0, 140, 0), "restarted": (0, 140, 0), "restart_failed": (200, 120, 0)}
 _LINE_COLOURS = [(52, 120, 200), (230, 120, 30), (40, 160, 80), (210, 40, 40), (120, 60, 160)]
 _MAX_ROWS = 128
 
@@ -29,7 +31,7 @@ def plot_timeline(timeline: Timeline, path: str | Path, title: str = "", width: 
         rows = [round(i * (len(rows) - 1) / (_MAX_ROWS - 1)) for i in range(_MAX_ROWS)]
     row_h = max(3, min(20, 600 // len(rows)))
     left, top, right = 70, 50, 20
-    height = top + len(rows) * row_h + 80
+    height = top + len(rows) * row_h + 80 + (50 if timeline.events else 0)
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     span = max(timeline.end - timeline.t0, 1e-9)
@@ -51,10 +53,12 @@ def plot_timeline(timeline: Timeline, path: str | Path, title: str = "", width: 
             if row_h >= 10:
                 initials = "".join(word[0] for word in mark.name.split("_"))
                 draw.text((x(mark.start), y), initials, fill="black")
+    _draw_events(draw, timeline, x, top, top + len(rows) * row_h)
     for i, rid in enumerate(rows):
         if row_h >= 10 or i % max(1, len(rows) // 16) == 0:
             draw.text((5, top + i * row_h), f"gpu {rid}", fill="black")
     base = top + len(rows) * row_h + 8
+    legend_y = base + 25 + (50 if timeline.events else 0)  # event labels go between the ticks and the legend
     for k in range(6):
         t = timeline.t0 + span * k / 5
         draw.text((x(t) - 10, base), f"{t - timeline.t0:.1f}s", fill="black")
@@ -64,11 +68,22 @@ def plot_timeline(timeline: Timeline, path: str | Path, title: str = "", width: 
               ("phase sync", _PHASE_COLOURS["sync"])]
     for i, (name, colour) in enumerate(legend):
         lx = left + i * 150
-        draw.rectangle([lx, base + 25, lx + 12, base + 37], fill=colour)
-        draw.text((lx + 16, base + 25), name, fill="black")
+        draw.rectangle([lx, legend_y, lx + 12, legend_y + 12], fill=colour)
+        draw.text((lx + 16, legend_y), name, fill="black")
     path = Path(path)
     image.save(path)
     return path
+
+
+def _draw_events(draw: ImageDraw.ImageDraw, timeline: Timeline, x, top: int, bottom: int) -> None:
+    """Cluster changes (nodes lost or joined, servers dying and restarting): a line across every
+    row, its label under the rows (staggered on three lines, so events close in time stay legible)."""
+    for n, event in enumerate(timeline.events):
+        ex = x(event.t)
+        colour = _EVENT_COLOURS.get(event.kind, (0, 0, 0))
+        draw.line([(ex, top - 16), (ex, bottom)], fill=colour, width=2)
+        label = event.kind.replace("node_", "node ") + (f" gpu {event.resource}" if event.resource is not None else "")
+        draw.text((ex + 2, bottom + 30 + 12 * (n % 3)), label, fill=colour)
 
 
 def plot_sweep(results: Sequence, path: str | Path, width: int = 1100, height: int = 460) -> Path:

@@ -79,6 +79,8 @@ class TagScheduler:
         self._sampler: threading.Thread | None = None
         self._stop = threading.Event()
         self._closed = False
+        self.lost: set[int] = set()
+        """Resources holding a rollout lease whose server is down (its node lost): no capacity now."""
 
     def now(self) -> float:
         return self._clock() - self._t0
@@ -87,6 +89,23 @@ class TagScheduler:
         """A part of resource `rid`'s role switch on the timeline; `started` read from the
         scheduler's clock (time.monotonic unless a test gave another)."""
         self.timeline.mark(rid, name, started - self._t0, started - self._t0 + seconds)
+
+    def cluster_event(self, kind: str, detail: str = "", resource: int | None = None) -> None:
+        """Something the fleet saw (a node lost or joined, a server died, restarted or gave up), on
+        the timeline now. A rollout resource whose server died counts as lost capacity and shows no
+        role until its server is back (called from the fleet's supervisor thread too)."""
+        with self.timeline.lock:
+            t = self.now()
+            self.timeline.event(t, kind, detail, resource)
+            lease = self.leases.get(resource) if resource is not None else None
+            if lease is None or lease.role is not Role.ROLLOUT:
+                return
+            if kind in ("died", "gave_up"):
+                self.lost.add(resource)
+                self.timeline.set(t, resource, role=Role.IDLE, only_if=Role.ROLLOUT)
+            elif kind == "restarted":
+                self.lost.discard(resource)
+                self.timeline.set(t, resource, role=Role.ROLLOUT, only_if=Role.IDLE)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -122,7 +141,7 @@ class TagScheduler:
             self.state.serving = self.state.holding(Role.ROLLOUT)
         with self.timeline.lock:
             self._t0 = self._clock()
-            roles = {rid: lease.role for rid, lease in self.leases.items()}
+            roles = {rid: lease.role for rid, lease in self.leases.items() if rid not in self.lost}
             self.timeline = Timeline(len(self.pool), {r.id: roles.get(r.id, Role.IDLE) for r in self.pool})
             self.timeline.begin_phase(0.0, "rollout", self.state.steps)
         self.observe_load()
@@ -159,7 +178,11 @@ class TagScheduler:
     # ---- episode accounting (called by the main loop) ----------------------------------------
 
     def admission(self) -> int:
-        """Episodes the agents may start now (staleness bound and synchronous barriers)."""
+        """Episodes the agents may start now (staleness bound and synchronous barriers); none while
+        every rollout server is lost (they would only queue in the proxy until one is back)."""
+        serving = self._holding(Role.ROLLOUT)
+        if serving and serving <= self.lost:
+            return 0
         return self.policy.admission(self.state)
 
     def episodes_started(self, n: int = 1) -> None:
@@ -279,7 +302,8 @@ class TagScheduler:
     def metrics(self, prefix: str = "scheduler/") -> dict[str, float]:
         """W&B-ready scalars of the timeline so far (closes a copy, not the live timeline)."""
         timeline = self.timeline if self.timeline.end is not None else self.timeline.snapshot(self.now())
-        return timeline.metrics(prefix) | {f"{prefix}steps": float(self.state.steps)}
+        return timeline.metrics(prefix) | {f"{prefix}steps": float(self.state.steps),
+                                           f"{prefix}rollout_resources": float(len(self._holding(Role.ROLLOUT) - self.lost))}
 
     def save(self, run_dir: str | Path, timeline: Timeline | None = None) -> tuple[Path, Path]:
         """Write timeline.json and timeline.png into the run folder (the closed `timeline`, e.g.

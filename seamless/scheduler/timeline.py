@@ -47,6 +47,17 @@ class Mark:
     end: float
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that changed the cluster at time t: a node joined or was lost, a server died,
+    restarted or gave up. `resource` is the resource it concerns (None: the cluster)."""
+
+    t: float
+    kind: str
+    detail: str = ""
+    resource: int | None = None
+
+
 class Timeline:
     """Recorder of segments; `set` and `begin_phase` are called at events, times in seconds."""
 
@@ -56,6 +67,7 @@ class Timeline:
         self.segments: list[Segment] = []
         self.phases: list[PhaseSpan] = []
         self.marks: list[Mark] = []
+        self.events: list[Event] = []
         roles = roles or {}
         # open state per resource: (role, busy, since)
         self._open: dict[int, tuple[Role, bool, float]] = {
@@ -93,6 +105,11 @@ class Timeline:
         with self.lock:
             self.marks.append(Mark(rid, name, start, end))
 
+    def event(self, t: float, kind: str, detail: str = "", resource: int | None = None) -> None:
+        """A cluster event at time t (drawn as a line across every row); it changes no role."""
+        with self.lock:
+            self.events.append(Event(t, kind, detail, resource))
+
     def role_of(self, rid: int) -> Role:
         return self._open[rid][0]
 
@@ -124,6 +141,7 @@ class Timeline:
             copy.segments = list(self.segments)
             copy.phases = list(self.phases)
             copy.marks = list(self.marks)
+            copy.events = list(self.events)
             copy._open = dict(self._open)
             copy._phase = self._phase
         latest = max([since for _, _, since in copy._open.values()] + [copy._phase[2]])
@@ -201,7 +219,8 @@ class Timeline:
         assert self.end is not None, "close() the timeline first"
         return {"num_resources": self.num_resources, "t0": self.t0, "end": self.end,
                 "segments": [asdict(s) | {"role": s.role.value} for s in self.segments],
-                "phases": [asdict(p) for p in self.phases], "marks": [asdict(m) for m in self.marks]}
+                "phases": [asdict(p) for p in self.phases], "marks": [asdict(m) for m in self.marks],
+                "events": [asdict(e) for e in self.events]}
 
     @classmethod
     def from_dict(cls, data: dict) -> Timeline:
@@ -210,6 +229,7 @@ class Timeline:
                              for s in data["segments"]]
         timeline.phases = [PhaseSpan(**p) for p in data["phases"]]
         timeline.marks = [Mark(**m) for m in data.get("marks", [])]  # older files have none
+        timeline.events = [Event(**e) for e in data.get("events", [])]
         timeline.end = data["end"]
         return timeline
 

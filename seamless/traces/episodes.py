@@ -125,6 +125,12 @@ class EpisodeQueue:
                 entries.append(EpisodeEntry(entry_id.decode(), fields[b"session_id"].decode()))
         return entries
 
+    def in_stream(self) -> list[EpisodeEntry]:
+        """Every entry the stream holds now, delivered or not: finished episodes not acknowledged
+        (trained entries are deleted when acknowledged). For the end-of-run audit (traces/audit.py)."""
+        items = self._retrying("XRANGE", lambda: self.redis.xrange(self.keys.episodes, "-", "+"))
+        return [EpisodeEntry(entry_id.decode(), fields[b"session_id"].decode()) for entry_id, fields in items]
+
     def trajectory(self, session_id: str) -> Trajectory:
         """A finished session's turns merged into training sequences (reads Redis, no proxy needed)."""
         def read():

@@ -9,7 +9,7 @@ from ray.util.placement_group import placement_group, placement_group_table, rem
 
 from seamless.config import ClusterConfig
 from seamless.errors import ConfigError
-from seamless.scheduler import ResourcePool, Role
+from seamless.scheduler import ResourcePool, Role, Timeline
 from seamless.scheduler.placement import RayPlacement
 from seamless.scheduler.runtime import TagScheduler
 
@@ -121,3 +121,36 @@ def test_tagged_moves_dual_resources_and_never_stops_rollout_only(ray_cluster, f
     assert fake_fleet.versions == {0: 2, 1: 2, 2: 2, 3: 2}
     assert sched.timeline.role_switches() == 8  # 2 resources x (to train, back) x 2 steps
     assert {s.role for s in sched.timeline.segments if s.resource in (2, 3)} >= {Role.ROLLOUT, Role.TRAIN}
+
+
+def test_lost_rollout_capacity_shows_on_the_timeline_and_stops_admission_only_when_all_is_lost(
+        ray_cluster, fake_fleet, tmp_path):
+    """What the fleet reports as nodes and servers come and go (scheduler.cluster_event, from its
+    supervisor thread): events on the timeline, a lost server's resource with no role until it is
+    back, and no new episodes while no server is left."""
+    sched = TagScheduler(cluster("disaggregated", [(1, ["train"]), (2, ["rollout"])], 1), fake_fleet,
+                         batch_episodes=4)
+    sched.start()
+    try:
+        assert sched.admission() > 0 and sched.metrics()["scheduler/rollout_resources"] == 2
+        sched.cluster_event("node_lost", "127.0.0.4 (1 GPU)")
+        sched.cluster_event("died", "failure 1", resource=2)
+        assert sched.timeline.role_of(2) is Role.IDLE and sched.admission() > 0  # resource 1 still serves
+        assert sched.metrics()["scheduler/rollout_resources"] == 1
+        sched.cluster_event("died", "failure 1", resource=1)
+        assert sched.admission() == 0
+        sched.cluster_event("node_joined", "127.0.0.5 (1 GPU)")
+        sched.cluster_event("restarted", "after failure 1", resource=2)
+        assert sched.timeline.role_of(2) is Role.ROLLOUT and sched.admission() > 0
+        sched.cluster_event("died", "failure 1", resource=0)  # not a rollout lease: an event, no role change
+        assert sched.timeline.role_of(0) is Role.TRAIN
+    finally:
+        sched.close()
+    json_path, png_path = sched.save(tmp_path)
+    saved = Timeline.load(json_path)
+    assert [(e.kind, e.resource) for e in saved.events] == [
+        ("node_lost", None), ("died", 2), ("died", 1), ("node_joined", None), ("restarted", 2), ("died", 0)]
+    assert [e.t for e in saved.events] == sorted(e.t for e in saved.events) and png_path.stat().st_size > 0
+    died, restarted = saved.events[1].t, saved.events[4].t
+    assert [(s.start, s.end) for s in saved.segments if s.resource == 2 and s.role is Role.IDLE
+            and died <= s.start < restarted] == [(died, restarted)]  # no role while its server was lost
