@@ -88,7 +88,14 @@ class TrainWorker:
         random.seed(self.spec.seed + self.rank)
         if self.spec.cpu_threads and not torch.cuda.is_available():
             torch.set_num_threads(self.spec.cpu_threads)
-        deepspeed.init_distributed(dist_backend=None, auto_mpi_discovery=False)
+        import ray
+
+        from seamless.trainer.process_group import join_process_group
+
+        # the rendezvous listens on rank 0's node address only (torch's own listens on `::`)
+        self._store_socket = join_process_group(master_addr, master_port, self.rank, self.world_size,
+                                                ray.util.get_node_ip_address())
+        deepspeed.init_distributed(dist_backend=None, auto_mpi_discovery=False)  # wraps the group formed above
         s = self.spec
         self.engines = build_engines(s.model_dir, s.ds_config, s.dtype, s.lr, s.critic_lr, s.weight_decay,
                                      s.need_reference, s.need_critic)
