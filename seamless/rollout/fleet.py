@@ -407,8 +407,11 @@ class VLLMFleet:
                 if server.state == "up" and not self._alive(server):
                     self._on_death(server)
             due = [s for s in self._servers.values() if s.state == "down" and time.monotonic() >= s.restart_at]
-        for server in due:
-            self._restart(server)
+            for server in due:
+                server.state = "starting"
+        for server in due:  # each in a thread of its own: a start may wait minutes (for a node, for vLLM)
+            threading.Thread(target=self._restart, args=(server,), name=f"fleet-restart-r{server.resource_id}",
+                             daemon=True).start()
 
     def _alive(self, server: _Server) -> bool:
         import ray
@@ -443,21 +446,21 @@ class VLLMFleet:
         return self.devices.placed()
 
     def _restart(self, server: _Server) -> None:
-        """A fresh server on the resource, started outside the fleet's lock (a vLLM start takes a
-        minute; weight updates to the other servers go on meanwhile), then warmed, loaded with the
-        current weights and registered under it."""
+        """A fresh server on the resource (`server` is in state "starting"), started outside the
+        fleet's lock (a vLLM start takes a minute; weight updates to the other servers go on
+        meanwhile), then warmed, loaded with the current weights and registered under it."""
         import ray
 
-        if not self._has_node(server):
-            # no node for it yet: look again at the next check. Waiting for capacity is not a
-            # failure, however long: the server starts when a node joins
-            server.restart_at = time.monotonic() + self.config.health_interval_s
-            return
         rid = server.resource_id
         with self._lock:
-            if self._servers.get(rid) is not server or server.state != "down":
-                return  # removed, or restarted, meanwhile
-            server.state = "starting"
+            if self._servers.get(rid) is not server:
+                return  # removed meanwhile
+            if not self._has_node(server):
+                # no node for it yet: look again at the next check. Waiting for capacity is not a
+                # failure, however long: the server starts when a node joins
+                server.state = "down"
+                server.restart_at = time.monotonic() + self.config.health_interval_s
+                return
             server.actor, pending = self._spawn(rid, server.lease)  # shutdown() ends it, if it comes first
         try:
             ready, _ = ray.wait([pending], timeout=self.options.startup_timeout_s + 30)
@@ -469,13 +472,13 @@ class VLLMFleet:
                     ray.kill(server.actor, no_restart=True)
                     return
                 fresh = self._finish_launch(rid, server.lease, server.actor, pending)
+                # a member in the same hold of the lock as it joined the proxy: no update misses it
+                fresh.failures = server.failures
+                self._servers[rid] = fresh
         except Exception as exc:
             with self._lock:
                 self._restart_failed(server, exc)
             return
-        with self._lock:
-            fresh.failures = server.failures
-            self._servers[rid] = fresh
         self._event(fresh, "restarted", f"after failure {server.failures}")
 
     def _restart_failed(self, server: _Server, exc: Exception) -> None:
