@@ -3,10 +3,15 @@ a trainer node and rollout nodes, each on its own loopback address (127.0.0.2, 1
 labelled seamless.io/role=train or =rollout. The recipe's cluster.resources select them by label
 and its servers bind their node's address (cluster.bind: node), so the run takes the multi-node
 path while all traffic stays on this machine. Writes, next to the run, every socket that listens
-while the run trains (listening.json) and how each is protected.
+while the run trains (listening.json) and how each is protected. With --kill-node-at-s (or
+--kill-node-at-step) the last rollout node's raylet is killed mid-run and a new rollout node joins
+--readd-after-s later; at the end the script prints the run's node and server events and the
+audit of the trainer's stream (every finished episode trained once, none lost).
 
   scripts/run_on_local_nodes.py recipes/grpo_tiny_cpu.yaml --rollout-nodes 2 --run-dir runs/nodes3 \\
       trainer.total_steps=20
+  scripts/run_on_local_nodes.py recipes/grpo_tiny_cpu.yaml --rollout-nodes 2 --kill-node-at-step 10 \
+      --readd-after-s 20 --run-dir runs/nodes3 trainer.total_steps=40
 
 Run it under `flock /tmp/seamless-heavy.lock` on a shared machine.
 """
@@ -34,8 +39,10 @@ def main() -> int:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--sockets-after-s", type=float, default=90.0,
                         help="when to list the listening sockets (the run should be training by then)")
+    parser.add_argument("--sockets-at-step", type=int, help="list them once the run has logged this step instead")
     parser.add_argument("--kill-node-at-s", type=float, help="kill the last rollout node's raylet this long "
                         "after the run starts (as when its machine dies)")
+    parser.add_argument("--kill-node-at-step", type=int, help="kill it once the run has logged this step")
     parser.add_argument("--readd-after-s", type=float, default=30.0,
                         help="then add a rollout node (a new address, the same label) this long after")
     args = parser.parse_args()
@@ -55,21 +62,61 @@ def main() -> int:
                      f"{{count: {args.rollout_nodes}, tags: [rollout], node_labels: {{{ROLE}: rollout}}}}]")
         overrides = [f"cluster.address={nodes.address}", "cluster.bind=node", "cluster.policy=disaggregated",
                      f"cluster.resources={resources}", *args.overrides]
-        snapshot = threading.Timer(args.sockets_after_s, _write_listening, (run_dir / "listening.json",))
-        snapshot.daemon = True
+        if args.sockets_at_step is not None:
+            snapshot = threading.Thread(target=_when, daemon=True, args=(
+                lambda: _logged_step(run_dir) >= args.sockets_at_step, _write_listening, run_dir / "listening.json"))
+        else:
+            snapshot = threading.Timer(args.sockets_after_s, _write_listening, (run_dir / "listening.json",))
+            snapshot.daemon = True
         snapshot.start()
-        if args.kill_node_at_s is not None:
-            threading.Thread(target=_kill_and_readd, args=(nodes, args.kill_node_at_s, args.readd_after_s),
-                             daemon=True).start()
+        if args.kill_node_at_s is not None or args.kill_node_at_step is not None:
+            when = (lambda: _logged_step(run_dir) >= args.kill_node_at_step) if args.kill_node_at_step is not None \
+                else (lambda deadline=time.monotonic() + args.kill_node_at_s: time.monotonic() >= deadline)
+            threading.Thread(target=_kill_and_readd, args=(nodes, when, args.readd_after_s), daemon=True).start()
         started = time.monotonic()
         code = seamless_main(["run", args.recipe, *overrides, "--run-dir", str(run_dir)])
-        snapshot.cancel()
+        if isinstance(snapshot, threading.Timer):
+            snapshot.cancel()
         print(f"seamless run exited {code} after {time.monotonic() - started:.0f} s", flush=True)
+    _report(run_dir)
     return code
 
 
-def _kill_and_readd(nodes, kill_at_s: float, readd_after_s: float) -> None:
-    time.sleep(kill_at_s)
+def _when(condition, action, *args) -> None:
+    while not condition():
+        time.sleep(0.5)
+    action(*args)
+
+
+def _logged_step(run_dir: Path) -> int:
+    """The last step in the run's metrics.jsonl (0 before the first)."""
+    try:
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    except (OSError, ValueError):
+        return 0
+    return max([int(r.get("step", 0)) for r in rows if "rollout/reward_mean" in r], default=0)
+
+
+def _report(run_dir: Path) -> None:
+    """The run's node and server events and the audit of its episodes, from summary.json."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    for event in summary.get("fleet_events", []):
+        print(f"event: {event}")
+    audit = summary.get("episodes", {})
+    if audit:
+        verdict = "none lost, none trained twice" if audit["ok"] else \
+            f"LOST {audit['lost']}, TRAINED TWICE {audit['trained_twice']}"
+        print(f"episodes: {audit['finished']} finished, {audit['trained']} trained once, {audit['waiting']} "
+              f"waiting in the stream at the end; {verdict}")
+    print(f"timeline: {run_dir / 'timeline.png'}")
+
+
+def _kill_and_readd(nodes, when, readd_after_s: float) -> None:
+    while not when():
+        time.sleep(0.5)
     victim = nodes.nodes[-1]
     print(f"[{time.strftime('%H:%M:%S')}] killing rollout node {victim.ip}", flush=True)
     nodes.remove(victim)

@@ -69,6 +69,8 @@ class _Server:
     """How the trainer's weights reach it: `ipc` (from the rank on its GPU), `nccl`, or `disk`."""
     tokens: int = 0
     tokens_at: float = 0.0
+    spawned_on: str | None = None
+    """The Ray node of the resource's bundle when its latest restart began."""
 
 
 def server_options(model: ModelConfig, rollout: RolloutConfig) -> VLLMServerOptions:
@@ -445,6 +447,16 @@ class VLLMFleet:
             return True
         return self.devices.placed()
 
+    def _bundle_node(self, server: _Server) -> str | None:
+        """The Ray node that holds the resource's bundle now (None: not one of the run's bundles)."""
+        slot = self._slot(server.resource_id, server.lease)
+        if self.devices is None or slot is None or slot.placement_group is not self.devices.placement_group:
+            return None
+        try:
+            return self.devices.node_of(server.resource_id)
+        except (KeyError, IndexError):  # not placed now
+            return None
+
     def _restart(self, server: _Server) -> None:
         """A fresh server on the resource (`server` is in state "starting"), started outside the
         fleet's lock (a vLLM start takes a minute; weight updates to the other servers go on
@@ -461,6 +473,7 @@ class VLLMFleet:
                 server.state = "down"
                 server.restart_at = time.monotonic() + self.config.health_interval_s
                 return
+            server.spawned_on = self._bundle_node(server)
             server.actor, pending = self._spawn(rid, server.lease)  # shutdown() ends it, if it comes first
         try:
             ready, _ = ray.wait([pending], timeout=self.options.startup_timeout_s + 30)
@@ -486,9 +499,12 @@ class VLLMFleet:
 
         ray.kill(server.actor, no_restart=True)
         server.state = "down"
-        if not self._has_node(server):  # its node died under it (Ray took a while to say so): no failure
+        if not self._has_node(server) or self._bundle_node(server) != server.spawned_on:
+            # its node died under it (Ray says so a few seconds after the raylet stops answering, and
+            # then re-places the bundle): capacity that went away, not a failure of the server
             server.restart_at = time.monotonic() + self.config.health_interval_s
-            self._event(server, "restart_failed", f"no node for it yet: {str(exc)[:500]}")
+            self._event(server, "restart_failed", "its node was lost while it started (no failure counted): "
+                        + str(exc)[:500])
             return
         server.failures += 1
         if server.failures > self.config.max_restarts:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,10 @@ class Totals:
     """Every episode finished and trained, checked at the end: none lost, none trained twice."""
 
 
-def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
+def run(recipe: Recipe, run_dir: Path, resume: bool = False,
+        on_step: Callable[[int, Parts], None] | None = None) -> dict:
+    """Train `recipe` to the end; `on_step(step, parts)` runs after each step (tests and scripts
+    that act at a known step boundary: a node removed, a state checked)."""
     with build_parts(recipe, run_dir, resume) as parts:
         progress = _restore(parts) if resume else Progress()
         if not progress.restored:  # a new run, or one killed before its first checkpoint
@@ -108,6 +112,8 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False) -> dict:
                     # 3. a step once a batch is ready: collect, roles, train, publish, roles back, log, checkpoint
                     if scheduler.ready_to_step():
                         _one_step(parts, progress, bar, totals)
+                        if on_step is not None:
+                            on_step(progress.step, parts)
         except KeyboardInterrupt:
             if progress.in_train_step:  # half a step, or a step not logged yet: keep the last checkpoint
                 print("\nseamless run: interrupted inside a step; the last checkpoint stands", flush=True)

@@ -42,7 +42,7 @@ class EpisodeAudit:
                 f"stream at the end; {verdict}")
 
     def as_dict(self) -> dict:
-        return asdict(self) | {"ok": self.ok}
+        return asdict(self) | {"trained_twice": list(self.trained_twice), "lost": list(self.lost), "ok": self.ok}
 
 
 @dataclass
