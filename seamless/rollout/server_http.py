@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from seamless.errors import ServiceError
+from seamless.services.http import control_client
 from seamless.services.network import server_headers
 
 
@@ -38,7 +39,7 @@ def post_each(urls: Sequence[str], path: str, json: dict[str, Any] | None = None
 
     def one(url: str) -> httpx.Response | httpx.HTTPError:
         try:
-            return httpx.post(url + path, json=json, params=params, timeout=timeout, headers=headers)
+            return control_client().post(url + path, json=json, params=params, timeout=timeout, headers=headers)
         except httpx.HTTPError as exc:
             return exc
 
