@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--kill-node-at-step", type=int, help="kill it once the run has logged this step")
     parser.add_argument("--readd-after-s", type=float, default=30.0,
                         help="then add a rollout node (a new address, the same label) this long after")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # KEY=VALUE overrides may follow the options
 
     from seamless.cli import main as seamless_main
     from seamless.cluster.local_nodes import LocalNodes
