@@ -52,6 +52,7 @@ def main() -> int:
 
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    finished = threading.Event()
     with LocalNodes(head_cpus=1) as nodes:
         nodes.add(gpus=1, labels={ROLE: "train"})
         for _ in range(args.rollout_nodes):
@@ -72,9 +73,11 @@ def main() -> int:
         if args.kill_node_at_s is not None or args.kill_node_at_step is not None:
             when = (lambda: _logged_step(run_dir) >= args.kill_node_at_step) if args.kill_node_at_step is not None \
                 else (lambda deadline=time.monotonic() + args.kill_node_at_s: time.monotonic() >= deadline)
-            threading.Thread(target=_kill_and_readd, args=(nodes, when, args.readd_after_s), daemon=True).start()
+            threading.Thread(target=_kill_and_readd, args=(nodes, when, args.readd_after_s, finished),
+                             daemon=True).start()
         started = time.monotonic()
         code = seamless_main(["run", args.recipe, *overrides, "--run-dir", str(run_dir)])
+        finished.set()
         if isinstance(snapshot, threading.Timer):
             snapshot.cancel()
         print(f"seamless run exited {code} after {time.monotonic() - started:.0f} s", flush=True)
@@ -114,7 +117,7 @@ def _report(run_dir: Path) -> None:
     print(f"timeline: {run_dir / 'timeline.png'}")
 
 
-def _kill_and_readd(nodes, when, readd_after_s: float) -> None:
+def _kill_and_readd(nodes, when, readd_after_s: float, finished: threading.Event) -> None:
     while not when():
         time.sleep(0.5)
     victim = nodes.nodes[-1]
@@ -123,6 +126,9 @@ def _kill_and_readd(nodes, when, readd_after_s: float) -> None:
     time.sleep(readd_after_s)
     node = nodes.add(gpus=1, labels={ROLE: "rollout"})
     print(f"[{time.strftime('%H:%M:%S')}] added rollout node {node.ip}", flush=True)
+    # the node's processes get SIGKILL when the thread that started them ends (Ray sets
+    # PR_SET_PDEATHSIG, which Linux ties to the creating thread): this thread lives as long as the run
+    finished.wait()
 
 
 def _write_listening(path: Path) -> None:

@@ -78,7 +78,9 @@ class LocalNodes:
 
     def add(self, gpus: int, labels: dict[str, str] | None = None, resources: dict[str, float] | None = None,
             cpus: int = 1, wait: bool = True) -> LocalNode:
-        """Start a node on the next loopback address with `gpus` logical GPUs."""
+        """Start a node on the next loopback address with `gpus` logical GPUs. From a thread other
+        than the main one, keep that thread alive while the node should live: Ray starts the node's
+        processes with PR_SET_PDEATHSIG, which Linux fires when the creating thread ends."""
         import ray._private.utils as ray_utils
 
         ip = f"127.0.0.{self._next}"
