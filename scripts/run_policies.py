@@ -186,7 +186,7 @@ def warm_start(recipe_path: Path, overrides: list[str], out: Path) -> list[str]:
     folder = out / "warm"
     if not (folder / "config.json").exists():
         spec = importlib.util.spec_from_file_location("bench_e2e", REPO / "scripts" / "bench_e2e.py")
-        bench = importlib.util.module_from_spec(spec)
+        bench = sys.modules["bench_e2e"] = importlib.util.module_from_spec(spec)  # its dataclasses look it up
         spec.loader.exec_module(bench)
         folder, note = bench.warm_up(recipe, out)
         print(f"warm start: {note}", flush=True)
@@ -209,6 +209,11 @@ def plan_check(args) -> int:
     if own in layouts:  # the recipe's own layout first: the default to calibrate from
         layouts.remove(own)
         layouts.insert(0, own)
+    if args.layouts:  # a subset the CPU budget allows (named in the output)
+        unknown = set(args.layouts) - {slug(lay) for lay in layouts}
+        if unknown:
+            raise SystemExit(f"--layouts {sorted(unknown)}: not among {[slug(lay) for lay in layouts]}")
+        layouts = [lay for lay in layouts if slug(lay) in args.layouts]
     layouts = layouts[:args.limit] if args.limit else layouts
     print(f"plan check: {recipe_path.name} on {args.gpus} GPUs, {len(layouts)} layouts "
           f"({'every staleness' if args.every_staleness else f'staleness {max_stale} only, colocated 0'}), "
@@ -230,8 +235,12 @@ def plan_check(args) -> int:
     title = (f"{recipe_path.name}, {args.gpus} logical GPUs, {args.steps} steps a layout (measured over the "
              f"steps after the first {warmup}); planner calibrated from {slug(calibrate)} "
              f"(its sim error there: {plan.calibration.tokens_per_s_error:.0%} tokens/s)")
-    text = format_check(result, title) + f"\nthe planner's pick among all its {len(plan.ranked)} candidates: " \
-        f"{plan.best.layout.label()} ({plan.best.tokens_per_s:,.1f} tokens/s predicted)"
+    unmeasured = "" if plan.best.layout in measured else " -- NOT measured here"
+    took = f"{min(seconds.values())}-{max(seconds.values())} s a case, {sum(seconds.values()) / 60:.1f} min" \
+        if seconds else "reused"
+    text = (format_check(result, title) + f"\nthe planner's pick among all its {len(plan.ranked)} candidates: "
+            f"{plan.best.layout.label()} ({plan.best.tokens_per_s:,.1f} tokens/s predicted){unmeasured}"
+            f"\nruns: {took}")
     print(text, flush=True)
     (out / "plan_check.txt").write_text(text + "\n")
     (out / "plan_check.json").write_text(json.dumps({
@@ -255,6 +264,7 @@ def main() -> int:
     parser.add_argument("--plan-check", metavar="RECIPE", help="run every planner layout of RECIPE; judge the plan")
     parser.add_argument("--gpus", type=int, default=4, help="--plan-check: the pool's GPUs (logical on CPU)")
     parser.add_argument("--every-staleness", action="store_true", help="--plan-check: every staleness, not the max")
+    parser.add_argument("--layouts", nargs="*", metavar="SLUG", help="--plan-check: only these (e.g. colocated-4b-s0)")
     parser.add_argument("--limit", type=int, help="--plan-check: only the first N layouts (a smoke test)")
     parser.add_argument("--calibrate-from", metavar="SLUG", help="--plan-check: the case to calibrate from "
                         "(e.g. tagged-2b2r-s1; default: the recipe's own layout, else the first)")
