@@ -232,18 +232,25 @@ def plan_check(args) -> int:
     calibrate = next((lay for lay in layouts if slug(lay) == args.calibrate_from), layouts[0])
     plan = make_plan(recipe, args.gpus, run_dir=out / slug(calibrate))
     result = judge(measured, plan, calibrate, args.within)
+    units = recipe.cluster.sim.compute_units
     title = (f"{recipe_path.name}, {args.gpus} logical GPUs, {args.steps} steps a layout (measured over the "
              f"steps after the first {warmup}); planner calibrated from {slug(calibrate)} "
-             f"(its sim error there: {plan.calibration.tokens_per_s_error:.0%} tokens/s)")
+             f"(its sim error there: {plan.calibration.tokens_per_s_error:.0%} tokens/s); simulator: "
+             + (f"the GPUs share {units:g} compute units" if units else "every GPU computes on its own"))
     unmeasured = "" if plan.best.layout in measured else " -- NOT measured here"
     took = f"{min(seconds.values())}-{max(seconds.values())} s a case, {sum(seconds.values()) / 60:.1f} min" \
         if seconds else "reused"
     text = (format_check(result, title) + f"\nthe planner's pick among all its {len(plan.ranked)} candidates: "
             f"{plan.best.layout.label()} ({plan.best.tokens_per_s:,.1f} tokens/s predicted){unmeasured}"
             f"\nruns: {took}")
+    if args.every_calibration:  # the same verdict from each recorded run in turn: how much hangs on which
+        for source in layouts:
+            other = judge(measured, make_plan(recipe, args.gpus, run_dir=out / slug(source)), source, args.within)
+            text += (f"\n  calibrated from {slug(source):<22} pick {slug(other.pick.layout):<22} within "
+                     f"{other.shortfall:4.0%} of best: {'PASS' if other.passed else 'FAIL'}")
     print(text, flush=True)
-    (out / "plan_check.txt").write_text(text + "\n")
-    (out / "plan_check.json").write_text(json.dumps({
+    (out / f"plan_check{args.tag}.txt").write_text(text + "\n")
+    (out / f"plan_check{args.tag}.json").write_text(json.dumps({
         "recipe": str(recipe_path), "steps": args.steps, "warmup_steps": warmup, "case_seconds": seconds,
         "calibrated_from": slug(calibrate), "passed": result.passed, "shortfall": result.shortfall,
         "rows": [{"layout": slug(r.layout), "measured": r.measured, "predicted": r.predicted,
@@ -268,6 +275,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, help="--plan-check: only the first N layouts (a smoke test)")
     parser.add_argument("--calibrate-from", metavar="SLUG", help="--plan-check: the case to calibrate from "
                         "(e.g. tagged-2b2r-s1; default: the recipe's own layout, else the first)")
+    parser.add_argument("--every-calibration", action="store_true",
+                        help="--plan-check: also the verdict calibrated from each run in turn")
+    parser.add_argument("--tag", default="", help="--plan-check: suffix of plan_check.txt/.json (e.g. -units)")
     parser.add_argument("--within", type=float, default=0.1, help="--plan-check: pick's allowed shortfall")
     parser.add_argument("--case-timeout", type=float, default=600, help="--plan-check: seconds a case may run")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="passed to every run")

@@ -91,3 +91,45 @@ def test_the_script_names_every_case_folder_apart():
     layouts = check_layouts(4, 1, every_staleness=True)
     assert len({script.slug(lay) for lay in layouts}) == len(layouts)
     assert script.slug(Layout("tagged", 0, 3, 1, 1)) == "tagged-3b1r-s1"
+
+
+def _pool_run(layout: Layout, workload: SimConfig):
+    pool = ResourcePool.from_cluster(layout.cluster(ClusterConfig()))
+    sim = Simulation(make_policy(layout.policy, pool, layout.staleness), workload, batch_episodes=32)
+    return sim, sim.run()
+
+
+def test_on_shared_cores_more_servers_than_cores_add_no_rollout_speed():
+    # generation only: no switch or sync costs, training nearly free
+    gen = SimConfig(steps=5, warmup_steps=1, response_median_tokens=100, response_sigma=0.0, max_response_tokens=100,
+                    prompt_tokens=10, decode_tokens_per_s=1000, half_load_concurrency=1, train_tokens_per_s=1e7,
+                    switch_s=0.0, weight_sync_s=0.0, train_step_overhead_s=0.0)
+    speed = {}
+    for units in (None, 2.0):
+        w = gen.model_copy(update={"compute_units": units})
+        for rollout in (1, 2, 3):
+            speed[units, rollout] = _pool_run(Layout("disaggregated", 1, 0, rollout, 1), w)[1].tokens_per_s
+    assert speed[None, 3] == pytest.approx(3 * speed[None, 1], rel=0.1)  # every GPU on its own
+    assert speed[2.0, 2] == pytest.approx(2 * speed[2.0, 1], rel=0.1)  # still a core each
+    assert speed[2.0, 3] == pytest.approx(speed[2.0, 2], rel=0.1)  # the third server shares the two cores
+
+
+def test_on_shared_cores_weight_loads_and_switches_stretch_and_the_fit_reads_whole_unit_costs(tmp_path):
+    truth = SimConfig(steps=6, warmup_steps=1, response_median_tokens=30, response_sigma=0.6, max_response_tokens=64,
+                      prompt_tokens=20, decode_tokens_per_s=2000, half_load_concurrency=4, train_tokens_per_s=5000,
+                      switch_s=0.2, weight_sync_s=0.3, train_step_overhead_s=0.0, compute_units=2.0)
+    layout = Layout("disaggregated", 1, 0, 3, 1)  # three servers load weights on two cores
+    sim, _ = _pool_run(layout, truth)
+    syncs = [p.end - p.start for p in sim.timeline.phases if p.name == "sync"]
+    assert min(syncs) > truth.weight_sync_s * 1.4  # 3 loads on 2 units: 1.5x, less any idle server
+    run = RecordedRun(cluster=layout.cluster(ClusterConfig()).model_dump(mode="json"), timeline=sim.timeline.to_dict(),
+                      batch_episodes=32, completion_lengths=sim.completion_lengths, prompt_tokens=20,
+                      step_tokens=sim.step_tokens[1:truth.steps + 1],
+                      step_context_tokens=sim.step_context_tokens[1:truth.steps + 1])
+    from seamless.scheduler.validate import fit_workload
+
+    fitted = fit_workload(run, truth.model_copy(update={"weight_sync_s": 9.0, "train_tokens_per_s": 1.0}))
+    assert fitted.weight_sync_s == pytest.approx(truth.weight_sync_s, rel=0.15)
+    assert fitted.train_tokens_per_s == pytest.approx(truth.train_tokens_per_s, rel=0.15)
+    blind = fit_workload(run, truth.model_copy(update={"compute_units": None}))  # the same run read as real GPUs
+    assert blind.weight_sync_s > fitted.weight_sync_s * 1.3
