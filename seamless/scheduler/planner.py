@@ -198,7 +198,7 @@ def _calibrated(recipe: Recipe, run_dir: Path) -> tuple[SimConfig, float, int | 
         raise ConfigError(f"--from-run {run_dir}: no recorded_run.json there; point it at the folder of a "
                           "`seamless run` that trained at least a few steps")
     try:
-        run = RecordedRun.from_run_dir(run_dir)
+        run = RecordedRun.load(path)
     except (OSError, ValueError, TypeError) as exc:
         raise ConfigError(f"--from-run: {path} does not read as a recorded run ({exc}); re-run the recipe "
                           "to write a fresh one") from None

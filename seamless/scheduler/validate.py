@@ -47,10 +47,6 @@ class RecordedRun:
     harness), during which it holds no server."""
     agent_concurrency: int | None = None
     """Most episodes the agent runner ran at once (rollout.agent_concurrency)."""
-    weight_pause_s: list[float] | None = None
-    """Seconds the weight publisher held the servers in rotation paused, per update (the run's
-    `sync/paused_s` metric): the weight sync's own cost. The timeline cannot tell it apart from a
-    server idle for want of work (e.g. held back by the staleness bound) during a sync."""
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -60,17 +56,6 @@ class RecordedRun:
     @classmethod
     def load(cls, path: str | Path) -> RecordedRun:
         return cls(**json.loads(Path(path).read_text()))
-
-    @classmethod
-    def from_run_dir(cls, run_dir: str | Path) -> RecordedRun:
-        """The run folder's recorded_run.json, with the publisher's pauses from its metrics.jsonl
-        when the record lacks them."""
-        run = cls.load(Path(run_dir) / "recorded_run.json")
-        metrics = Path(run_dir) / "metrics.jsonl"
-        if run.weight_pause_s is None and metrics.is_file():
-            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-            run.weight_pause_s = [row["sync/paused_s"] for row in rows if "sync/paused_s" in row] or None
-        return run
 
 
 @dataclass
@@ -174,14 +159,6 @@ def _switch_s(timeline: Timeline, skip: int, shares: dict[str, float]) -> float:
     return (leave + _mean_span(timeline, "sync", skip) * shares["sync"]) / 2
 
 
-def _weight_sync_s(run: RecordedRun, timeline: Timeline, skip: int) -> float:
-    """Pause of a server loading weights: the publisher's own measure when the run recorded it
-    and some server got weights in rotation; else the idle time of such servers in the sync."""
-    idle = _sync_pause(timeline)
-    pauses = (run.weight_pause_s or [])[skip:] or run.weight_pause_s
-    return statistics.fmean(pauses) if idle > 0 and pauses else idle
-
-
 def _phase_share(timeline: Timeline, phase: str, units: float | None, skip: int) -> float:
     """With `units` compute units shared by the pool (SimConfig.compute_units): the share of a
     unit each busy worker had during `phase`, time-averaged over its spans (busy resources,
@@ -248,7 +225,7 @@ def fit_workload(run: RecordedRun, base: SimConfig | None = None) -> SimConfig:
         "prompt_tokens": max(1, round(run.prompt_tokens)),
         "turns": run.turns, "tool_latency_s": run.tool_latency_s,
         "switch_s": _switch_s(timeline, warmup, shares),
-        "weight_sync_s": _weight_sync_s(run, timeline, warmup) * shares["sync"],
+        "weight_sync_s": _sync_pause(timeline) * shares["sync"],
         "train_step_overhead_s": 0.0 if context else train_s,
         "steps": steps, "warmup_steps": warmup,
     }

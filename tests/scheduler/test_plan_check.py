@@ -133,19 +133,3 @@ def test_on_shared_cores_weight_loads_and_switches_stretch_and_the_fit_reads_who
     assert fitted.train_tokens_per_s == pytest.approx(truth.train_tokens_per_s, rel=0.15)
     blind = fit_workload(run, truth.model_copy(update={"compute_units": None}))  # the same run read as real GPUs
     assert blind.weight_sync_s > fitted.weight_sync_s * 1.3
-
-
-def test_the_weight_sync_cost_is_the_publishers_pause_not_a_server_idle_for_want_of_work(tmp_path):
-    import json
-
-    from seamless.scheduler.validate import fit_workload
-
-    layout = Layout("disaggregated", 2, 0, 2, 1)
-    run, _ = _recorded(tmp_path / "run", layout)
-    (tmp_path / "run" / "metrics.jsonl").write_text(
-        "\n".join(json.dumps({"step": i, "sync/paused_s": 0.02}) for i in range(5)) + "\n")
-    loaded = RecordedRun.from_run_dir(tmp_path / "run")
-    assert loaded.weight_pause_s == [0.02] * 5 and run.weight_pause_s is None
-    base = SimConfig(warmup_steps=1)
-    assert fit_workload(loaded, base).weight_sync_s == pytest.approx(0.02)
-    assert fit_workload(run, base).weight_sync_s != pytest.approx(0.02)  # without it: the timeline's idle time
