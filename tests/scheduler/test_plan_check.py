@@ -133,3 +133,15 @@ def test_on_shared_cores_weight_loads_and_switches_stretch_and_the_fit_reads_who
     assert fitted.train_tokens_per_s == pytest.approx(truth.train_tokens_per_s, rel=0.15)
     blind = fit_workload(run, truth.model_copy(update={"compute_units": None}))  # the same run read as real GPUs
     assert blind.weight_sync_s > fitted.weight_sync_s * 1.3
+
+
+def test_a_calibration_error_above_100_percent_still_gives_a_plan(tmp_path):
+    from seamless.scheduler.planner import Calibration, _leaders_under_error, predict
+
+    recipe = load_recipe(REPO / "recipes" / "grpo_tiny_cpu.yaml", ["rollout.batch_size=2", "cluster.sim.steps=3",
+                                                                   "cluster.sim.warmup_steps=1"])
+    workload = recipe.cluster.sim.model_copy(update={"response_median_tokens": 20.0, "max_response_tokens": 40})
+    run = lambda layout, w=workload: predict(layout, w, 8)  # noqa: E731
+    leaders = [run(lay) for lay in check_layouts(4, 1)[:2]]
+    lines = _leaders_under_error(leaders, workload, Calibration("x", 1.5, 0.1), run)  # 1 - 1.5 would be negative
+    assert len(lines) == 4 and "decode x0.40, train x0.40" in lines[0]
