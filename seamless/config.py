@@ -246,6 +246,13 @@ class ProxyConfig(Section):
     that many times fewer chunks; the price: with rollout.partial_rollout keep, up to N-1 tokens
     sampled just before a weight update arrive after it and are stamped with the new version (abort
     flushes them at the pause; under cluster.policy colocated no call spans an update)."""
+    derender: Literal["tools", "always"] = "tools"
+    """Which non-streaming chat answers take their message from vLLM's derender route (the proxy
+    reads every answer as a stream; vLLM's non-streaming tool and reasoning parsers differ from its
+    streaming ones). `tools`: calls that offer tools; without tools and without a reasoning parser
+    vLLM parses nothing, the streamed text is the answer, and a second request per call is saved.
+    `always`: every call, for servers started with a reasoning parser (`--reasoning-parser` in
+    rollout.extra_server_args requires it)."""
 
 
 class StoreConfig(Section):
@@ -706,6 +713,11 @@ class Recipe(Section):
                 f"cluster.policy {self.cluster.policy}: up to {self.proxy.stream_interval - 1} tokens sampled just "
                 "before a weight update would be stamped with the new version; set proxy.stream_interval: 1, "
                 "rollout.partial_rollout: abort, or cluster.policy: colocated")
+        if any(arg.startswith("--reasoning-parser") for arg in rollout.extra_server_args) \
+                and self.proxy.derender != "always":
+            raise ValueError(
+                "rollout.extra_server_args starts the servers with a reasoning parser, whose non-streaming "
+                "answers differ from the streamed text; set proxy.derender: always")
         if rollout.max_tokens >= self.model.max_model_len:
             raise ValueError(
                 f"rollout.max_tokens ({rollout.max_tokens}) leaves no room for a prompt within "

@@ -153,6 +153,11 @@ def test_gpu_layout_mistakes_fail_at_load_with_the_fix():
         _recipe_with(proxy={"stream_interval": 16}, cluster={"policy": "tagged"})
     assert _recipe_with(proxy={"stream_interval": 16}, cluster={"policy": "tagged"},
                         rollout={"partial_rollout": "abort"}).proxy.stream_interval == 16
+    # a reasoning parser answers differently streamed and not: every answer's message from vLLM's derender
+    with pytest.raises(ConfigError, match="reasoning parser.*set proxy.derender: always"):
+        _recipe_with(rollout={"extra_server_args": ["--reasoning-parser", "deepseek_r1"]})
+    assert _recipe_with(rollout={"extra_server_args": ["--reasoning-parser=qwen3"]},
+                        proxy={"derender": "always"}).proxy.derender == "always"
     with pytest.raises(ConfigError, match="float16 is not supported by the trainer"):
         _recipe_with(model={"dtype": "float16"})
     with pytest.raises(ConfigError, match=r"rollout.max_tokens \(600\) leaves no room.*max_model_len \(512\)"):

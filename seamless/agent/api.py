@@ -9,13 +9,12 @@ own supervised warm-start data as a `warmup` attribute (a `WarmupFn`), which
 
 from __future__ import annotations
 
-import functools
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 from seamless.agent.tasks import Task
+from seamless.services.http import tls_context
 
 
 AGENT_RETRIES = 6
@@ -63,7 +62,7 @@ class AgentContext:
         # agents' side about a millisecond of CPU each (scripts/bench_episodes.py); otherwise a
         # pool of its own (agents close it), but not a TLS context of its own: building one took
         # 32 ms of CPU per client here, 4 s of every 128-episode step of the tiny recipe
-        http = self.http or openai.DefaultAsyncHttpxClient(verify=_tls_context(), timeout=self.timeout_s)
+        http = self.http or openai.DefaultAsyncHttpxClient(verify=tls_context(), timeout=self.timeout_s)
         # a 503 from the proxy (its Redis stalled or restarting, no server up) means the call was
         # not recorded, so a retry is safe and lets the episode ride the outage out instead of
         # failing; a 409 (session finished) says not to retry (x-should-retry: false)
@@ -99,12 +98,7 @@ def shared_http_client(timeout_s: float) -> Any:
         async def close_pool(self) -> None:
             await super().aclose()
 
-    return SharedPool(verify=_tls_context(), timeout=timeout_s)
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    return ssl.create_default_context()
+    return SharedPool(verify=tls_context(), timeout=timeout_s)
 
 
 @dataclass(frozen=True, slots=True)

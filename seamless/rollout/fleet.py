@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from seamless.config import ModelConfig, RolloutConfig
 from seamless.cluster.devices import DeviceMap, DeviceSlot
 from seamless.errors import ConfigError, ServiceError
@@ -35,6 +33,7 @@ from seamless.rollout.server_metrics import read_metrics
 from seamless.rollout.switch import NO_SWITCH, MemorySwitch
 from seamless.rollout.transport import DiskTransport, PushPlan, RankTransport, WeightPusher, WeightTransport
 from seamless.rollout.weights import WeightSource
+from seamless.services.http import control_client
 from seamless.services.network import LOOPBACK, server_headers, server_key
 from seamless.services.vllm_server import VLLMServerOptions, cuda_available
 
@@ -376,7 +375,7 @@ class VLLMFleet:
         try:
             if not ray.get(server.actor.alive.remote(), timeout=10):
                 return False
-            return httpx.get(f"{server.url}/health", timeout=5, headers=server_headers()).status_code == 200
+            return control_client().get(f"{server.url}/health", timeout=5, headers=server_headers()).status_code == 200
         except Exception:  # RayActorError, timeouts, refused connections: all mean not serving
             return False
 

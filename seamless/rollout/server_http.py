@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from seamless.errors import ServiceError
+from seamless.services.http import control_client
 from seamless.services.network import server_headers
 
 
@@ -22,7 +23,7 @@ def post_each(urls: Sequence[str], path: str, json: dict[str, Any] | None = None
 
     def one(url: str) -> httpx.Response:
         try:
-            response = httpx.post(url + path, json=json, params=params, timeout=timeout_s, headers=headers)
+            response = control_client().post(url + path, json=json, params=params, timeout=timeout_s, headers=headers)
         except httpx.HTTPError as exc:
             raise ServiceError(f"server {url} did not answer POST {path}: {exc!r}") from exc
         if response.status_code != 200:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import httpx
 
+from seamless.services.http import control_client
 from seamless.services.network import server_headers
 
 
 def read_metrics(url: str, timeout_s: float = 5.0) -> dict[str, float]:
     """Each metric name → its value summed over label sets; {} when the server does not answer."""
     try:
-        text = httpx.get(f"{url}/metrics", timeout=timeout_s, headers=server_headers()).text
+        text = control_client().get(f"{url}/metrics", timeout=timeout_s, headers=server_headers()).text
     except httpx.HTTPError:
         return {}
     values: dict[str, float] = {}

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from seamless.errors import ServiceError
+from seamless.services.http import control_client
 from seamless.services.watchdog import proc_stat
 
 LOG_TAIL_LINES = 40
@@ -41,7 +42,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def http_ok(url: str, timeout_s: float = 2.0, headers: dict[str, str] | None = None) -> bool:
     """True when GET `url` answers 200 (a service's health route); False while it cannot connect."""
     try:
-        return httpx.get(url, timeout=timeout_s, headers=headers).status_code == 200
+        return control_client().get(url, timeout=timeout_s, headers=headers).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from seamless.rollout.server_http import post_each
+from seamless.services.http import control_client
 
 Named = list[tuple[str, torch.Tensor]]
 
@@ -190,12 +191,10 @@ def module_source(module: torch.nn.Module, stage3: bool) -> Any:
 
 
 def server_world_size(url: str) -> int:
-    import httpx
-
     from seamless.services.network import server_headers
 
-    response = httpx.get(f"{url}/get_world_size", params={"include_dp": "false"}, timeout=30,
-                         headers=server_headers())
+    response = control_client().get(f"{url}/get_world_size", params={"include_dp": "false"}, timeout=30,
+                                    headers=server_headers())
     response.raise_for_status()
     return int(response.json()["world_size"])
 
