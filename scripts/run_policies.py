@@ -5,12 +5,23 @@ simulator to every run and set its numbers beside the measured ones.
     flock /tmp/seamless-heavy.lock .venv/bin/python scripts/run_policies.py [--steps 4] [--out runs/policies]
     .venv/bin/python scripts/run_policies.py --compare-only runs/policies/*/   # re-fit recorded runs
     flock /tmp/seamless-heavy.lock .venv/bin/python scripts/run_policies.py --measure-switch
+    flock /tmp/seamless-heavy.lock .venv/bin/python scripts/run_policies.py --plan-check RECIPE [--steps 8] [--out DIR]
 
 Each case is one `seamless run` of a recipe in recipes/policies/ (a process of its own, so every
 run starts and stops its own Ray, Redis, proxy, servers and trainer). Each run folder gets
 timeline.json, timeline.png, recorded_run.json and summary.json; the scheduler's metrics are in
 its metrics.jsonl (and W&B). Printed per policy: steps, wall time of the RL loop, trained tokens/s,
 bubble ratio, role switches, and the simulator's bubble ratio and tokens/s on the fitted workload.
+
+--plan-check RECIPE (issue 19's measured check of `seamless plan`) runs RECIPE once per layout of
+the planner's own candidates on --gpus GPUs (scheduler/plan_check.check_layouts; by default only
+the highest staleness of each policy and split, colocated at 0: 8 layouts on 4 GPUs for staleness
+1, instead of 14; --every-staleness runs them all). The recipe's supervised warm-up runs once and
+every case starts from its weights. Then the planner, calibrated from ONE of the runs
+(--calibrate-from; default the recipe's own layout), ranks the same layouts, and one table sets
+measured tokens/s (steps after cluster.sim.warmup_steps) beside predicted, with both ranks and the
+verdict: is the planner's pick the measured best or within --within (10%) of it. Finished case
+folders under --out are reused, so a re-run after a change to the planner re-plans only.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,17 +42,25 @@ CASES = {"colocated": "colocated.yaml", "disaggregated-sync": "disaggregated_syn
          "disaggregated-async": "disaggregated_async.yaml", "tagged": "tagged.yaml"}
 
 
-def run_case(name: str, out: Path, steps: int, extra: list[str]) -> Path:
-    """One `seamless run`; returns its run folder."""
+def run_case(name: str, out: Path, steps: int, extra: list[str], recipe: Path | None = None,
+             timeout_s: float | None = None) -> Path:
+    """One `seamless run` (of recipes/policies/CASES[name] unless `recipe`); returns its run folder."""
     run_dir = out / name
     if run_dir.exists():
         raise SystemExit(f"{run_dir} exists; pick another --out or remove it")
-    cmd = [sys.executable, "-m", "seamless.cli", "run", str(REPO / "recipes" / "policies" / CASES[name]),
+    recipe = recipe or REPO / "recipes" / "policies" / CASES[name]
+    cmd = [sys.executable, "-m", "seamless.cli", "run", str(recipe),
            f"trainer.total_steps={steps}", f"trainer.checkpoint_every={steps}", *extra, "--run-dir", str(run_dir)]
     print(f"== {name}: {' '.join(cmd[2:])}", flush=True)
     started = time.monotonic()
     with open(out / f"{name}.log", "w") as log:
-        code = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            code = child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:  # Ctrl-C: the run stops its services itself
+            child.send_signal(signal.SIGINT)
+            child.wait(timeout=120)
+            code = f"timeout after {timeout_s:.0f} s"
     print(f"   exit {code} after {time.monotonic() - started:.0f} s (log: {out / f'{name}.log'})", flush=True)
     if code != 0:
         raise SystemExit(f"{name} failed; see {out / f'{name}.log'}")
@@ -145,6 +165,100 @@ def measure_switch(out: Path) -> None:
           f"{min(unparks) * 1e3:.0f}-{max(unparks) * 1e3:.0f} ms over {len(parks)} round trips")
 
 
+# --- --plan-check: every layout for real, then the planner calibrated from one of them ----------
+
+def slug(layout) -> str:
+    """A folder name for a layout: tagged-3b1r-s1 (t: train only, b: both, r: rollout only)."""
+    counts = "".join(f"{n}{c}" for n, c in ((layout.train, "t"), (layout.dual, "b"), (layout.rollout, "r")) if n)
+    return f"{layout.policy}-{counts}-s{layout.staleness}"
+
+
+def warm_start(recipe_path: Path, overrides: list[str], out: Path) -> list[str]:
+    """The recipe's supervised warm-up, run once (bench_e2e's, exported as a Hugging Face folder):
+    the overrides that start every case from its weights, so no case pays or varies it."""
+    import importlib.util
+
+    from seamless.config import load_recipe
+
+    recipe = load_recipe(recipe_path, overrides)
+    if recipe.trainer.sft_warmup.steps == 0 or recipe.model.path:
+        return []
+    folder = out / "warm"
+    if not (folder / "config.json").exists():
+        spec = importlib.util.spec_from_file_location("bench_e2e", REPO / "scripts" / "bench_e2e.py")
+        bench = sys.modules["bench_e2e"] = importlib.util.module_from_spec(spec)  # its dataclasses look it up
+        spec.loader.exec_module(bench)
+        folder, note = bench.warm_up(recipe, out)
+        print(f"warm start: {note}", flush=True)
+    return [f"model.path={folder}", "trainer.sft_warmup.steps=0"]
+
+
+def plan_check(args) -> int:
+    """Run every checked layout of args.plan_check (reusing finished ones), then judge the planner."""
+    from seamless.config import load_recipe
+    from seamless.scheduler.plan_check import check_layouts, format_check, judge, layout_of, measured_tokens_per_s
+    from seamless.scheduler.planner import make_plan
+
+    recipe_path, out = Path(args.plan_check).resolve(), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = [*args.overrides, *warm_start(recipe_path, args.overrides, out)]
+    recipe = load_recipe(recipe_path, overrides)
+    max_stale = int(getattr(recipe.algorithm, "max_staleness", 1))
+    layouts = check_layouts(args.gpus, max_stale, args.every_staleness)
+    own = layout_of(recipe.cluster) if recipe.cluster.num_gpus == args.gpus else None
+    if own in layouts:  # the recipe's own layout first: the default to calibrate from
+        layouts.remove(own)
+        layouts.insert(0, own)
+    if args.layouts:  # a subset the CPU budget allows (named in the output)
+        unknown = set(args.layouts) - {slug(lay) for lay in layouts}
+        if unknown:
+            raise SystemExit(f"--layouts {sorted(unknown)}: not among {[slug(lay) for lay in layouts]}")
+        layouts = [lay for lay in layouts if slug(lay) in args.layouts]
+    layouts = layouts[:args.limit] if args.limit else layouts
+    print(f"plan check: {recipe_path.name} on {args.gpus} GPUs, {len(layouts)} layouts "
+          f"({'every staleness' if args.every_staleness else f'staleness {max_stale} only, colocated 0'}), "
+          f"{args.steps} steps each", flush=True)
+    seconds = {}
+    for layout in layouts:
+        if (out / slug(layout) / "summary.json").is_file():
+            continue
+        if (out / slug(layout)).exists():  # an unfinished try: kept aside, not reused
+            (out / slug(layout)).rename(out / f"{slug(layout)}.unfinished-{time.strftime('%H%M%S')}")
+        started = time.monotonic()
+        run_case(slug(layout), out, args.steps, [*overrides, *layout.overrides()], recipe_path, args.case_timeout)
+        seconds[slug(layout)] = round(time.monotonic() - started)
+    warmup = recipe.cluster.sim.warmup_steps
+    measured = {lay: measured_tokens_per_s(out / slug(lay), warmup)[0] for lay in layouts}
+    calibrate = next((lay for lay in layouts if slug(lay) == args.calibrate_from), layouts[0])
+    plan = make_plan(recipe, args.gpus, run_dir=out / slug(calibrate))
+    result = judge(measured, plan, calibrate, args.within)
+    units = recipe.cluster.sim.compute_units
+    title = (f"{recipe_path.name}, {args.gpus} logical GPUs, {args.steps} steps a layout (measured over the "
+             f"steps after the first {warmup}); planner calibrated from {slug(calibrate)} "
+             f"(its sim error there: {plan.calibration.tokens_per_s_error:.0%} tokens/s); simulator: "
+             + (f"the GPUs share {units:g} compute units" if units else "every GPU computes on its own"))
+    unmeasured = "" if plan.best.layout in measured else " -- NOT measured here"
+    took = f"{min(seconds.values())}-{max(seconds.values())} s a case, {sum(seconds.values()) / 60:.1f} min" \
+        if seconds else "reused"
+    text = (format_check(result, title) + f"\nthe planner's pick among all its {len(plan.ranked)} candidates: "
+            f"{plan.best.layout.label()} ({plan.best.tokens_per_s:,.1f} tokens/s predicted){unmeasured}"
+            f"\nruns: {took}")
+    if args.every_calibration:  # the same verdict from each recorded run in turn: how much hangs on which
+        for source in layouts:
+            other = judge(measured, make_plan(recipe, args.gpus, run_dir=out / slug(source)), source, args.within)
+            text += (f"\n  calibrated from {slug(source):<22} pick {slug(other.pick.layout):<22} within "
+                     f"{other.shortfall:4.0%} of best: {'PASS' if other.passed else 'FAIL'}")
+    print(text, flush=True)
+    (out / f"plan_check{args.tag}.txt").write_text(text + "\n")
+    (out / f"plan_check{args.tag}.json").write_text(json.dumps({
+        "recipe": str(recipe_path), "steps": args.steps, "warmup_steps": warmup, "case_seconds": seconds,
+        "calibrated_from": slug(calibrate), "passed": result.passed, "shortfall": result.shortfall,
+        "rows": [{"layout": slug(r.layout), "measured": r.measured, "predicted": r.predicted,
+                  "measured_rank": r.measured_rank, "planner_rank": r.planner_rank} for r in result.rows],
+        "plan": plan.to_json()}, indent=1))
+    return 0 if result.passed else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(REPO / "runs" / f"policies-{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -154,6 +268,18 @@ def main() -> int:
     parser.add_argument("--compare-only", nargs="*", metavar="RUN_DIR",
                         help="skip running; fit and compare these run folders (named by their folder)")
     parser.add_argument("--measure-switch", action="store_true", help="time stop+start against park+unpark")
+    parser.add_argument("--plan-check", metavar="RECIPE", help="run every planner layout of RECIPE; judge the plan")
+    parser.add_argument("--gpus", type=int, default=4, help="--plan-check: the pool's GPUs (logical on CPU)")
+    parser.add_argument("--every-staleness", action="store_true", help="--plan-check: every staleness, not the max")
+    parser.add_argument("--layouts", nargs="*", metavar="SLUG", help="--plan-check: only these (e.g. colocated-4b-s0)")
+    parser.add_argument("--limit", type=int, help="--plan-check: only the first N layouts (a smoke test)")
+    parser.add_argument("--calibrate-from", metavar="SLUG", help="--plan-check: the case to calibrate from "
+                        "(e.g. tagged-2b2r-s1; default: the recipe's own layout, else the first)")
+    parser.add_argument("--every-calibration", action="store_true",
+                        help="--plan-check: also the verdict calibrated from each run in turn")
+    parser.add_argument("--tag", default="", help="--plan-check: suffix of plan_check.txt/.json (e.g. -units)")
+    parser.add_argument("--within", type=float, default=0.1, help="--plan-check: pick's allowed shortfall")
+    parser.add_argument("--case-timeout", type=float, default=600, help="--plan-check: seconds a case may run")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="passed to every run")
     args = parser.parse_args()
     out = Path(args.out)
@@ -161,6 +287,8 @@ def main() -> int:
     if args.measure_switch:
         measure_switch(out / "switch")
         return 0
+    if args.plan_check:
+        return plan_check(args)
     if args.compare_only:
         run_dirs = {Path(d).name: Path(d) for d in args.compare_only}
     else:

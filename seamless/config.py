@@ -535,6 +535,11 @@ class SimConfig(Section):
     """Cost of one role switch on a GPU (vLLM sleep or wake, trainer state offload or load)."""
     seed: int = 0
     """Seed of the length and latency draws; same seed, same numbers."""
+    compute_units: float | None = Field(None, gt=0)
+    """Unset: every GPU computes on its own (real accelerators). Set on a CPU test bed, whose
+    logical GPUs share this many cores (cluster.num_cpus): each busy worker (a rollout server
+    with sequences, a trainer rank, a server loading weights or switching roles) then runs at
+    min(1, compute_units / busy workers) of its speed, so more workers than cores add no speed."""
 
     @model_validator(mode="after")
     def _warmup_before_end(self) -> SimConfig:

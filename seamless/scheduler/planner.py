@@ -211,10 +211,11 @@ def _calibrated(recipe: Recipe, run_dir: Path) -> tuple[SimConfig, float, int | 
 
 def _leaders_under_error(leaders: list[Prediction], workload: SimConfig, calibration: Calibration, run) -> list[str]:
     """Re-rank the leaders with decode and training speeds each moved by the calibration error
-    (four corners): which layout leads in each."""
+    (four corners: times or divided by 1 + error): which layout leads in each."""
     e = max(calibration.tokens_per_s_error, 0.01)
+    slow = 1 / (1 + e)  # not 1 - e: an error above 100% would make a speed negative (the sim never ends)
     out = []
-    for decode, train in ((1 - e, 1 - e), (1 - e, 1 + e), (1 + e, 1 - e), (1 + e, 1 + e)):
+    for decode, train in ((slow, slow), (slow, 1 + e), (1 + e, slow), (1 + e, 1 + e)):
         moved = workload.model_copy(update={"decode_tokens_per_s": workload.decode_tokens_per_s * decode,
                                             "train_tokens_per_s": workload.train_tokens_per_s * train})
         best = max((run(p.layout, moved) for p in leaders), key=lambda p: p.tokens_per_s)

@@ -10,6 +10,10 @@ around them is modeled here:
 - prefill is charged as decode-token equivalents, again when a sequence moves to another server;
 - a step takes train_step_overhead_s + tokens / (train_tokens_per_s * trainer GPUs);
 - a role switch costs switch_s; servers without a trainer rank beside them pause weight_sync_s;
+- with compute_units set (a CPU test bed: logical GPUs on shared cores), every busy worker (a
+  server decoding, a trainer rank, a server loading weights or switching) runs at
+  min(1, compute_units / busy workers) of its speed (training and decoding follow the share as
+  it changes; a switch or weight load takes the share as it is when it starts);
 - optionally an episode spends `episode_overhead_s` outside any LLM call (half before its first
   call, half after its last: the harness creating the session, scoring, finishing), holding no GPU,
   and at most `agent_concurrency` episodes run at once (the agent runner's limit; others wait).
@@ -129,6 +133,12 @@ class Simulation:
         self.completion_lengths: list[int] = []
         self.step_context_tokens: list[int] = [0]
         self._prefill_units = workload.decode_tokens_per_s / workload.prefill_tokens_per_s
+        self._share = 1.0  # of a compute unit each busy worker gets (compute_units)
+        self._training = 0  # trainer ranks computing now
+        self._loading = 0  # servers switching roles or loading weights now
+        self._train_left = 0.0  # seconds of the running step's training left, at a whole unit
+        self._train_since = 0.0
+        self._train_gen = 0  # the train_end event that still counts
         for rid, role in self.state.roles.items():
             if role is Role.ROLLOUT:
                 self._serve(rid)
@@ -152,8 +162,29 @@ class Simulation:
 
     def _rate(self, server: _Server) -> float:
         # a GPU kind of another speed (cluster.resources.N.speed) decodes and prefills that much faster
-        speed = self.policy.pool[server.rid].speed
+        speed = self.policy.pool[server.rid].speed * self._share
         return speed * self.w.decode_tokens_per_s / (len(server.finish) + self.w.half_load_concurrency)
+
+    def _reshare(self) -> None:
+        """With compute_units: the share of a unit each busy worker gets now; when it changed,
+        every decoding server goes on at its new rate."""
+        if self.w.compute_units is None:
+            return
+        busy = self._training + self._loading + sum(1 for s in self.servers if s.finish and not s.paused)
+        share = min(1.0, self.w.compute_units / max(busy, 1))
+        if share == self._share:
+            return
+        for server in self.servers:
+            server.advance(self.now, self._rate(server))
+        if self._training:
+            self._train_left -= (self.now - self._train_since) * self._share
+            self._train_since = self.now
+        self._share = share
+        for server in self.servers:
+            if server.finish and not server.paused:
+                self._schedule(server)
+        if self._training:
+            self._schedule_train()
 
     # ---- episodes ---------------------------------------------------------------------------
 
@@ -256,16 +287,22 @@ class Simulation:
 
     def _changed(self, server: _Server) -> None:
         """After the set of running sequences changed: reschedule, re-rank, record busy/idle."""
-        server.gen += 1
+        server.gen += 1  # its pending event, if any, is stale
         running = len(server.finish)
         if server.serving:
             heapq.heappush(self._load, (running, server.rid))
         self.timeline.set(self.now, server.rid, busy=running > 0 and not server.paused)
         if running and not server.paused:
-            while server.heap[0][1] not in server.finish or server.finish[server.heap[0][1]] != server.heap[0][0]:
-                heapq.heappop(server.heap)  # lazily drop sequences that moved away
-            eta = (server.heap[0][0] - server.progress) / self._rate(server)
-            self._at(self.now + max(0.0, eta), "server", server.rid * (1 << 32) + server.gen)
+            self._schedule(server)
+        self._reshare()
+
+    def _schedule(self, server: _Server) -> None:
+        """The event of the server's next finishing sequence, at its current rate."""
+        server.gen += 1
+        while server.heap[0][1] not in server.finish or server.finish[server.heap[0][1]] != server.heap[0][0]:
+            heapq.heappop(server.heap)  # lazily drop sequences that moved away
+        eta = (server.heap[0][0] - server.progress) / self._rate(server)
+        self._at(self.now + max(0.0, eta), "server", server.rid * (1 << 32) + server.gen)
 
     def _on_server(self, arg: int) -> None:
         rid, gen = divmod(arg, 1 << 32)
@@ -333,11 +370,12 @@ class Simulation:
         self._staleness.append([plan.step - 1 - ep.start_step for ep in self._batch])
         self.step_tokens.append(sum(ep.generated for ep in self._batch))
         self.step_context_tokens.append(sum(ep.context for ep in self._batch))
+        self._loading += len(plan.leave_rollout)
         for rid in plan.leave_rollout:
             self._unserve(rid)
         switching = bool(plan.leave_rollout)
         self.timeline.begin_phase(self.now, "switch" if switching else "train", plan.step)
-        self._at(self.now + (self.w.switch_s if switching else 0.0), "train_start")
+        self._at(self.now + (self.w.switch_s / self._share if switching else 0.0), "train_start")
 
     def _on_train_start(self, _: int) -> None:
         plan = self._plan
@@ -345,13 +383,24 @@ class Simulation:
         self.timeline.begin_phase(self.now, "train", plan.step)
         for rid in plan.train:
             self.timeline.set(self.now, rid, role=Role.TRAIN, busy=True)
+        self._loading -= len(plan.leave_rollout)
+        self._training = len(plan.train)
         tokens = sum(ep.context for ep in self._batch)
         # data-parallel ranks split the batch evenly and wait for the slowest (mixed GPU kinds)
         slowest = min(self.policy.pool[rid].speed for rid in plan.train)
-        duration = self.w.train_step_overhead_s + tokens / (self.w.train_tokens_per_s * len(plan.train) * slowest)
-        self._at(self.now + duration, "train_end")
+        # seconds of training at a whole unit each; on shared cores it runs at the share of the moment
+        self._train_left = self.w.train_step_overhead_s + tokens / (self.w.train_tokens_per_s * len(plan.train) * slowest)
+        self._train_since = self.now
+        self._reshare()
+        self._schedule_train()
 
-    def _on_train_end(self, _: int) -> None:
+    def _schedule_train(self) -> None:
+        self._train_gen += 1
+        self._at(self.now + self._train_left / self._share, "train_end", self._train_gen)
+
+    def _on_train_end(self, gen: int) -> None:
+        if gen != self._train_gen:
+            return  # rescheduled: the share changed while it trained
         plan = self._plan
         assert plan is not None
         self.timeline.begin_phase(self.now, "sync", plan.step)
@@ -361,13 +410,18 @@ class Simulation:
         targets = self.state.sync_targets(roles_after)
         returning = [rid for rid, role in roles_after.items()
                      if role is Role.ROLLOUT and not self.servers[rid].serving]
+        self._training = 0
+        self._loading += len(targets) + len(returning)
         for rid in targets:
-            self._pause(rid, True)
-            self._at(self.now + self.w.weight_sync_s, "resume", rid)
+            self._pause(rid, True)  # reshares: the loads count from now
+        self._reshare()
+        sync_s, switch_s = self.w.weight_sync_s / self._share, self.w.switch_s / self._share
+        for rid in targets:
+            self._at(self.now + sync_s, "resume", rid)
         for rid in returning:
             self.timeline.set(self.now, rid, role=Role.SWITCHING)
-            self._at(self.now + self.w.switch_s, "rejoin", rid)
-        wait = max([self.w.weight_sync_s] * bool(targets) + [self.w.switch_s] * bool(returning) + [0.0])
+            self._at(self.now + switch_s, "rejoin", rid)
+        wait = max([sync_s] * bool(targets) + [switch_s] * bool(returning) + [0.0])
         self._roles_after = roles_after
         self._at(self.now + wait, "sync_done")
 
@@ -378,9 +432,11 @@ class Simulation:
         self._changed(server)
 
     def _on_resume(self, rid: int) -> None:
+        self._loading -= 1
         self._pause(rid, False)
 
     def _on_rejoin(self, rid: int) -> None:
+        self._loading -= 1
         self._serve(rid)
 
     def _on_sync_done(self, _: int) -> None:

@@ -148,15 +148,35 @@ def _sync_pause(timeline: Timeline) -> float:
     return statistics.fmean(pauses) if pauses else 0.0
 
 
-def _switch_s(timeline: Timeline, skip: int) -> float:
+def _switch_s(timeline: Timeline, skip: int, shares: dict[str, float]) -> float:
     """Seconds of one role switch. The simulator charges switch_s when resources leave rollout
     and again when they rejoin it (its sync phase lasts that long when no server loads weights
     over the network); the real rejoin is part of the sync span, so with no network targets the
-    two spans are averaged."""
-    leave = _mean_span(timeline, "switch", skip)
+    two spans are averaged. Each span is scaled to a whole compute unit (`shares`)."""
+    leave = _mean_span(timeline, "switch", skip) * shares["switch"]
     if _sync_pause(timeline) > 0 or leave == 0:
         return leave
-    return (leave + _mean_span(timeline, "sync", skip)) / 2
+    return (leave + _mean_span(timeline, "sync", skip) * shares["sync"]) / 2
+
+
+def _phase_share(timeline: Timeline, phase: str, units: float | None, skip: int) -> float:
+    """With `units` compute units shared by the pool (SimConfig.compute_units): the share of a
+    unit each busy worker had during `phase`, time-averaged over its spans (busy resources,
+    resources switching, and in a sync the rollout servers idle while they load weights); 1.0
+    without units."""
+    if units is None:
+        return 1.0
+    worked = total = 0.0
+    for span in [p for p in timeline.phases if p.name == phase][skip:]:
+        cuts = sorted({span.start, span.end} | {t for seg in timeline.segments for t in (seg.start, seg.end)
+                                                 if span.start < t < span.end})
+        for a, b in zip(cuts, cuts[1:]):
+            mid = (a + b) / 2
+            busy = sum(1 for seg in timeline.segments if seg.start <= mid < seg.end and (
+                seg.busy or seg.role is Role.SWITCHING or (phase == "sync" and seg.role is Role.ROLLOUT)))
+            worked += (b - a) * min(1.0, units / max(busy, 1))
+            total += b - a
+    return worked / total if total else 1.0
 
 
 def _calibrate_decode(run: RecordedRun, workload: SimConfig) -> SimConfig:
@@ -194,7 +214,9 @@ def fit_workload(run: RecordedRun, base: SimConfig | None = None) -> SimConfig:
     logs = [math.log(max(1, n)) for n in run.completion_lengths]
     steps = len([p for p in timeline.phases if p.name == "train"]) or 1
     warmup = min(base.warmup_steps, steps - 1)
-    train_s = _mean_span(timeline, "train", warmup)
+    # on shared cores, spans seen while other workers ran are scaled to a whole unit of compute
+    shares = {name: _phase_share(timeline, name, base.compute_units, warmup) for name in ("switch", "train", "sync")}
+    train_s = _mean_span(timeline, "train", warmup) * shares["train"]
     context = statistics.fmean(run.step_context_tokens) if run.step_context_tokens else 0.0
     fitted = {
         "response_median_tokens": math.exp(statistics.fmean(logs)),
@@ -202,8 +224,8 @@ def fit_workload(run: RecordedRun, base: SimConfig | None = None) -> SimConfig:
         "max_response_tokens": max(run.completion_lengths),
         "prompt_tokens": max(1, round(run.prompt_tokens)),
         "turns": run.turns, "tool_latency_s": run.tool_latency_s,
-        "switch_s": _switch_s(timeline, warmup),
-        "weight_sync_s": _sync_pause(timeline),
+        "switch_s": _switch_s(timeline, warmup, shares),
+        "weight_sync_s": _sync_pause(timeline) * shares["sync"],
         "train_step_overhead_s": 0.0 if context else train_s,
         "steps": steps, "warmup_steps": warmup,
     }
