@@ -65,7 +65,8 @@ def main() -> int:
                      f"cluster.resources={resources}", *args.overrides]
         if args.sockets_at_step is not None:
             snapshot = threading.Thread(target=_when, daemon=True, args=(
-                lambda: _logged_step(run_dir) >= args.sockets_at_step, _write_listening, run_dir / "listening.json"))
+                lambda: _logged_step(run_dir) >= args.sockets_at_step, finished, _write_listening,
+                run_dir / "listening.json"))
         else:
             snapshot = threading.Timer(args.sockets_after_s, _write_listening, (run_dir / "listening.json",))
             snapshot.daemon = True
@@ -80,14 +81,17 @@ def main() -> int:
         finished.set()
         if isinstance(snapshot, threading.Timer):
             snapshot.cancel()
+        snapshot.join(timeout=120)  # a listing under way finishes writing
         print(f"seamless run exited {code} after {time.monotonic() - started:.0f} s", flush=True)
     _report(run_dir)
     return code
 
 
-def _when(condition, action, *args) -> None:
+def _when(condition, finished: threading.Event, action, *args) -> None:
+    """`action(*args)` once `condition()` holds, unless the run finishes first."""
     while not condition():
-        time.sleep(0.5)
+        if finished.wait(0.5):
+            return
     action(*args)
 
 
@@ -133,7 +137,10 @@ def _kill_and_readd(nodes, when, readd_after_s: float, finished: threading.Event
 
 def _write_listening(path: Path) -> None:
     """Every TCP socket that a process of this run (this one and its descendants: Ray's nodes, the
-    proxy, Redis, the servers, the trainer ranks) listens on, with the process's name."""
+    proxy, Redis, the servers, the trainer ranks) listens on, with the process's name; each one
+    beyond 127.0.0.1 called without a key, and what it answered (`refused`: nothing without one)."""
+    from seamless.cluster.exposure import answers_without_a_key, listening_beyond_loopback
+
     me = psutil.Process()
     rows = []
     for process in [me, *me.children(recursive=True)]:
@@ -145,8 +152,17 @@ def _write_listening(path: Path) -> None:
                                  "process": name})
         except psutil.Error:
             continue
+    # a socket on every interface is reached at the trainer node's address (all of them are here)
+    probed = {target: answers_without_a_key(target) for target, _ in listening_beyond_loopback("127.0.0.2")}
+    for row in rows:
+        host = "127.0.0.2" if row["address"] in ("::", "0.0.0.0") else row["address"].removeprefix("::ffff:")
+        target = f"{host}:{row['port']}"
+        if target in probed:
+            row["without_key"] = probed[target] or "refused"
+    open_ones = [r for r in rows if r.get("without_key", "refused") != "refused"]
     path.write_text(json.dumps(sorted(rows, key=lambda r: (r["address"], r["process"])), indent=1))
-    print(f"listening sockets: {path} ({len(rows)})", file=sys.stderr, flush=True)
+    print(f"listening sockets: {path} ({len(rows)}; {len(probed)} beyond 127.0.0.1, "
+          f"{len(open_ones)} of them answer without a key)", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ step boundary (the loop's `on_step` hook, so nothing depends on timing) one roll
 is killed, as when its machine dies, and a new node with the same label joins. Checked: the run
 goes on and finishes; the lost server leaves the proxy; the new node gets a server that warms up,
 loads the current weights and joins the proxy; the events are on the timeline and in the metrics;
-and the trainer's stream shows every finished episode trained exactly once, none lost.
+and the trainer's stream shows every finished episode trained exactly once, none lost. While it
+trains, nothing of the run listens beyond loopback without a key.
 
 One run for both halves keeps the added CI time to one vLLM restart (about a minute here) on top of
 a short three-node run."""
@@ -23,6 +24,7 @@ from seamless.cluster.local_nodes import LocalNodes
 from seamless.config import load_recipe
 from seamless.run.folders import create_run_dir
 from seamless.run.loop import run
+from seamless.cluster.exposure import answers_without_a_key, listening_beyond_loopback
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -68,7 +70,10 @@ def test_a_node_lost_and_one_added_mid_run_lose_and_train_twice_no_episode(three
 
     def on_step(step: int, parts) -> None:
         fleet = parts.fleet
-        if step == KILL_AT:  # a step boundary: kill the last rollout node, then a fresh node joins
+        if step == 1:  # every socket beyond 127.0.0.1 (node addresses, "::") of every process of the run
+            exposed = listening_beyond_loopback(host_for_any="127.0.0.2")
+            seen["exposed"] = {target: (name, answers_without_a_key(target)) for target, name in exposed}
+        elif step == KILL_AT:  # a step boundary: kill the last rollout node, then a fresh node joins
             victim = three_nodes.nodes[-1]
             seen["lost_url"] = next(u for u in fleet.servers().values() if urlsplit(u).hostname == victim.ip)
             three_nodes.remove(victim)
@@ -85,6 +90,12 @@ def test_a_node_lost_and_one_added_mid_run_lose_and_train_twice_no_episode(three
             seen["version"] = fleet.version
 
     summary = run(recipe, run_dir, on_step=on_step)
+
+    # beyond loopback: the vLLM servers (their key), Ray's raylets and workers (its token); the
+    # trainer's store and gloo (no key) on loopback, its rank on one node
+    assert seen["exposed"] and all(answer is None for _, answer in seen["exposed"].values()), seen["exposed"]
+    names = " ".join(name for name, _ in seen["exposed"].values())
+    assert "vllm_guard" in names and "raylet" in names and "TrainWorker" in names, seen["exposed"]
 
     # the run went on to the end, and the lost server left the proxy; the new one joined it
     assert summary["steps"] == TOTAL_STEPS

@@ -1,7 +1,11 @@
 import os
 
 import psutil
+import pytest
 import ray
+
+from seamless.cluster.ray_cluster import check_token_auth
+from seamless.errors import ConfigError
 
 
 # an actor with num_gpus holds a whole CPU unless told otherwise; 2 CPUs would fit only 2 actors
@@ -32,3 +36,12 @@ def test_local_ray_listens_only_on_loopback(ray_cluster):
             continue
     assert listening, "found no Ray process listening at all"
     assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip in listening), listening
+
+
+def test_joining_a_cluster_beyond_loopback_needs_rays_token_auth():
+    for local in ("127.0.0.1:6379", "127.0.0.3:6379", "[::1]:6379", "localhost:6379"):
+        check_token_auth(local, token_mode=False)  # a cluster on this machine only
+    check_token_auth("10.0.0.1:6379", token_mode=True)
+    for remote in ("10.0.0.1:6379", "[fd00::1]:6379", "head.example.org:6379"):
+        with pytest.raises(ConfigError, match="RAY_AUTH_MODE=token"):
+            check_token_auth(remote, token_mode=False)

@@ -1,7 +1,8 @@
 """Several Ray nodes on one machine (seamless.cluster.local_nodes): each node on its own loopback
 address stands for a machine of a real cluster. Placement follows the labels and custom resources
 of cluster.resources across nodes, and a rollout server on another node binds that node's address,
-requires its key, and is registered with the proxy under the URL Ray reports for that node."""
+requires its key, and is registered with the proxy under the URL Ray reports for that node. Ray's own
+sockets beyond loopback answer nothing without the cluster's token."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from seamless.rollout import ProxyAdmin, VLLMFleet
 from seamless.scheduler.placement import RayPlacement
 from seamless.scheduler.resources import ResourcePool
 from seamless.services.network import SERVER_KEY_ENV
+from seamless.cluster.exposure import answers_without_a_key, listening_beyond_loopback
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +82,26 @@ def test_placement_that_no_node_offers_fails_naming_the_keys(nodes):
     with pytest.raises(ConfigError, match=f"{GPU_LABEL}=A100"):
         placement.reserve(no_such_kind)
     placement.close()
+
+
+def test_rays_sockets_beyond_loopback_answer_nothing_without_the_token(nodes):
+    _, _, rollout_node = nodes
+    strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(rollout_node.node_id, soft=False)
+    worker = _Resident.options(scheduling_strategy=strategy).remote()  # a worker process on that node
+    try:
+        assert ray.get(worker.where.remote()) == "127.0.0.3"
+        exposed = listening_beyond_loopback(host_for_any="127.0.0.3")
+        names = " | ".join(name for _, name in exposed)
+        assert "raylet" in names and "_Resident" in names, exposed
+        assert {target: answers_without_a_key(target) for target, _ in exposed} == {t: None for t, _ in exposed}
+    finally:
+        ray.kill(worker)
+
+
+@ray.remote(num_cpus=0)
+class _Resident:
+    def where(self) -> str:
+        return ray.util.get_node_ip_address()
 
 
 @pytest.mark.vllm

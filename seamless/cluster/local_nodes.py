@@ -6,7 +6,8 @@ for a node's network address, with its own raylet, logical GPUs, labels and cust
 Code that asks Ray where it runs (`ray.util.get_node_ip_address()`) gets that address, so a
 service bound to "its node" binds it and registers it, exactly as on a real cluster, while every
 byte stays on this machine. A node can be removed (its raylet killed, as when a machine dies) and
-added again mid-run.
+added again mid-run. Ray's token authentication is on, as on a real cluster (`require_token_auth`):
+the nodes' raylets and workers listen on every interface, and answer nothing without the token.
 
 Built on Ray's own test cluster (`ray.cluster_utils.Cluster`, a DeveloperAPI of Ray 2.60).
 """
@@ -46,7 +47,10 @@ class LocalNodes:
         from ray._private import ray_constants
         from ray.cluster_utils import Cluster
 
+        from seamless.cluster.ray_cluster import require_token_auth
+
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        require_token_auth()
         # loopback-only head (see ray_cluster.py); the nodes bind their own 127.x addresses
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         ray_constants.ENABLE_RAY_CLUSTER = False

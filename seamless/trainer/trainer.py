@@ -96,8 +96,12 @@ class Trainer:
             raise ValueError(f"{num_ranks} ranks but {len(slots)} device slots")
         self._workers = spawn_ranks(spec, num_ranks, slots, gpus_per_rank)
         try:
-            addr, port = ray.get(self._workers[0].endpoint.remote())
-            ray.get([w.setup.remote(addr, port) for w in self._workers])
+            # torch's store and gloo have no key: ranks that share a node talk over loopback, and
+            # only ranks spread over nodes need their node addresses (cluster/README.md)
+            nodes = ray.get([w.node_address.remote() for w in self._workers])
+            hosts = ["127.0.0.1"] * len(nodes) if len(set(nodes)) == 1 else nodes
+            addr, port = ray.get(self._workers[0].endpoint.remote(hosts[0]))
+            ray.get([w.setup.remote(addr, port, host) for w, host in zip(self._workers, hosts)])
         except BaseException:
             # ranks that failed to set up still hold their (logical) GPUs: end them, or every later
             # trainer in this Ray cluster waits for devices that never come free

@@ -63,16 +63,22 @@ class TrainWorker:
 
         return {**device_report(), "rank": self.rank}
 
-    def endpoint(self) -> tuple[str, int]:
-        """An address and free port on this rank's node, for rank 0 to host the process group."""
+    def node_address(self) -> str:
+        """The address Ray reports for this rank's node."""
         import ray
 
+        return ray.util.get_node_ip_address()
+
+    def endpoint(self, host: str) -> tuple[str, int]:
+        """A free port on `host` (this rank's node address or loopback), for rank 0 to host the
+        process group."""
         from seamless.services.process import free_port
 
-        return ray.util.get_node_ip_address(), free_port()
+        return host, free_port(host)
 
-    def setup(self, master_addr: str, master_port: int) -> None:
-        """Join the process group (gloo on CPU, NCCL on GPUs) and build the engines."""
+    def setup(self, master_addr: str, master_port: int, node_addr: str) -> None:
+        """Join the process group (gloo on CPU, NCCL on GPUs) over `node_addr` (this rank's node
+        address, or loopback when every rank is on one node) and build the engines."""
         import deepspeed
 
         from seamless.cluster.devices import assigned_device
@@ -88,13 +94,10 @@ class TrainWorker:
         random.seed(self.spec.seed + self.rank)
         if self.spec.cpu_threads and not torch.cuda.is_available():
             torch.set_num_threads(self.spec.cpu_threads)
-        import ray
-
         from seamless.trainer.process_group import join_process_group
 
-        # the rendezvous listens on rank 0's node address only (torch's own listens on `::`)
-        self._store_socket = join_process_group(master_addr, master_port, self.rank, self.world_size,
-                                                ray.util.get_node_ip_address())
+        # the rendezvous listens on master_addr only (torch's own listens on `::`)
+        self._store_socket = join_process_group(master_addr, master_port, self.rank, self.world_size, node_addr)
         deepspeed.init_distributed(dist_backend=None, auto_mpi_discovery=False)  # wraps the group formed above
         s = self.spec
         self.engines = build_engines(s.model_dir, s.ds_config, s.dtype, s.lr, s.critic_lr, s.weight_decay,
