@@ -463,6 +463,11 @@ class ResourceGroup(Section):
     speed: float = Field(1.0, gt=0)
     """Throughput of these accelerators relative to the sim's reference GPU (decode, prefill and
     training alike); only `seamless sim` reads it, to model a pool of mixed GPU kinds."""
+    elastic: bool = False
+    """Rollout capacity that comes and goes: the run does not wait for these accelerators at start.
+    Each gets a vLLM server as soon as a node that offers it (node_labels, ray_resources) is in the
+    Ray cluster, at start or when one joins mid-run, and loses it when that node leaves. Only for
+    [rollout] groups."""
 
     @model_validator(mode="after")
     def _tags_unique(self) -> ResourceGroup:
@@ -476,6 +481,9 @@ class ResourceGroup(Section):
             raise ValueError(f"ray_resources {self.ray_resources} has an amount <= 0; write positive amounts")
         if any(not k or not v for k, v in self.node_labels.items()):
             raise ValueError(f"node_labels {self.node_labels} has an empty key or value")
+        if self.elastic and self.tags != ["rollout"]:
+            raise ValueError(f"elastic: true is for [rollout] groups (capacity a run can lose and gain), not "
+                             f"{self.tags}; remove elastic or make the group's tags [rollout]")
         return self
 
     @property

@@ -209,3 +209,15 @@ def test_seamless_run_with_a_config_mistake_makes_no_run_folder_and_no_resume_hi
     err = capsys.readouterr().err
     assert code == 2 and "did you mean math" in err and "resume with" not in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_elastic_is_for_rollout_only_groups():
+    ok = load_recipe(REPO / "recipes" / "grpo_tiny_cpu.yaml", [
+        "cluster.policy=disaggregated",
+        "cluster.resources=[{count: 1, tags: [train]}, {count: 1, tags: [rollout]}, "
+        "{count: 2, tags: [rollout], elastic: true}]"])
+    assert [g.elastic for g in ok.cluster.resources] == [False, False, True]
+    with pytest.raises(ConfigError, match="elastic: true is for \\[rollout\\] groups"):
+        load_recipe(REPO / "recipes" / "grpo_tiny_cpu.yaml", [
+            "cluster.policy=disaggregated",
+            "cluster.resources=[{count: 1, tags: [train]}, {count: 1, tags: [train, rollout], elastic: true}]"])

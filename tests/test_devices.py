@@ -62,3 +62,23 @@ def test_each_rank_and_server_sees_its_resources_device(ray_cluster, tmp_path, l
             assert seen[("train", rid)]["pid"] != seen[("rollout", rid)]["pid"]
     finally:
         placement.close()  # ends every actor placed on the devices
+
+
+def test_an_elastic_resource_is_not_waited_for_and_is_placed_when_capacity_frees(ray_cluster):
+    """Resources 0 and 2 take the run's group (bundles 0 and 1); resource 1, elastic, its own group,
+    which waits while no GPU is free for it and is placed as soon as one is."""
+    from seamless.cluster.devices import DeviceMap, DeviceNeed
+
+    blocker = DeviceMap.reserve([DeviceNeed(), DeviceNeed()], name="blocker", timeout_s=30)  # 2 of 4 GPUs taken
+    devices = DeviceMap.reserve([DeviceNeed(), DeviceNeed(elastic=True), DeviceNeed()], name="elastic", timeout_s=30)
+    try:
+        assert devices.placed() and devices.placed(0) and devices.placed(2) and not devices.placed(1)
+        assert [(s.placement_group is devices.placement_group, s.index) for s in devices.slots] == \
+            [(True, 0), (False, 0), (True, 1)]
+        assert devices.holds(devices.slot(1)) and devices.node_of(0) == devices.node_of(2)
+        blocker.release()
+        assert ray.get(devices.slot(1).placement_group.ready(), timeout=30) and devices.placed(1)
+        assert devices.node_of(1) == devices.node_of(0)  # one node here
+    finally:
+        blocker.release()
+        devices.release()

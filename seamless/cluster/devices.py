@@ -9,6 +9,11 @@ CUDA_VISIBLE_DEVICES for the actor): on a [train, rollout] resource the trainer 
 server each ask for half of the bundle and so land on the same GPU; a resource with one role gives
 its one resident the whole bundle. Inside an actor, `assigned_device()` is the CUDA index to use,
 taken from what Ray assigned, never a fixed 0.
+
+An elastic resource (cluster.resources.N.elastic, rollout capacity that comes and goes) is a
+placement group of its own, of one bundle, that the run does not wait for: Ray places it when a
+node that offers it is in the cluster (at start or when one joins) and re-places it when that
+node leaves; `placed(resource_id)` says whether it is placed now.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from seamless.errors import ConfigError
 
 @dataclass(frozen=True)
 class DeviceSlot:
-    """One resource's bundle in the run's placement group."""
+    """One resource's bundle in the run's placement group (or, elastic, in its own)."""
 
     resource_id: int
     placement_group: Any
@@ -31,6 +36,8 @@ class DeviceSlot:
     """GPUs in the bundle (more than 1 only for a tensor-parallel rollout server)."""
     residents: int
     """Processes that live on it for the whole run: 2 on a [train, rollout] resource, else 1."""
+    bundle_index: int | None = None
+    """Its index in `placement_group` (None: the resource id, as in the run's one group)."""
 
     @property
     def shared(self) -> bool:
@@ -41,7 +48,11 @@ class DeviceSlot:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         return PlacementGroupSchedulingStrategy(placement_group=self.placement_group,
-                                                placement_group_bundle_index=self.resource_id)
+                                                placement_group_bundle_index=self.index)
+
+    @property
+    def index(self) -> int:
+        return self.resource_id if self.bundle_index is None else self.bundle_index
 
     def actor_options(self) -> dict[str, Any]:
         """Ray options for one resident: its share of the bundle's GPUs, and no CPU (on a 2-CPU
@@ -59,6 +70,8 @@ class DeviceNeed:
     """Ray node labels the bundle's node must carry (which GPU kind, which place)."""
     resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources the bundle takes besides its GPUs (per GPU; see `bundle`)."""
+    elastic: bool = False
+    """The run neither waits for it nor needs it (rollout capacity that comes and goes)."""
 
     def bundle(self) -> dict[str, float]:
         """The bundle Ray reserves: the GPUs, and each custom resource once per GPU."""
@@ -66,27 +79,37 @@ class DeviceNeed:
 
 
 class DeviceMap:
-    """The run's devices, reserved in one placement group; `release()` frees them (and ends every
-    actor placed in them), so call it after the trainer and the servers have shut down."""
+    """The run's devices, reserved in one placement group (plus one per elastic resource);
+    `release()` frees them (and ends every actor placed in them), so call it after the trainer and
+    the servers have shut down."""
 
-    def __init__(self, placement_group: Any, needs: list[DeviceNeed]) -> None:
+    def __init__(self, placement_group: Any, needs: list[DeviceNeed], elastic_groups: dict[int, Any] | None = None) -> None:
         self.placement_group = placement_group
-        self.slots = [DeviceSlot(i, placement_group, n.gpus, n.residents) for i, n in enumerate(needs)]
+        self.elastic_groups = dict(elastic_groups or {})
+        fixed = iter(range(len(needs)))
+        self.slots = [DeviceSlot(i, self.elastic_groups[i], n.gpus, n.residents, 0) if i in self.elastic_groups
+                      else DeviceSlot(i, placement_group, n.gpus, n.residents, next(fixed))
+                      for i, n in enumerate(needs)]
 
     @classmethod
     def reserve(cls, needs: list[DeviceNeed], name: str = "seamless", timeout_s: float = 30.0) -> DeviceMap:
         """Place one bundle per resource on the connected Ray cluster (PACK: as few nodes as fit),
-        each on a node that carries its labels and custom resources."""
+        each on a node that carries its labels and custom resources; elastic ones are asked for and
+        not waited for."""
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
 
-        _check_capacity(needs, ray.cluster_resources())
-        selectors = [dict(n.labels) for n in needs]
-        group = placement_group([n.bundle() for n in needs], strategy="PACK", name=f"{name}-devices",
+        fixed = [n for n in needs if not n.elastic]
+        if not fixed:
+            raise ConfigError("every group of cluster.resources is elastic: the run needs at least one it can "
+                              "count on (set elastic: false on one)")
+        _check_capacity(fixed, ray.cluster_resources())
+        selectors = [dict(n.labels) for n in fixed]
+        group = placement_group([n.bundle() for n in fixed], strategy="PACK", name=f"{name}-devices",
                                 bundle_label_selector=selectors if any(selectors) else None)
         if not group.wait(timeout_s):
             remove_placement_group(group)
-            total = sum(n.gpus for n in needs)
+            total = sum(n.gpus for n in fixed)
             wanted = sorted({f"{k}={v}" for s in selectors for k, v in s.items()})
             where = f" on nodes labelled {', '.join(wanted)}" if wanted else ""
             raise ConfigError(
@@ -94,35 +117,48 @@ class DeviceMap:
                 "cluster has no free GPUs that match them (too few such nodes, or another job holds some); "
                 "check cluster.resources (counts, node_labels, ray_resources) against `ray status`, free "
                 "GPUs, or raise cluster.placement_timeout_s")
-        return cls(group, needs)
+        elastic = {i: placement_group([n.bundle()], strategy="PACK", name=f"{name}-elastic-{i}",
+                                      bundle_label_selector=[dict(n.labels)] if n.labels else None)
+                   for i, n in enumerate(needs) if n.elastic}
+        return cls(group, needs, elastic)
 
-    def placed(self) -> bool:
-        """Whether every bundle sits on a live node: after a node dies Ray reschedules its bundles
-        (state RESCHEDULING) until a node that matches them joins."""
+    def placed(self, resource_id: int | None = None) -> bool:
+        """Whether the resource's bundle (default: every bundle of the run's main group) sits on a
+        live node: after a node dies Ray reschedules its bundles (state RESCHEDULING) until a node
+        that matches them joins; an elastic one waits (PENDING) until such a node is there."""
         from ray.util.placement_group import placement_group_table
 
-        return self.placement_group is not None and placement_group_table(self.placement_group).get("state") == "CREATED"
+        group = self.placement_group if resource_id is None else self.slots[resource_id].placement_group
+        return group is not None and placement_group_table(group).get("state") == "CREATED"
+
+    def holds(self, slot: DeviceSlot) -> bool:
+        """Whether `slot` is one of this map's (not a stand-in's)."""
+        return 0 <= slot.resource_id < len(self.slots) and self.slots[slot.resource_id] == slot
 
     def node_of(self, resource_id: int) -> str:
         """The Ray node id that holds a resource's bundle."""
         from ray.util.placement_group import placement_group_table
 
-        return placement_group_table(self.placement_group)["bundles_to_node_id"][resource_id]
+        slot = self.slots[resource_id]
+        return placement_group_table(slot.placement_group)["bundles_to_node_id"][slot.index]
 
     def slot(self, resource_id: int) -> DeviceSlot:
         return self.slots[resource_id]
 
     def release(self) -> None:
-        """Free the devices; returns once Ray reports the group removed."""
+        """Free the devices; returns once Ray reports the groups removed."""
         from ray.util.placement_group import placement_group_table, remove_placement_group
 
         if self.placement_group is None:
             return
-        group, self.placement_group = self.placement_group, None
-        remove_placement_group(group)
+        groups = [self.placement_group, *self.elastic_groups.values()]
+        self.placement_group, self.elastic_groups = None, {}
+        for group in groups:
+            remove_placement_group(group)
         deadline = time.monotonic() + 30
-        while placement_group_table(group).get("state") != "REMOVED" and time.monotonic() < deadline:
-            time.sleep(0.002)
+        for group in groups:
+            while placement_group_table(group).get("state") != "REMOVED" and time.monotonic() < deadline:
+                time.sleep(0.002)
 
 
 def _check_capacity(needs: list[DeviceNeed], have: dict[str, float]) -> None:

@@ -10,7 +10,9 @@ Rollout capacity comes and goes with Ray's nodes. A server whose node dies is dr
 update in progress, taken out of the proxy's rotation (its in-flight calls continue on the other
 servers) and waits, without counting failures, until Ray has a node for its resource again (Ray
 re-places the resource's bundle on a matching node that joins); then it starts there, warms up,
-loads the current weights and rejoins the proxy. Nodes joining and leaving (`cluster/node_watch.py`)
+loads the current weights and rejoins the proxy. An elastic resource (cluster.resources.N.elastic)
+whose node is not there yet starts the same way: registered as waiting (`waiting`), no capacity
+counted, and served from the moment a node that offers it joins. Nodes joining and leaving (`cluster/node_watch.py`)
 and every server event go to `listeners` as they happen (the run's timeline) and wait in
 `take_events()` for the next step's log row. The scheduler drives its
 servers' roles through `scheduler.adapters.FleetOnLeases`; the main loop publishes weights with it.
@@ -193,6 +195,9 @@ class VLLMFleet:
                 return self._servers[rid].url
             if rid in self._servers and self._servers[rid].state != "gone":
                 raise ConfigError(f"resource {rid} already runs a server ({self._servers[rid].url})")
+            if self._awaits_node(rid, lease):
+                self._wait_for_node(rid, lease)
+                return ""
             server = self._launch(rid, lease)
             self._servers[rid] = server
             self._event(server, "started")
@@ -204,6 +209,10 @@ class VLLMFleet:
         import ray
 
         with self._lock:
+            waiting = [lease for lease in leases if self._awaits_node(lease.resource.id, lease)]
+            for lease in waiting:
+                self._wait_for_node(lease.resource.id, lease)
+            leases = [lease for lease in leases if lease not in waiting]
             starting = [(lease.resource.id, lease, *self._spawn(lease.resource.id, lease)) for lease in leases]
             starting += [(rid, None, *self._spawn(rid, None)) for rid in residents]
             try:  # every server up, then all warmed at once (each warm-up is mostly waiting)
@@ -220,6 +229,20 @@ class VLLMFleet:
                 self._event(server, "started")
                 urls.append(server.url)
             return urls
+
+    def _awaits_node(self, rid: int, lease: Lease | None) -> bool:
+        """An elastic resource that no node offers now: its server starts when one joins."""
+        slot = self._slot(rid, lease)
+        return (self.devices is not None and slot is not None and self.devices.holds(slot)
+                and rid in self.devices.elastic_groups and not self.devices.placed(rid))
+
+    def _wait_for_node(self, rid: int, lease: Lease | None) -> None:
+        """Register the resource's server as down, to start when Ray places its bundle (`check`)."""
+        now = time.monotonic()
+        server = _Server(rid, lease, actor=None, url="", pid=0, started_at=now, state="down",
+                         restart_at=now + self.config.health_interval_s, tokens_at=now)
+        self._servers[rid] = server
+        self._event(server, "waiting", "elastic: no node offers it yet; it starts when one joins")
 
     def remove_server(self, resource_id: int) -> None:
         """Unregister the server, abort its in-flight requests (the proxy continues them on the
@@ -278,7 +301,7 @@ class VLLMFleet:
     def all_servers(self) -> dict[int, str]:
         """URL of each server the fleet holds, parked ones too, by resource id."""
         with self._lock:
-            return {rid: s.url for rid, s in self._servers.items() if s.state != "gone"}
+            return {rid: s.url for rid, s in self._servers.items() if s.state != "gone" and s.url}
 
     def actor(self, resource_id: int) -> Any:
         return self._servers[resource_id].actor
@@ -442,14 +465,14 @@ class VLLMFleet:
         """Whether Ray has a live node for the server's resource: after a node dies Ray re-places
         its bundles (the run's placement group is not placed) until a node that matches joins."""
         slot = self._slot(server.resource_id, server.lease)
-        if self.devices is None or slot is None or slot.placement_group is not self.devices.placement_group:
+        if self.devices is None or slot is None or not self.devices.holds(slot):
             return True
-        return self.devices.placed()
+        return self.devices.placed(server.resource_id)
 
     def _bundle_node(self, server: _Server) -> str | None:
         """The Ray node that holds the resource's bundle now (None: not one of the run's bundles)."""
         slot = self._slot(server.resource_id, server.lease)
-        if self.devices is None or slot is None or slot.placement_group is not self.devices.placement_group:
+        if self.devices is None or slot is None or not self.devices.holds(slot):
             return None
         try:
             return self.devices.node_of(server.resource_id)
@@ -491,7 +514,8 @@ class VLLMFleet:
             with self._lock:
                 self._restart_failed(server, exc)
             return
-        self._event(fresh, "restarted", f"after failure {server.failures}")
+        self._event(fresh, "restarted", f"after failure {server.failures}" if server.url else
+                    "elastic: on a node that joined")
 
     def _restart_failed(self, server: _Server, exc: Exception) -> None:
         import ray

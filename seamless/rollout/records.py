@@ -23,8 +23,9 @@ class Lease(Protocol):
         """The resource's device: where the server's actor goes."""
 
 
-EventKind = Literal["started", "died", "restarted", "restart_failed", "gave_up", "removed", "parked", "unparked"]
-CAPACITY_KINDS = frozenset({"died", "restarted", "restart_failed", "gave_up"})
+EventKind = Literal["started", "waiting", "died", "restarted", "restart_failed", "gave_up", "removed", "parked",
+                    "unparked"]
+CAPACITY_KINDS = frozenset({"waiting", "died", "restarted", "restart_failed", "gave_up"})
 """Server events that change rollout capacity (the others are a run's routine role switches)."""
 
 
@@ -39,7 +40,8 @@ class ServerEvent:
     at: float = field(default_factory=time.time)
 
     def describe(self) -> str:
-        return f"server on resource {self.resource_id} {self.kind.replace('_', ' ')} ({self.url}) {self.detail}".rstrip()
+        where = f" ({self.url})" if self.url else ""
+        return f"server on resource {self.resource_id} {self.kind.replace('_', ' ')}{where} {self.detail}".rstrip()
 
 
 @dataclass(frozen=True)

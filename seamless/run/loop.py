@@ -229,7 +229,7 @@ def _capacity_metrics(parts: Parts) -> dict[str, float]:
     the previous row (each is on the timeline already, drawn where it happened), printed too."""
     row = {"fleet/servers": float(len(parts.fleet.servers()))}
     for event in parts.fleet.take_events():
-        if event.kind in ("node_joined", "node_lost", "died", "restarted", "restart_failed", "gave_up"):
+        if event.kind in ("node_joined", "node_lost", "waiting", "died", "restarted", "restart_failed", "gave_up"):
             row[f"fleet/{event.kind}"] = row.get(f"fleet/{event.kind}", 0.0) + 1
             tqdm.write(f"seamless run: {event.describe()}")
     return row

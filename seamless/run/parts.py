@@ -175,10 +175,11 @@ def build_parts(recipe: Recipe, run_dir: Path, resume: bool) -> Iterator[Parts]:
         _step(f"placing {len(pool)} resource(s) ({recipe.cluster.policy}): starting "
               f"{sum(r.can_rollout for r in pool)} vLLM server(s)")
         stack.callback(scheduler.close)  # before the fleet and the trainer stop: leases go first
-        scheduler.start()
         # rollout capacity that comes and goes (Ray nodes joining and lost, servers dying and coming
-        # back) goes on the timeline as it happens, and into the next step's log row
+        # back, elastic resources waiting for a node from the start) goes on the timeline as it
+        # happens, and into the next step's log row
         fleet.listeners.append(lambda e: scheduler.cluster_event(e.kind, e.detail, getattr(e, "resource_id", None)))
+        scheduler.start()
         if recipe.cluster.address is not None:  # a cluster whose nodes may come and go
             fleet.nodes = NodeWatch()
         fleet.start_supervisor()

@@ -38,7 +38,8 @@ def device_needs(pool: ResourcePool, tensor_parallel_size: int = 1) -> list[Devi
     """One bundle per resource: a trainer rank and a vLLM server share a [train, rollout] one; a
     [rollout]-only resource is `tensor_parallel_size` GPUs for one server."""
     return [DeviceNeed(gpus=tensor_parallel_size if r.can_rollout and not r.can_train else 1,
-                       residents=2 if r.dual else 1, labels=dict(r.labels), resources=dict(r.ray_resources))
+                       residents=2 if r.dual else 1, labels=dict(r.labels), resources=dict(r.ray_resources),
+                       elastic=r.elastic)
             for r in pool]
 
 

@@ -17,7 +17,7 @@ _COLOURS = {Role.ROLLOUT: ((52, 120, 200), (180, 205, 235)), Role.TRAIN: ((230, 
             Role.SWITCHING: ((210, 40, 40), (210, 40, 40)), Role.IDLE: ((150, 150, 150), (150, 150, 150))}
 _PHASE_COLOURS = {"rollout": (52, 120, 200), "switch": (210, 40, 40), "train": (230, 120, 30),
                   "sync": (120, 60, 160)}
-_EVENT_COLOURS = {"node_lost": (200, 0, 0), "died": (200, 0, 0), "gave_up": (120, 0, 0),
+_EVENT_COLOURS = {"node_lost": (200, 0, 0), "died": (200, 0, 0), "gave_up": (120, 0, 0), "waiting": (150, 150, 150),
                   "node_joined": (0, 140, 0), "restarted": (0, 140, 0), "restart_failed": (200, 120, 0)}
 _LINE_COLOURS = [(52, 120, 200), (230, 120, 30), (40, 160, 80), (210, 40, 40), (120, 60, 160)]
 _MAX_ROWS = 128

@@ -31,6 +31,8 @@ class Resource:
     """Custom Ray resources it takes besides its GPU (cluster.resources.N.ray_resources)."""
     speed: float = 1.0
     """Throughput relative to the simulator's reference GPU (cluster.resources.N.speed)."""
+    elastic: bool = False
+    """Rollout capacity the run neither waits for nor needs (cluster.resources.N.elastic)."""
 
     @property
     def can_train(self) -> bool:
@@ -63,7 +65,7 @@ class ResourcePool:
             extra = tuple(sorted(group.ray_resources.items()))
             for _ in range(group.count):
                 resources.append(Resource(len(resources), frozenset(group.tags), group_index, labels, extra,
-                                          group.speed))
+                                          group.speed, group.elastic))
         return cls(tuple(resources))
 
     @classmethod

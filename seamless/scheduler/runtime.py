@@ -100,7 +100,7 @@ class TagScheduler:
             lease = self.leases.get(resource) if resource is not None else None
             if lease is None or lease.role is not Role.ROLLOUT:
                 return
-            if kind in ("died", "gave_up"):
+            if kind in ("waiting", "died", "gave_up"):  # waiting: an elastic resource no node offers yet
                 self.lost.add(resource)
                 self.timeline.set(t, resource, role=Role.IDLE, only_if=Role.ROLLOUT)
             elif kind == "restarted":
