@@ -5,13 +5,15 @@ and its servers bind their node's address (cluster.bind: node), so the run takes
 path while all traffic stays on this machine. Writes, next to the run, every socket that listens
 while the run trains (listening.json) and how each is protected. With --kill-node-at-s (or
 --kill-node-at-step) the last rollout node's raylet is killed mid-run and a new rollout node joins
---readd-after-s later; at the end the script prints the run's node and server events and the
+--readd-after-s later; with --elastic the recipe also declares one elastic rollout resource
+(cluster.resources.N.elastic, labelled seamless.io/role=spare) that no node offers at start, and a
+spare node joins with the new rollout node. At the end the script prints the run's node and server events and the
 audit of the trainer's stream (every finished episode trained once, none lost).
 
   scripts/run_on_local_nodes.py recipes/grpo_tiny_cpu.yaml --rollout-nodes 2 --run-dir runs/nodes3 \\
       trainer.total_steps=20
   scripts/run_on_local_nodes.py recipes/grpo_tiny_cpu.yaml --rollout-nodes 2 --kill-node-at-step 10 \
-      --readd-after-s 20 --run-dir runs/nodes3 trainer.total_steps=40
+      --readd-after-s 20 --elastic --run-dir runs/nodes3 trainer.total_steps=40
 
 Run it under `flock /tmp/seamless-heavy.lock` on a shared machine.
 """
@@ -45,6 +47,8 @@ def main() -> int:
     parser.add_argument("--kill-node-at-step", type=int, help="kill it once the run has logged this step")
     parser.add_argument("--readd-after-s", type=float, default=30.0,
                         help="then add a rollout node (a new address, the same label) this long after")
+    parser.add_argument("--elastic", action="store_true", help="declare one elastic rollout resource (label "
+                        "role=spare) and add a spare node with the new rollout node")
     args = parser.parse_intermixed_args()  # KEY=VALUE overrides may follow the options
 
     from seamless.cli import main as seamless_main
@@ -59,8 +63,9 @@ def main() -> int:
             nodes.add(gpus=1, labels={ROLE: "rollout"})
         print(f"nodes: head 127.0.0.1, " + ", ".join(f"{n.ip} ({'train' if i == 0 else 'rollout'})"
                                                     for i, n in enumerate(nodes.nodes)), flush=True)
+        spare = f", {{count: 1, tags: [rollout], node_labels: {{{ROLE}: spare}}, elastic: true}}" if args.elastic else ""
         resources = (f"[{{count: 1, tags: [train], node_labels: {{{ROLE}: train}}}}, "
-                     f"{{count: {args.rollout_nodes}, tags: [rollout], node_labels: {{{ROLE}: rollout}}}}]")
+                     f"{{count: {args.rollout_nodes}, tags: [rollout], node_labels: {{{ROLE}: rollout}}}}{spare}]")
         overrides = [f"cluster.address={nodes.address}", "cluster.bind=node", "cluster.policy=disaggregated",
                      f"cluster.resources={resources}", *args.overrides]
         if args.sockets_at_step is not None:
@@ -74,7 +79,7 @@ def main() -> int:
         if args.kill_node_at_s is not None or args.kill_node_at_step is not None:
             when = (lambda: _logged_step(run_dir) >= args.kill_node_at_step) if args.kill_node_at_step is not None \
                 else (lambda deadline=time.monotonic() + args.kill_node_at_s: time.monotonic() >= deadline)
-            threading.Thread(target=_kill_and_readd, args=(nodes, when, args.readd_after_s, finished),
+            threading.Thread(target=_kill_and_readd, args=(nodes, when, args.readd_after_s, finished, args.elastic),
                              daemon=True).start()
         started = time.monotonic()
         code = seamless_main(["run", args.recipe, *overrides, "--run-dir", str(run_dir)])
@@ -121,7 +126,7 @@ def _report(run_dir: Path) -> None:
     print(f"timeline: {run_dir / 'timeline.png'}")
 
 
-def _kill_and_readd(nodes, when, readd_after_s: float, finished: threading.Event) -> None:
+def _kill_and_readd(nodes, when, readd_after_s: float, finished: threading.Event, spare: bool) -> None:
     while not when():
         time.sleep(0.5)
     victim = nodes.nodes[-1]
@@ -130,6 +135,9 @@ def _kill_and_readd(nodes, when, readd_after_s: float, finished: threading.Event
     time.sleep(readd_after_s)
     node = nodes.add(gpus=1, labels={ROLE: "rollout"})
     print(f"[{time.strftime('%H:%M:%S')}] added rollout node {node.ip}", flush=True)
+    if spare:
+        node = nodes.add(gpus=1, labels={ROLE: "spare"})
+        print(f"[{time.strftime('%H:%M:%S')}] added spare node {node.ip} (the recipe's elastic resource)", flush=True)
     # the node's processes get SIGKILL when the thread that started them ends (Ray sets
     # PR_SET_PDEATHSIG, which Linux ties to the creating thread): this thread lives as long as the run
     finished.wait()
