@@ -93,6 +93,8 @@ def require_token_auth() -> None:
     Config.initialize("")  # Ray caches its config per process: refresh it, as Ray's own setup does
     if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
         generate_and_save_token()
+        # Ray writes it with the process's umask (world-readable here): the token is a password
+        (Path.home() / ".ray" / "auth_token").chmod(0o600)
 
 
 def check_token_auth(gcs_address: str, token_mode: bool) -> None:
