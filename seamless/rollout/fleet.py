@@ -565,7 +565,7 @@ class VLLMFleet:
         missing = [rid for rid in resource_ids if rid not in running and rid not in lost]
         if missing:
             raise ConfigError(f"no running server on resources {missing}; running: {sorted(running)}")
-        if lost:
+        if any(self._servers[rid].url for rid in lost):  # elastic ones that never served wait as planned
             log.warning("weights go to %d server(s); resources %s have no server now (they load the weights "
                         "when their server restarts)", len(resource_ids) - len(lost), lost)
         return [running[rid] for rid in resource_ids if rid in running]
