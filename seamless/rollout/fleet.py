@@ -371,7 +371,7 @@ class VLLMFleet:
     def _end(self, server: _Server, wait_s: float = 30) -> None:
         import ray
 
-        if server.actor is None:  # registered, not started, by the fleet (tests' stand-ins): not ours to stop
+        if server.actor is None:  # never started: an elastic resource waiting for a node, or a test's stand-in
             return
         try:
             ray.get(server.actor.stop.remote(), timeout=wait_s)
