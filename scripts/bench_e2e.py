@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from seamless.config import Recipe, load_recipe  # noqa: E402
+from seamless.run.warm_start import export_warm_start  # noqa: E402
 from seamless.errors import ConfigError  # noqa: E402
 
 TRL_SITE = REPO / ".bench" / "trl" / "site"
@@ -149,39 +150,6 @@ def seamless_overrides(steps: int, model_dir: Path) -> list[str]:
     return [f"trainer.total_steps={steps}", f"model.path={model_dir}", "trainer.sft_warmup.steps=0",
             # no evaluation between the first and last; one checkpoint, at the end (TRL saves none)
             f"trainer.eval_every={steps}", f"trainer.checkpoint_every={steps}", "logging.wandb.mode=disabled"]
-
-
-# --- the shared start: seamless's warm-up, exported ------------------------------------------
-
-def warm_up(recipe: Recipe, out: Path) -> tuple[Path, str]:
-    """The recipe's model after seamless's supervised warm-up, as a Hugging Face folder; and a note."""
-    from seamless.agent.tasks import load_tasks
-    from seamless.models.tiny import build_tiny_model
-
-    base = Path(recipe.model.path) if recipe.model.path else build_tiny_model(out / "tiny", recipe.model.tiny)
-    warm = recipe.trainer.sft_warmup
-    if warm.steps == 0:
-        return base, "no warm-up (trainer.sft_warmup.steps is 0)"
-    from transformers import AutoTokenizer
-
-    from seamless.cluster.ray_cluster import start_ray, stop_ray
-    from seamless.scheduler import ResourcePool
-    from seamless.trainer import Trainer
-    from seamless.run.warmup import supervised_warmup
-
-    ranks = len(ResourcePool.from_cluster(recipe.cluster).trainers)
-    started = time.monotonic()
-    start_ray(num_gpus=recipe.cluster.num_gpus, num_cpus=recipe.cluster.num_cpus)
-    try:
-        with Trainer.from_recipe(recipe, base, num_ranks=ranks) as trainer:
-            tokenizer = AutoTokenizer.from_pretrained(base)
-            losses = supervised_warmup(trainer, load_tasks(recipe.data), tokenizer, warm, recipe.rollout.agent,
-                                       progress=False)
-            folder = trainer.export_hf(out / "warm")
-    finally:
-        stop_ray()
-    return folder, (f"seamless's SFT warm-up, {warm.steps} steps of {warm.batch_size}, loss {losses[0]:.3f} -> "
-                    f"{losses[-1]:.3f}, {time.monotonic() - started:.0f} s, counted on neither side")
 
 
 # --- seamless ----------------------------------------------------------------------------------
@@ -399,7 +367,8 @@ def main() -> int:
     started = time.monotonic()
 
     # 1. one warm start for both: seamless's supervised warm-up, exported as a Hugging Face folder
-    model_dir, warm_note = warm_up(recipe, out)
+    start = export_warm_start(recipe, out)
+    model_dir, warm_note = start.folder, f"{start.note}, counted on neither side"
     print(f"bench_e2e: both sides start from {model_dir} ({warm_note})", flush=True)
     overrides = [*args.overrides, *seamless_overrides(args.steps, model_dir)]
     recipe = load_recipe(args.recipe, overrides)

@@ -174,23 +174,21 @@ def slug(layout) -> str:
 
 
 def warm_start(recipe_path: Path, overrides: list[str], out: Path) -> list[str]:
-    """The recipe's supervised warm-up, run once (bench_e2e's, exported as a Hugging Face folder):
-    the overrides that start every case from its weights, so no case pays or varies it."""
-    import importlib.util
-
+    """The recipe's supervised warm-up, run once and exported as a Hugging Face folder (as
+    bench_e2e.py does): the overrides that start every case from its weights, so no case pays or
+    varies it."""
     from seamless.config import load_recipe
+    from seamless.run.warm_start import WarmStart, export_warm_start
 
     recipe = load_recipe(recipe_path, overrides)
     if recipe.trainer.sft_warmup.steps == 0 or recipe.model.path:
         return []
     folder = out / "warm"
-    if not (folder / "config.json").exists():
-        spec = importlib.util.spec_from_file_location("bench_e2e", REPO / "scripts" / "bench_e2e.py")
-        bench = sys.modules["bench_e2e"] = importlib.util.module_from_spec(spec)  # its dataclasses look it up
-        spec.loader.exec_module(bench)
-        folder, note = bench.warm_up(recipe, out)
-        print(f"warm start: {note}", flush=True)
-    return [f"model.path={folder}", "trainer.sft_warmup.steps=0"]
+    if (folder / "config.json").exists():
+        return WarmStart(folder, "").overrides()
+    start = export_warm_start(recipe, out)
+    print(f"warm start: {start.note}", flush=True)
+    return start.overrides()
 
 
 def plan_check(args) -> int:
