@@ -409,7 +409,7 @@ def _seamless_rank(c: Check) -> Any:
                       weight_decay=0.0, need_reference=False, need_critic=False,
                       algorithm=GrpoConfig(max_staleness=10**6), seed=0)
     worker = TrainWorker(0, 1, spec)
-    worker.setup("127.0.0.1", free_port())
+    worker.setup("127.0.0.1", free_port(), "127.0.0.1")  # one rank: the process group on loopback
     return worker
 
 

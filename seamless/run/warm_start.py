@@ -26,7 +26,8 @@ class WarmStart:
 
 def export_warm_start(recipe: Recipe, out: Path) -> WarmStart:
     """The recipe's model (built under out/tiny when it names none) after the recipe's supervised
-    warm-up on its own trainer, exported to out/warm. Starts and stops a local Ray."""
+    warm-up on its own trainer, exported to out/warm. Uses the Ray this process is connected to, or
+    starts a local one for the while."""
     from seamless.agent.tasks import load_tasks
     from seamless.models.tiny import build_tiny_model
 
@@ -43,7 +44,7 @@ def export_warm_start(recipe: Recipe, out: Path) -> WarmStart:
 
     ranks = len(ResourcePool.from_cluster(recipe.cluster).trainers)
     started = time.monotonic()
-    start_ray(num_gpus=recipe.cluster.num_gpus, num_cpus=recipe.cluster.num_cpus)
+    ours = start_ray(num_gpus=recipe.cluster.num_gpus, num_cpus=recipe.cluster.num_cpus)  # False: joined one
     try:
         with Trainer.from_recipe(recipe, base, num_ranks=ranks) as trainer:
             tokenizer = AutoTokenizer.from_pretrained(base)
@@ -51,6 +52,7 @@ def export_warm_start(recipe: Recipe, out: Path) -> WarmStart:
                                        progress=False)
             folder = trainer.export_hf(out / "warm")
     finally:
-        stop_ray()
+        if ours:
+            stop_ray()
     return WarmStart(folder, f"seamless's SFT warm-up, {warm.steps} steps of {warm.batch_size}, loss "
                              f"{losses[0]:.3f} -> {losses[-1]:.3f}, {time.monotonic() - started:.0f} s")

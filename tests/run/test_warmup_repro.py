@@ -104,3 +104,23 @@ def test_greedy_scoring_gives_the_same_answers_twice(vllm_server, tiny_model_dir
             return await asyncio.gather(*(one(t) for t in tasks))
 
     assert asyncio.run(answers()) == asyncio.run(answers())
+
+
+def test_an_exported_warm_start_loads_as_the_model_and_leaves_the_sessions_ray_up(ray_cluster, tiny_model_dir,
+                                                                                   tmp_path):
+    """What bench_e2e.py and run_policies.py start every run from (seamless/run/warm_start.py)."""
+    import ray
+    from transformers import AutoModelForCausalLM
+
+    from seamless.run.warm_start import export_warm_start
+
+    recipe = load_recipe(REPO / "recipes" / "grpo_tiny_cpu.yaml",
+                         [f"trainer.sft_warmup.steps={STEPS}", f"model.path={tiny_model_dir}"])
+    start = export_warm_start(recipe, tmp_path)
+    assert ray.is_initialized()  # it joined the session's Ray, so it must not stop it
+    assert start.folder == tmp_path / "warm" and f"{STEPS} steps" in start.note
+    warmed = AutoModelForCausalLM.from_pretrained(start.folder, dtype=torch.float32).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
+    assert warmed.keys() == base.keys() and any(not torch.equal(warmed[k], base[k]) for k in base)
+    again = load_recipe(REPO / "recipes" / "grpo_tiny_cpu.yaml", start.overrides())
+    assert again.model.path == str(start.folder) and again.trainer.sft_warmup.steps == 0
