@@ -147,7 +147,7 @@ def _write_listening(path: Path) -> None:
     """Every TCP socket that a process of this run (this one and its descendants: Ray's nodes, the
     proxy, Redis, the servers, the trainer ranks) listens on, with the process's name; each one
     beyond 127.0.0.1 called without a key, and what it answered (`refused`: nothing without one)."""
-    from seamless.cluster.exposure import answers_without_a_key, listening_beyond_loopback
+    from seamless.cluster.exposure import answers_without_a_key, reached_at
 
     me = psutil.Process()
     rows = []
@@ -161,15 +161,13 @@ def _write_listening(path: Path) -> None:
         except psutil.Error:
             continue
     # a socket on every interface is reached at the trainer node's address (all of them are here)
-    probed = {target: answers_without_a_key(target) for target, _ in listening_beyond_loopback("127.0.0.2")}
-    for row in rows:
-        host = "127.0.0.2" if row["address"] in ("::", "0.0.0.0") else row["address"].removeprefix("::ffff:")
-        target = f"{host}:{row['port']}"
-        if target in probed:
-            row["without_key"] = probed[target] or "refused"
-    open_ones = [r for r in rows if r.get("without_key", "refused") != "refused"]
+    beyond = [(row, reached_at(row["address"], row["port"], "127.0.0.2")) for row in rows]
+    beyond = [(row, target) for row, target in beyond if target is not None]
+    for row, target in beyond:
+        row["without_key"] = answers_without_a_key(target) or "refused"
+    open_ones = [row for row, _ in beyond if row["without_key"] != "refused"]
     path.write_text(json.dumps(sorted(rows, key=lambda r: (r["address"], r["process"])), indent=1))
-    print(f"listening sockets: {path} ({len(rows)}; {len(probed)} beyond 127.0.0.1, "
+    print(f"listening sockets: {path} ({len(rows)}; {len(beyond)} beyond 127.0.0.1, "
           f"{len(open_ones)} of them answer without a key)", file=sys.stderr, flush=True)
 
 

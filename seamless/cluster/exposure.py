@@ -17,23 +17,28 @@ RAY_METHODS = ["/ray.rpc.NodeManagerService/GetNodeStats", "/ray.rpc.ObjectManag
                "/ray.rpc.CoreWorkerService/GetCoreWorkerStats", "/ray.rpc.NodeInfoGcsService/GetAllNodeInfo"]
 
 
+def reached_at(ip: str, port: int, host_for_any: str) -> str | None:
+    """host:port a socket listening on `ip` is reached at from another node; None on 127.0.0.1 or
+    ::1 (127.0.0.2, ... stand for node addresses). One bound to every interface ("::",
+    "0.0.0.0") is reached at `host_for_any`."""
+    address = ipaddress.ip_address(ip)
+    address = getattr(address, "ipv4_mapped", None) or address
+    if str(address) in ("127.0.0.1", "::1"):
+        return None
+    return f"{host_for_any if address.is_unspecified else address}:{port}"
+
+
 def listening_beyond_loopback(host_for_any: str) -> list[tuple[str, str]]:
     """(host:port to reach it at, process) for every TCP socket this process's descendants listen
-    on at an address other than 127.0.0.1 (127.0.0.2, ... stand for node addresses); one bound to
-    every interface ("::", "0.0.0.0") is reached at `host_for_any`."""
+    on beyond loopback (`reached_at`)."""
     found = []
     for process in psutil.Process().children(recursive=True):
         try:
             name = " ".join(process.cmdline())[:200]
             for conn in process.net_connections(kind="inet"):
-                if conn.status != psutil.CONN_LISTEN:
-                    continue
-                address = ipaddress.ip_address(conn.laddr.ip)
-                address = getattr(address, "ipv4_mapped", None) or address
-                if str(address) == "127.0.0.1" or str(address) == "::1":
-                    continue
-                host = host_for_any if address.is_unspecified else str(address)
-                found.append((f"{host}:{conn.laddr.port}", name))
+                target = reached_at(conn.laddr.ip, conn.laddr.port, host_for_any)
+                if conn.status == psutil.CONN_LISTEN and target is not None:
+                    found.append((target, name))
         except psutil.Error:
             continue
     return found

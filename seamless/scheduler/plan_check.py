@@ -44,15 +44,12 @@ def layout_of(cluster: ClusterConfig) -> Layout:
 def measured_tokens_per_s(run_dir: str | Path, warmup_steps: int) -> tuple[float, int]:
     """Trained (generated) tokens per second of a run folder over its steps after `warmup_steps`
     (fewer when the run had no more), and how many steps that window holds."""
-    from seamless.scheduler.timeline import Timeline
-    from seamless.scheduler.validate import RecordedRun, _window
+    from seamless.scheduler.validate import RecordedRun, real_tokens_per_s
 
     run = RecordedRun.load(Path(run_dir) / "recorded_run.json")
-    timeline = Timeline.from_dict(run.timeline)
     steps = len(run.step_tokens or [])
     first = min(warmup_steps, max(0, steps - 1))
-    start, end = _window(timeline, first)
-    return sum((run.step_tokens or [])[first:]) / max(end - start, 1e-9), steps - first
+    return real_tokens_per_s(run, first), steps - first
 
 
 @dataclass(frozen=True)

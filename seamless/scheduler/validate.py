@@ -120,6 +120,13 @@ def _window(timeline: Timeline, first: int) -> tuple[float, float]:
     return start, ends[-1] if ends else timeline.end
 
 
+def real_tokens_per_s(run: RecordedRun, first: int) -> float:
+    """Trained (generated) tokens per second of the recorded run over its steps after the first
+    `first` (the simulator's warm-up window)."""
+    start, end = _window(Timeline.from_dict(run.timeline), first)
+    return sum((run.step_tokens or [])[first:]) / max(end - start, 1e-9)
+
+
 def _busy_rollout(timeline: Timeline, start: float, end: float) -> float:
     return sum(max(0.0, min(s.end, end) - max(s.start, start)) for s in timeline.segments
                if s.busy and s.role is Role.ROLLOUT)
@@ -250,6 +257,5 @@ def compare(run: RecordedRun, base: SimConfig | None = None) -> Comparison:
     timeline = Timeline.from_dict(run.timeline)
     first = workload.warmup_steps
     start, end = _window(timeline, first)
-    tokens = sum((run.step_tokens or [])[first:])
     return Comparison(real_bubble_ratio=timeline.bubble_ratio(start, end), sim_bubble_ratio=sim.bubble_ratio,
-                      real_tokens_per_s=tokens / max(end - start, 1e-9), sim_tokens_per_s=sim.tokens_per_s)
+                      real_tokens_per_s=real_tokens_per_s(run, first), sim_tokens_per_s=sim.tokens_per_s)
