@@ -39,6 +39,43 @@ Span = tuple[float, float]
 """(start, end), wall clock (time.time())."""
 
 
+class Slots:
+    """At most `limit` episodes at once, admitted first come, first served: a group takes its
+    episodes' slots in one go, and each episode gives its slot back when it ends."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.free = limit
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    async def take(self, count: int = 1) -> None:
+        if not 0 < count <= self.limit:
+            raise ValueError(f"cannot take {count} of {self.limit} slots at once")
+        if not self._waiting and self.free >= count:
+            self.free -= count
+            return
+        admitted = asyncio.get_running_loop().create_future()
+        self._waiting.append((count, admitted))
+        try:
+            await admitted
+        except asyncio.CancelledError:
+            if admitted.done() and not admitted.cancelled():
+                self.give(count)  # admitted just as it was cancelled: the slots go to the next
+            self._admit()
+            raise
+
+    def give(self, count: int = 1) -> None:
+        self.free += count
+        self._admit()
+
+    def _admit(self) -> None:
+        while self._waiting and (self._waiting[0][1].done() or self._waiting[0][0] <= self.free):
+            count, admitted = self._waiting.popleft()
+            if not admitted.done():  # else its taker was cancelled while waiting
+                self.free -= count
+                admitted.set_result(None)
+
+
 @dataclass(frozen=True, slots=True)
 class EpisodeTimes:
     """When an episode was in each of its phases (the step profile reads them beside the proxy's
@@ -111,7 +148,7 @@ class AgentRunner:
         # loop per call, so both are (re)made for the loop they are used on
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: httpx.AsyncClient | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: Slots | None = None
         self._http: Any = None  # the agents' shared connection pool (AgentContext.http)
 
     @classmethod
@@ -148,10 +185,26 @@ class AgentRunner:
             "count": group_size, "group_id": group_id, "task_id": task.task_id, "metadata": self._metadata(metadata)})
         session = (asked, time.time())
 
-        async def one(info: dict[str, Any]) -> _Played:
-            async with slots:
-                return await self._play(task, info, group_id, sampling, admission=(session[1], time.time()))
-        played = await asyncio.gather(*(one(info) for info in made["sessions"]))
+        sessions = made["sessions"]
+
+        async def one(info: dict[str, Any], admitted: float) -> _Played:
+            try:
+                return await self._play(task, info, group_id, sampling, admission=(session[1], admitted))
+            finally:
+                slots.give()
+
+        async def alone(info: dict[str, Any]) -> _Played:
+            await slots.take()
+            return await one(info, time.time())
+
+        if len(sessions) <= slots.limit:
+            # the group starts together, so its first calls reach the proxy together and can go to
+            # vLLM as one request with n choices (proxy.coalesce_window_ms)
+            await slots.take(len(sessions))
+            admitted = time.time()
+            played = await asyncio.gather(*(one(info, admitted) for info in sessions))
+        else:
+            played = await asyncio.gather(*(alone(info) for info in sessions))
         return await self._finish(client, played, session)
 
     async def run_episode(self, task: Task, *, group_id: str, sampling: Sampling | None = None,
@@ -160,7 +213,8 @@ class AgentRunner:
         otherwise only post the reward and leave it open, as evaluation does)."""
         client, slots = self._loop_state()
         queued = time.time()
-        async with slots:
+        await slots.take()
+        try:
             admission = (queued, time.time())
             info = await self._admin(client, "POST", "/sessions", {
                 "group_id": group_id, "task_id": task.task_id, "metadata": self._metadata(metadata)})
@@ -173,6 +227,8 @@ class AgentRunner:
             done = time.time()
             return played.result(posted.get("num_turns", 0), session, (played.reward_span[0], done), (done, done),
                                  finished=False)
+        finally:
+            slots.give()
 
     async def _play(self, task: Task, info: dict[str, Any], group_id: str, sampling: Sampling | None,
                     admission: Span) -> _Played:
@@ -225,12 +281,12 @@ class AgentRunner:
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _loop_state(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+    def _loop_state(self) -> tuple[httpx.AsyncClient, Slots]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop = loop
             self._client = httpx.AsyncClient(timeout=self._admin_timeout_s, headers=self._headers)
-            self._slots = asyncio.Semaphore(self.concurrency)
+            self._slots = Slots(self.concurrency)
             self._http = shared_http_client(self.timeout_s)
         return self._client, self._slots
 

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from seamless.proxy import admin_routes, openai_routes, vllm_routes
 from seamless.proxy.control import ControlBus, ControlOp
+from seamless.proxy.coalesce import Coalescer
 from seamless.proxy.delivery import VoidLedger
 from seamless.proxy.errors import handle_exception, handle_http_exception, handle_validation_error
 from seamless.proxy.state import SETTINGS_ENV, ProxySettings, ProxyState
@@ -53,6 +54,8 @@ def create_app(settings: ProxySettings) -> openai_routes.AgentAPI:
             state = ProxyState(settings=settings, store=store, client=client, pool=pool,
                                upstream_http=upstream_http, control=PoolControl(pool, bus), voids=voids,
                                session_of_key=session_of_key)
+            if settings.coalesce_window_ms > 0:
+                state.coalescer = Coalescer(settings.coalesce_window_ms / 1000, settings.max_n, state.metrics)
             app.state.proxy = state
             try:
                 await store.ping()

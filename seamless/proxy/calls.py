@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import httpx
 
 from seamless.errors import SessionFinished, UpstreamUnavailable
-from seamless.proxy import continuation, delivery, tito
+from seamless.proxy import coalesce, continuation, delivery, tito
 from seamless.proxy.errors import ApiError, translate
 from seamless.proxy.recording import Api, CallRecorder, upstream_body
 from seamless.proxy.state import ProxyState
@@ -151,8 +151,21 @@ def _stream_error(error: Any) -> ApiError:
 
 
 async def complete(state: ProxyState, api: Api, body: dict[str, Any], session_id: str,
-                    echo_texts: dict[int, str] | None = None) -> CallRecorder:
-    """A whole call for a non-streaming agent; retried on another server if one dies mid-call."""
+                   echo_texts: dict[int, str] | None = None) -> CallRecorder:
+    """A whole call for a non-streaming agent, recorded; identical calls of other sessions arriving
+    together may share its upstream request (coalesce)."""
+    if state.coalescer is not None and coalesce.mergeable(api, body):
+        recorder = await state.coalescer.call(body, session_id, lambda sent, sid: generate(state, api, sent, sid))
+        state.pool.pin(session_id, recorder.upstream)  # its next calls find the prompt in that server's cache
+    else:
+        recorder = await generate(state, api, body, session_id, echo_texts)
+    await _record(state, recorder, body)
+    return recorder
+
+
+async def generate(state: ProxyState, api: Api, body: dict[str, Any], session_id: str,
+                   echo_texts: dict[int, str] | None = None) -> CallRecorder:
+    """A whole call, not yet recorded; retried on another server if one dies mid-call."""
     while True:
         upstream, response = await open_call(state, api, body, session_id)
         recorder = CallRecorder(api, session_id, upstream.url, echo=api == "completion" and bool(body.get("echo")),
@@ -168,7 +181,6 @@ async def complete(state: ProxyState, api: Api, body: dict[str, Any], session_id
     async with contextlib.aclosing(_continue_aborted(state, api, body, session_id, recorder)) as rest:
         async for _ in rest:
             pass
-    await _record(state, recorder, body)
     return recorder
 
 

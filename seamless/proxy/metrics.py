@@ -22,6 +22,10 @@ class Metrics:
     """Chat calls sent with a prompt spliced from recorded token ids (proxy.token_in_token_out)."""
     token_in_fallbacks: int = 0
     """Chat calls that continued a recorded call but had to be rendered by the server instead."""
+    coalesced_calls: int = 0
+    """Agent calls that shared one upstream request with identical calls of other sessions."""
+    coalesced_requests: int = 0
+    """Upstream requests that carried several agent calls (proxy.coalesce_window_ms)."""
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(_LATENCY_BUCKETS_S) + 1))
     latency_sum_s: float = 0.0
 
@@ -77,6 +81,9 @@ class Metrics:
                   "# TYPE seamless_proxy_token_in_prompts_total counter",
                   f'seamless_proxy_token_in_prompts_total{{outcome="spliced"}} {self.token_in_prompts}',
                   f'seamless_proxy_token_in_prompts_total{{outcome="rendered"}} {self.token_in_fallbacks}',
+                  "# TYPE seamless_proxy_coalesced_total counter",
+                  f'seamless_proxy_coalesced_total{{kind="calls"}} {self.coalesced_calls}',
+                  f'seamless_proxy_coalesced_total{{kind="requests"}} {self.coalesced_requests}',
                   "# TYPE seamless_proxy_upstream_healthy gauge"]
         lines += [f'seamless_proxy_upstream_healthy{{url="{u["url"]}"}} {int(u["healthy"])}' for u in upstreams]
         lines.append("# TYPE seamless_proxy_upstream_inflight gauge")

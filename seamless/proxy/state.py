@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from seamless.config import ProxyConfig
+from seamless.proxy.coalesce import Coalescer
 from seamless.proxy.delivery import VoidLedger
 from seamless.proxy.metrics import Metrics
 from seamless.proxy.upstream_http import UpstreamHTTP
@@ -50,3 +51,5 @@ class ProxyState:
     metrics: Metrics = field(default_factory=Metrics)
     session_of_key: dict[str, str] = field(default_factory=dict)
     """Cache of agent key -> session id (the store is the source of truth)."""
+    coalescer: Coalescer | None = None
+    """Merges identical calls of different sessions (proxy.coalesce_window_ms above 0)."""

@@ -112,6 +112,11 @@ class UpstreamPool:
     def unpin(self, session_id: str) -> None:
         self.pins.pop(session_id, None)
 
+    def pin(self, session_id: str, url: str) -> None:
+        """Send the session's next calls to `url` (where its last call ran), while it is registered."""
+        if url in self.upstreams:
+            self.pins[session_id] = url
+
     # routing ---------------------------------------------------------------------------------
 
     def pick(self, session_id: str, exclude: set[str] = frozenset()) -> Upstream:

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from seamless.agent.api import AgentContext, Sampling, ScoredAnswer
-from seamless.agent.runner import AgentRunner
+from seamless.agent.runner import AgentRunner, Slots
 from seamless.agent.tasks import Task
 from seamless.agent.evaluation import evaluate
 from tests.proxy.helpers import Admin
@@ -175,6 +175,45 @@ def test_concurrency_limit_holds(proxy):
     runner.agent = counting
     groups = runner.run_groups_sync([TASK] * 3, group_size=2)
     assert peak <= 2 and sum(len(g) for g in groups) == 6
+    # a group larger than the limit is admitted an episode at a time
+    groups = runner.run_groups_sync([TASK] * 2, group_size=3)
+    assert peak <= 2 and sum(len(g) for g in groups) == 6
+
+
+def test_a_group_starts_together_and_slots_go_first_come_first_served():
+    async def scenario():
+        slots = Slots(4)
+        await slots.take(3)
+        order = []
+
+        async def taker(name, count):
+            await slots.take(count)
+            order.append(name)
+
+        group = asyncio.create_task(taker("group of 2", 2))
+        await asyncio.sleep(0)
+        single = asyncio.create_task(taker("single", 1))
+        await asyncio.sleep(0)
+        assert order == [] and slots.free == 1, "a single slot is free, but the group came first"
+        slots.give()
+        await asyncio.sleep(0)
+        assert order == ["group of 2"] and slots.free == 0
+        slots.give()
+        await asyncio.gather(group, single)
+        assert order == ["group of 2", "single"] and slots.free == 0
+
+        # a taker cancelled while waiting keeps nothing, and the one behind it is admitted
+        waiting = asyncio.create_task(taker("cancelled", 2))
+        behind = asyncio.create_task(taker("behind", 1))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        slots.give()
+        await behind
+        assert order[-1] == "behind" and slots.free == 0
+        with pytest.raises(ValueError, match="cannot take 5 of 4"):
+            await slots.take(5)
+
+    asyncio.run(scenario())
 
 
 def test_calculator_agent_through_the_real_proxy_ends_without_tool_calls(proxy):

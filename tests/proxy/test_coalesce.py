@@ -1,0 +1,121 @@
+"""proxy.coalesce_window_ms: identical first calls of several sessions go to vLLM as one request with
+n choices, and each session records, and its agent gets, a choice of its own, token-exact."""
+
+import asyncio
+import re
+
+import httpx
+import openai
+import pytest
+
+from seamless.config import ProxyConfig
+from seamless.proxy.coalesce import mergeable
+from seamless.proxy.server import ProxyProcess
+from tests.proxy.helpers import Admin
+
+pytestmark = [pytest.mark.vllm]
+
+# a window long enough that calls sent together on a loaded machine still meet in it
+WINDOW_MS = 1500.0
+MESSAGES = [{"role": "system", "content": "You add numbers."}, {"role": "user", "content": "What is 2 + 3?"}]
+
+
+def test_only_whole_first_turn_chat_calls_without_a_seed_are_merged():
+    first = {"messages": MESSAGES, "max_tokens": 8}
+    assert mergeable("chat", first)
+    assert not mergeable("completion", {"prompt": "2 + 3 =", "max_tokens": 8})
+    assert not mergeable("chat", {**first, "stream": True})
+    assert not mergeable("chat", {**first, "n": 2})
+    assert not mergeable("chat", {**first, "seed": 1})
+    later = {**first, "messages": [*MESSAGES, {"role": "assistant", "content": "5"}, {"role": "user", "content": "+1?"}]}
+    assert not mergeable("chat", later)
+
+
+@pytest.fixture(scope="module")
+def merging_proxy(redis_server, vllm_server, tmp_path_factory):
+    with ProxyProcess(redis_server.url, tmp_path_factory.mktemp("merging-proxy"), upstreams=[vllm_server.url],
+                      prefix="merging", config=ProxyConfig(coalesce_window_ms=WINDOW_MS, health_interval_s=0.5)) as p:
+        yield p
+
+
+def _coalesced(proxy) -> tuple[int, int]:
+    text = httpx.get(proxy.url + "/metrics", headers=Admin(proxy).headers, timeout=30).text
+    calls = int(re.search(r'seamless_proxy_coalesced_total\{kind="calls"\} (\d+)', text).group(1))
+    requests = int(re.search(r'seamless_proxy_coalesced_total\{kind="requests"\} (\d+)', text).group(1))
+    return calls, requests
+
+
+async def _call(session: dict, body: dict, timeout: float = 120.0):
+    async with openai.AsyncOpenAI(base_url=session["base_url"], api_key=session["api_key"], timeout=timeout,
+                                  max_retries=0) as client:
+        return await client.chat.completions.create(model="tiny", **body)
+
+
+def test_a_groups_identical_calls_share_one_request_and_each_records_its_own_choice(merging_proxy):
+    admin = Admin(merging_proxy)
+    sessions = [admin.session(group_id="g-merge") for _ in range(4)]
+    before = _coalesced(merging_proxy)
+    body = {"messages": MESSAGES, "max_tokens": 12, "temperature": 1.0, "logprobs": True,
+            "extra_body": {"return_token_ids": True}}
+
+    async def group():
+        return await asyncio.gather(*[_call(s, body) for s in sessions])
+
+    answers = asyncio.run(group())
+    calls, requests = (a - b for a, b in zip(_coalesced(merging_proxy), before))
+    assert (calls, requests) == (4, 1)
+    completions = []
+    for session, answer in zip(sessions, answers):
+        [choice] = answer.choices
+        assert choice.index == 0
+        [turn] = admin.trajectory(session["session_id"])["turns"]
+        # the agent got exactly the tokens and logprobs its session recorded
+        assert turn["completion_token_ids"] == choice.token_ids
+        assert turn["logprobs"] == pytest.approx([e.logprob for e in choice.logprobs.content], abs=1e-6)
+        assert answer.usage.completion_tokens == len(choice.token_ids)
+        assert answer.usage.prompt_tokens == len(turn["prompt_token_ids"])
+        completions.append(tuple(turn["completion_token_ids"]))
+    assert len({a.id for a in answers}) == 4, "each agent's call has an id of its own"
+    assert len(set(completions)) > 1, "the choices are independent samples, not one answer copied"
+    # all asked the same prompt, rendered once
+    prompts = {tuple(admin.trajectory(s["session_id"])["turns"][0]["prompt_token_ids"]) for s in sessions}
+    assert len(prompts) == 1
+
+
+def test_calls_that_differ_go_alone(merging_proxy):
+    admin = Admin(merging_proxy)
+    sessions = [admin.session() for _ in range(3)]
+    before = _coalesced(merging_proxy)
+    bodies = [{"messages": MESSAGES, "max_tokens": 4},
+              {"messages": [MESSAGES[0], {"role": "user", "content": "What is 4 + 4?"}], "max_tokens": 4},
+              {"messages": MESSAGES, "max_tokens": 4, "seed": 7}]
+
+    async def run():
+        return await asyncio.gather(*[_call(s, b) for s, b in zip(sessions, bodies)])
+
+    asyncio.run(run())
+    assert _coalesced(merging_proxy) == before
+    for session in sessions:
+        assert len(admin.trajectory(session["session_id"])["turns"]) == 1
+
+
+def test_an_agent_that_leaves_records_nothing_and_the_others_are_answered(merging_proxy):
+    admin = Admin(merging_proxy)
+    stay = [admin.session() for _ in range(2)]
+    leave = admin.session()
+    before = _coalesced(merging_proxy)
+    body = {"messages": MESSAGES, "max_tokens": 6, "temperature": 1.0}
+
+    async def run():
+        staying = [asyncio.create_task(_call(s, body)) for s in stay]
+        # gives up long before the window closes, so it leaves a batch that has not gone upstream
+        with pytest.raises(openai.APITimeoutError):
+            await _call(leave, body, timeout=0.2)
+        return await asyncio.gather(*staying)
+
+    answers = asyncio.run(run())
+    assert all(len(a.choices) == 1 for a in answers)
+    assert tuple(a - b for a, b in zip(_coalesced(merging_proxy), before)) == (2, 1)
+    for session in stay:
+        assert len(admin.trajectory(session["session_id"])["turns"]) == 1
+    assert admin.trajectory(leave["session_id"])["turns"] == []
