@@ -246,12 +246,13 @@ class ProxyConfig(Section):
     that many times fewer chunks; the price: with rollout.partial_rollout keep, up to N-1 tokens
     sampled just before a weight update arrive after it and are stamped with the new version (abort
     flushes them at the pause; under cluster.policy colocated no call spans an update)."""
-    coalesce_window_ms: float = Field(5.0, ge=0, le=10_000)
-    """How long a whole (non-streaming) first-turn chat call waits for identical calls of other
-    sessions (a GRPO group's episodes) to go to vLLM with them as one request with n choices; each
-    session still records and gets its own choice. 0 sends every call alone. Saves vLLM's and the
-    proxy's per-request work (3.6x faster for a group of 8 three-token answers on 2 CPU cores);
-    costs each such call up to this long when no identical one comes."""
+    coalesce_window_ms: float = Field(20.0, ge=0, le=10_000)
+    """Longest a whole (non-streaming) first-turn chat call waits for identical calls of other
+    sessions, to go to vLLM with them as one request with n choices; each session still records
+    and gets its own choice. A group made by POST /sessions/batch (the runner's GRPO groups) goes as
+    soon as all its calls are in. 0 sends every call alone. Saves vLLM's and the proxy's
+    per-request work (3.6x faster for a group of 8 three-token answers on 2 CPU cores); a call
+    whose group never sends an identical one waits this long."""
     derender: Literal["tools", "always"] = "tools"
     """Which non-streaming chat answers take their message from vLLM's derender route (the proxy
     reads every answer as a stream; vLLM's non-streaming tool and reasoning parsers differ from its

@@ -84,6 +84,8 @@ async def create_sessions(request: Request) -> Response:
     await state.store.create_sessions(made, _optional_str(body, "group_id"), _optional_str(body, "task_id"), metadata)
     for sid, key in made:
         state.session_of_key[key] = sid
+    if state.coalescer is not None:
+        state.coalescer.made_together([sid for sid, _ in made])
     state.metrics.sessions_created += count
     base = _own_url(request)
     return JSONResponse({"sessions": [{"session_id": sid, "api_key": key, "base_url": f"{base}/sessions/{sid}/v1"}

@@ -13,7 +13,8 @@ calls with n = 1, no seed (vLLM would give every choice the same seed), and no a
 in their history (a later turn depends on the session's recorded tokens under
 `proxy.token_in_token_out`, and different sessions' later turns rarely match anyway). The first
 such call opens a batch; identical ones arriving within the window join it; it goes upstream when
-the window ends or it reaches `proxy.max_n` calls. The merged call is folded by one recorder as
+the window ends, when it holds every session of its members' group (sessions made together by
+POST /sessions/batch, as the runner makes a GRPO group's), or when it reaches `proxy.max_n` calls. The merged call is folded by one recorder as
 any n-choice call (partial rollout continues each aborted choice); each member then gets the
 choice of its own as a one-choice call, recorded in its own session and answered to its own agent.
 A member whose agent leaves records nothing; the others are unaffected.
@@ -30,6 +31,8 @@ from typing import Any
 
 from seamless.proxy.metrics import Metrics
 from seamless.proxy.recording import RECEIVED_AT, Api, CallRecorder
+
+_MAX_REMEMBERED = 1 << 16
 
 Generate = Callable[[dict[str, Any], str], Awaitable[CallRecorder]]
 """Runs one call upstream (body, the session that picks the server) and returns its recorder, unrecorded."""
@@ -62,6 +65,8 @@ class _Member:
 class _Batch:
     body: dict[str, Any]
     members: list[_Member] = field(default_factory=list)
+    expected: int = 0
+    """The largest group among its members' (0: none known); the batch goes once it holds that many."""
     closed: bool = False
     task: asyncio.Task[None] | None = None
 
@@ -74,6 +79,16 @@ class Coalescer:
         self.max_calls = max_calls
         self.metrics = metrics
         self._open: dict[str, _Batch] = {}
+        self._made_with: dict[str, int] = {}
+        """Session -> how many sessions were made in its POST /sessions/batch (its GRPO group), until
+        its first mergeable call: a batch that holds that many goes at once, without waiting."""
+
+    def made_together(self, session_ids: list[str]) -> None:
+        """These sessions are one group: their first calls are likely to be identical."""
+        for sid in session_ids:
+            self._made_with[sid] = len(session_ids)
+        while len(self._made_with) > _MAX_REMEMBERED:  # sessions that never made a mergeable call
+            del self._made_with[next(iter(self._made_with))]
 
     async def call(self, body: dict[str, Any], session_id: str, generate: Generate) -> CallRecorder:
         """This session's one-choice call, generated alone or with identical ones; not yet recorded."""
@@ -85,7 +100,8 @@ class Coalescer:
             loop.call_later(self.window_s, self._close, key, batch, generate)
         member = _Member(session_id, RECEIVED_AT.get(), loop.create_future())
         batch.members.append(member)
-        if len(batch.members) >= self.max_calls:
+        batch.expected = max(batch.expected, self._made_with.pop(session_id, 0))
+        if len(batch.members) >= min(self.max_calls, batch.expected or self.max_calls):
             self._close(key, batch, generate)
         try:
             # shielded: one agent leaving must not cancel the answer the others share

@@ -119,3 +119,27 @@ def test_an_agent_that_leaves_records_nothing_and_the_others_are_answered(mergin
     for session in stay:
         assert len(admin.trajectory(session["session_id"])["turns"]) == 1
     assert admin.trajectory(leave["session_id"])["turns"] == []
+
+
+@pytest.fixture(scope="module")
+def patient_proxy(redis_server, vllm_server, tmp_path_factory):
+    """A window far longer than any call here: only a full group can make a batch go early."""
+    with ProxyProcess(redis_server.url, tmp_path_factory.mktemp("patient-proxy"), upstreams=[vllm_server.url],
+                      prefix="patient", config=ProxyConfig(coalesce_window_ms=10_000, health_interval_s=0.5)) as p:
+        yield p
+
+
+def test_a_group_made_together_goes_as_soon_as_all_its_calls_arrived(patient_proxy):
+    admin = Admin(patient_proxy)
+    made = admin.post("/sessions/batch", {"count": 3, "group_id": "g-together"})
+    assert made.status_code == 201, made.text
+    sessions = made.json()["sessions"]
+    before = _coalesced(patient_proxy)
+    body = {"messages": MESSAGES, "max_tokens": 4, "temperature": 1.0}
+
+    async def group():
+        return await asyncio.wait_for(asyncio.gather(*[_call(s, body) for s in sessions]), timeout=8.0)
+
+    answers = asyncio.run(group())  # under the 10 s window: the full group went at once
+    assert all(len(a.choices) == 1 for a in answers)
+    assert tuple(a - b for a, b in zip(_coalesced(patient_proxy), before)) == (3, 1)
