@@ -48,19 +48,22 @@ def completion():
                                               for _ in TOKENS]}}],
         "usage": {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28}}).encode()
 
-def chunks():
+def chunks(n=1):
+    """The stream of a call with n choices (a coalesced group's), choice by choice."""
     out = [{"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "fake", "prompt_token_ids": PROMPT,
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
-    for i, t in enumerate(TOKENS):
-        out.append({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "fake",
-                    "choices": [{"index": 0, "delta": {"content": "a"}, "token_ids": [t],
-                                 "logprobs": {"content": [{"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": []}]},
-                                 "finish_reason": "length" if i == len(TOKENS) - 1 else None}]})
+            "choices": [{"index": c, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                        for c in range(n)]}]
+    for c in range(n):
+        for i, t in enumerate(TOKENS):
+            out.append({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "fake",
+                        "choices": [{"index": c, "delta": {"content": "a"}, "token_ids": [t],
+                                     "logprobs": {"content": [{"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": []}]},
+                                     "finish_reason": "length" if i == len(TOKENS) - 1 else None}]})
     out.append({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "fake", "choices": [],
-                "usage": {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28}})
+                "usage": {"prompt_tokens": 20, "completion_tokens": 8 * n, "total_tokens": 20 + 8 * n}})
     return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in out) + b"data: [DONE]\n\n"
 
-COMPLETION, STREAM = completion(), chunks()
+COMPLETION, STREAMS = completion(), {1: chunks()}
 MODELS = json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}).encode()
 
 async def app(scope, receive, send):
@@ -79,7 +82,10 @@ async def app(scope, receive, send):
         payload, kind = b"", b"text/plain"
     else:
         streaming = b'"stream": true' in body or b'"stream":true' in body
-        payload, kind = (STREAM, b"text/event-stream") if streaming else (COMPLETION, b"application/json")
+        n = json.loads(body).get("n") or 1 if b'"n"' in body else 1
+        if streaming and n not in STREAMS:
+            STREAMS[n] = chunks(n)
+        payload, kind = (STREAMS[n], b"text/event-stream") if streaming else (COMPLETION, b"application/json")
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", kind), (b"content-length", str(len(payload)).encode())]})
     await send({"type": "http.response.body", "body": payload})

@@ -181,8 +181,10 @@ class AgentRunner:
                 for _ in range(group_size))))
         client, slots = self._loop_state()
         asked = time.time()
+        together = group_size <= slots.limit  # admitted at once; else an episode at a time
         made = await self._admin(client, "POST", "/sessions/batch", {
-            "count": group_size, "group_id": group_id, "task_id": task.task_id, "metadata": self._metadata(metadata)})
+            "count": group_size, "group_id": group_id, "task_id": task.task_id, "metadata": self._metadata(metadata),
+            "start_together": together})
         session = (asked, time.time())
 
         sessions = made["sessions"]
@@ -197,7 +199,7 @@ class AgentRunner:
             await slots.take()
             return await one(info, time.time())
 
-        if len(sessions) <= slots.limit:
+        if together:
             # the group starts together, so its first calls reach the proxy together and can go to
             # vLLM as one request with n choices (proxy.coalesce_window_ms)
             await slots.take(len(sessions))

@@ -72,7 +72,8 @@ async def create_session(request: Request) -> Response:
 @_admin
 async def create_sessions(request: Request) -> Response:
     """`count` sessions of one group in one call (a GRPO group's episodes): {"sessions": [...]},
-    each as POST /sessions answers."""
+    each as POST /sessions answers. `start_together: true` says their agents start at once, so
+    their identical first calls may go to vLLM as one request (proxy.coalesce_window_ms)."""
     state = _state(request)
     body = await _json_object(request)
     count, metadata = body.get("count"), body.get("metadata") or {}
@@ -80,11 +81,14 @@ async def create_sessions(request: Request) -> Response:
         raise ApiError(400, f"'count' must be a whole number from 1 to {_MAX_BATCH}", param="count")
     if not isinstance(metadata, dict):
         raise ApiError(400, "'metadata' must be an object", param="metadata")
+    together = body.get("start_together", False)
+    if not isinstance(together, bool):
+        raise ApiError(400, "'start_together' must be true or false", param="start_together")
     made = [(new_key()[:16], new_key()) for _ in range(count)]
     await state.store.create_sessions(made, _optional_str(body, "group_id"), _optional_str(body, "task_id"), metadata)
     for sid, key in made:
         state.session_of_key[key] = sid
-    if state.coalescer is not None:
+    if state.coalescer is not None and together:
         state.coalescer.made_together([sid for sid, _ in made])
     state.metrics.sessions_created += count
     base = _own_url(request)

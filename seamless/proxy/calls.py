@@ -154,7 +154,7 @@ async def complete(state: ProxyState, api: Api, body: dict[str, Any], session_id
                    echo_texts: dict[int, str] | None = None) -> CallRecorder:
     """A whole call for a non-streaming agent, recorded; identical calls of other sessions arriving
     together may share its upstream request (coalesce)."""
-    if state.coalescer is not None and coalesce.mergeable(api, body):
+    if state.coalescer is not None and state.coalescer.expects(session_id) and coalesce.mergeable(api, body):
         recorder = await state.coalescer.call(body, session_id, lambda sent, sid: generate(state, api, sent, sid))
         state.pool.pin(session_id, recorder.upstream)  # its next calls find the prompt in that server's cache
     else:

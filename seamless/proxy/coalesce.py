@@ -8,16 +8,16 @@ request and stream each). Sent as one request with n = k, vLLM samples k indepen
 one prompt and pays that cost once: 128 three-token answers took 0.17 s as 16 requests of n=8 and
 0.62 s as 128 requests on this repo's CPU machine (2026-11-30).
 
-Only calls that cannot differ except in their sampling are merged: whole (non-streaming) chat
-calls with n = 1, no seed (vLLM would give every choice the same seed), and no assistant message
-in their history (a later turn depends on the session's recorded tokens under
-`proxy.token_in_token_out`, and different sessions' later turns rarely match anyway). The first
-such call opens a batch; identical ones arriving within the window join it; it goes upstream when
-the window ends, when it holds every session of its members' group (sessions made together by
-POST /sessions/batch, as the runner makes a GRPO group's), or when it reaches `proxy.max_n` calls. The merged call is folded by one recorder as
-any n-choice call (partial rollout continues each aborted choice); each member then gets the
-choice of its own as a one-choice call, recorded in its own session and answered to its own agent.
-A member whose agent leaves records nothing; the others are unaffected.
+Only the first calls of sessions started together (POST /sessions/batch with `start_together`, as
+the runner makes a GRPO group whose episodes it admits at once) wait to merge; every other call
+goes straight on. And only calls that cannot differ except in their sampling are merged: whole
+(non-streaming) chat calls with n = 1, no seed (vLLM would give every choice the same seed), and
+no assistant message in their history. The first such call opens a batch; identical ones join
+it; it goes upstream once it holds its whole group, when the window ends (a member that never
+sends an identical call), or when it reaches `proxy.max_n` calls. The merged call is folded by
+one recorder as any n-choice call (partial rollout continues each aborted choice); each member
+then gets the choice of its own as a one-choice call, recorded in its own session and answered to
+its own agent. A member whose agent leaves records nothing; the others are unaffected.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from seamless.proxy.errors import ApiError
 from seamless.proxy.metrics import Metrics
 from seamless.proxy.recording import RECEIVED_AT, Api, CallRecorder
 
@@ -80,8 +81,12 @@ class Coalescer:
         self.metrics = metrics
         self._open: dict[str, _Batch] = {}
         self._made_with: dict[str, int] = {}
-        """Session -> how many sessions were made in its POST /sessions/batch (its GRPO group), until
-        its first mergeable call: a batch that holds that many goes at once, without waiting."""
+        """Session -> the size of its group (POST /sessions/batch with start_together), until its
+        first call: only these calls wait to merge, and a batch that holds a whole group goes at once."""
+
+    def expects(self, session_id: str) -> bool:
+        """Whether the session was started with a group and has not made its first call yet."""
+        return session_id in self._made_with
 
     def made_together(self, session_ids: list[str]) -> None:
         """These sessions are one group: their first calls are likely to be identical."""
@@ -100,7 +105,7 @@ class Coalescer:
             loop.call_later(self.window_s, self._close, key, batch, generate)
         member = _Member(session_id, RECEIVED_AT.get(), loop.create_future())
         batch.members.append(member)
-        batch.expected = max(batch.expected, self._made_with.pop(session_id, 0))
+        batch.expected = max(batch.expected, self._made_with.pop(session_id))
         if len(batch.members) >= min(self.max_calls, batch.expected or self.max_calls):
             self._close(key, batch, generate)
         try:
@@ -127,6 +132,9 @@ class Coalescer:
                 answers = [await generate(body, members[0].session_id)]
             else:
                 merged = await generate({**body, "n": len(members)}, members[0].session_id)
+                if len(merged.choices) != len(members):
+                    raise ApiError(502, f"the rollout server answered {len(merged.choices)} choices where "
+                                        f"{len(members)} were asked (n); is it vLLM?", "upstream_error")
                 self.metrics.coalesced_calls += len(members)
                 self.metrics.coalesced_requests += 1
                 answers = [one_choice(merged, i, m.session_id, m.received_at) for i, m in enumerate(members)]

@@ -1,5 +1,6 @@
-"""proxy.coalesce_window_ms: identical first calls of several sessions go to vLLM as one request with
-n choices, and each session records, and its agent gets, a choice of its own, token-exact."""
+"""proxy.coalesce_window_ms: identical first calls of a group's sessions (made together, started
+together) go to vLLM as one request with n choices, and each session records, and its agent gets, a
+choice of its own, token-exact. Calls of other sessions never wait."""
 
 import asyncio
 import re
@@ -45,6 +46,12 @@ def _coalesced(proxy) -> tuple[int, int]:
     return calls, requests
 
 
+def _group(admin: Admin, count: int, together: bool = True) -> list[dict]:
+    made = admin.post("/sessions/batch", {"count": count, "group_id": "g", "start_together": together})
+    assert made.status_code == 201, made.text
+    return made.json()["sessions"]
+
+
 async def _call(session: dict, body: dict, timeout: float = 120.0):
     async with openai.AsyncOpenAI(base_url=session["base_url"], api_key=session["api_key"], timeout=timeout,
                                   max_retries=0) as client:
@@ -53,7 +60,7 @@ async def _call(session: dict, body: dict, timeout: float = 120.0):
 
 def test_a_groups_identical_calls_share_one_request_and_each_records_its_own_choice(merging_proxy):
     admin = Admin(merging_proxy)
-    sessions = [admin.session(group_id="g-merge") for _ in range(4)]
+    sessions = _group(admin, 4)
     before = _coalesced(merging_proxy)
     body = {"messages": MESSAGES, "max_tokens": 12, "temperature": 1.0, "logprobs": True,
             "extra_body": {"return_token_ids": True}}
@@ -84,7 +91,7 @@ def test_a_groups_identical_calls_share_one_request_and_each_records_its_own_cho
 
 def test_calls_that_differ_go_alone(merging_proxy):
     admin = Admin(merging_proxy)
-    sessions = [admin.session() for _ in range(3)]
+    sessions = _group(admin, 3)
     before = _coalesced(merging_proxy)
     bodies = [{"messages": MESSAGES, "max_tokens": 4},
               {"messages": [MESSAGES[0], {"role": "user", "content": "What is 4 + 4?"}], "max_tokens": 4},
@@ -101,8 +108,8 @@ def test_calls_that_differ_go_alone(merging_proxy):
 
 def test_an_agent_that_leaves_records_nothing_and_the_others_are_answered(merging_proxy):
     admin = Admin(merging_proxy)
-    stay = [admin.session() for _ in range(2)]
-    leave = admin.session()
+    # the group's fourth never calls, so the batch waits out its window: the leaver leaves it first
+    *stay, leave, _ = _group(admin, 4)
     before = _coalesced(merging_proxy)
     body = {"messages": MESSAGES, "max_tokens": 6, "temperature": 1.0}
 
@@ -131,9 +138,7 @@ def patient_proxy(redis_server, vllm_server, tmp_path_factory):
 
 def test_a_group_made_together_goes_as_soon_as_all_its_calls_arrived(patient_proxy):
     admin = Admin(patient_proxy)
-    made = admin.post("/sessions/batch", {"count": 3, "group_id": "g-together"})
-    assert made.status_code == 201, made.text
-    sessions = made.json()["sessions"]
+    sessions = _group(admin, 3)
     before = _coalesced(patient_proxy)
     body = {"messages": MESSAGES, "max_tokens": 4, "temperature": 1.0}
 
@@ -143,3 +148,21 @@ def test_a_group_made_together_goes_as_soon_as_all_its_calls_arrived(patient_pro
     answers = asyncio.run(group())  # under the 10 s window: the full group went at once
     assert all(len(a.choices) == 1 for a in answers)
     assert tuple(a - b for a, b in zip(_coalesced(patient_proxy), before)) == (3, 1)
+
+
+def test_calls_of_sessions_not_started_together_never_wait(patient_proxy):
+    admin = Admin(patient_proxy)
+    sessions = [*_group(admin, 2, together=False), admin.session(), admin.session()]
+    before = _coalesced(patient_proxy)
+    body = {"messages": MESSAGES, "max_tokens": 4, "temperature": 1.0}
+
+    async def run():
+        return await asyncio.wait_for(asyncio.gather(*[_call(s, body) for s in sessions]), timeout=8.0)
+
+    asyncio.run(run())  # under the 10 s window: none of them waited for it
+    assert _coalesced(patient_proxy) == before
+
+
+def test_start_together_must_be_a_boolean(patient_proxy):
+    made = Admin(patient_proxy).post("/sessions/batch", {"count": 2, "start_together": "yes"})
+    assert made.status_code == 400 and "start_together" in made.json()["error"]["message"]
