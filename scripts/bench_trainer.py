@@ -2,11 +2,14 @@
 
     source scripts/env.sh && .venv/bin/python scripts/bench_trainer.py [--ranks 2] [--steps 5]
 
-Each GRPO step forwards the batch once without gradients (logprobs it is trained from) and then
-ppo_epochs times with gradients; "trained tokens/s" counts the gradient passes' tokens over the
-whole step's wall time, "all tokens/s" counts every pass. The baseline, in the same run: the same
-step on the same batch in plain PyTorch (one process, no DeepSpeed, no Ray; seamless's batching
-and loss), at 1 and 2 torch threads. Compare it with `--ranks 1`.
+Each GRPO step forwards the batch ppo_epochs times with gradients, and before them once without
+gradients (the logprobs it is trained from) unless the step is a single optimizer update (the
+default: one epoch, one mini-batch, no reference), whose own pass gives those logprobs
+(`old_logprobs_from_the_update`). "trained tokens/s" counts the gradient passes' tokens over the
+whole step's wall time, "all tokens/s" counts every pass the step ran (the header prints how many).
+The baseline, in the same run: the same step on the same batch in plain PyTorch (one process, no
+DeepSpeed, no Ray; seamless's batching and loss, and the same rule for the no-grad pass), at 1 and
+2 torch threads. Compare it with `--ranks 1`.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from seamless.algorithms import make_algorithm  # noqa: E402
 from seamless.config import GrpoConfig, TrainerConfig  # noqa: E402
 from seamless.models.tiny import build_tiny_model  # noqa: E402
 from seamless.cluster.ray_cluster import start_ray, stop_ray  # noqa: E402
 from seamless.trainer import Trainer  # noqa: E402
+from seamless.trainer.trainer import old_logprobs_from_the_update  # noqa: E402
 from seamless.types import NO_VERSION, TrainingSequence  # noqa: E402
 
 
@@ -41,6 +46,12 @@ def synthetic_sequences(count: int, prompt_len: int, gen_len: int, vocab: int, s
     return out
 
 
+def passes_per_step(config: TrainerConfig, algo: GrpoConfig, batch_size: int) -> int:
+    """Forward passes over the batch in one step: one per epoch, plus the no-grad one if it runs."""
+    skipped = old_logprobs_from_the_update(config, make_algorithm(algo), batch_size)
+    return config.ppo_epochs + (0 if skipped else 1)
+
+
 def bench_stage(model_dir: Path, stage: int, ranks: int, steps: int, sequences: list[TrainingSequence],
                 budget: int) -> tuple[float, float, float]:
     config = TrainerConfig(lr=1e-4, micro_batch_tokens=budget, deepspeed={"zero_optimization": {"stage": stage}})
@@ -54,19 +65,20 @@ def bench_stage(model_dir: Path, stage: int, ranks: int, steps: int, sequences: 
             times.append(time.perf_counter() - start)
             tokens = metrics.num_tokens
     step_s = statistics.median(times)
-    return step_s, tokens * config.ppo_epochs / step_s, tokens * (1 + config.ppo_epochs) / step_s
+    return step_s, tokens * config.ppo_epochs / step_s, tokens * passes_per_step(config, algo, len(sequences)) / step_s
 
 
 def bench_plain(model_dir: Path, steps: int, sequences: list[TrainingSequence], budget: int,
                 threads: int) -> float:
     """The baseline: the same GRPO step on the same batch in plain PyTorch (one process, AdamW, no
     DeepSpeed, no Ray), with seamless's batching and loss so only the engine differs: a no-grad
-    pass for the old logprobs, then ppo_epochs x (forward, backward per micro-batch, clip, step).
+    pass for the old logprobs where the trainer runs one, then ppo_epochs x (forward, backward per
+    micro-batch, clip, step).
     Returns the median step in seconds."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from seamless.algorithms import group_ids_to_index, make_algorithm, logprobs_from_logits
+    from seamless.algorithms import group_ids_to_index, logprobs_from_logits
     from seamless.trainer.batch import TrainBatch, pack_by_tokens, scatter_rows, slice_micro_batch, with_denominators
     from seamless.trainer.objective import policy_objective
 
@@ -77,7 +89,7 @@ def bench_plain(model_dir: Path, steps: int, sequences: list[TrainingSequence], 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   betas=(0.9, 0.999), eps=1e-8)
 
-    def micro_batches(batch: TrainBatch, rows: list[int], **per_token: torch.Tensor) -> list:
+    def micro_batches(batch: TrainBatch, rows: list[int], **per_token: torch.Tensor | None) -> list:
         lengths = [int(batch.lengths[i]) for i in rows]
         mbs = [slice_micro_batch(batch, [rows[i] for i in g], 0, **per_token) for g in pack_by_tokens(lengths, budget)]
         return with_denominators([mbs], batch.loss_mask, rows)[0]
@@ -87,16 +99,19 @@ def bench_plain(model_dir: Path, steps: int, sequences: list[TrainingSequence], 
 
     def step() -> None:
         batch = TrainBatch.from_sequences(sequences, 0)
-        everything = micro_batches(batch, list(range(batch.size)))
-        model.eval()
-        with torch.no_grad():
-            outs = [logprobs_from_logits(logits(mb), mb.token_ids) for mb in everything]
-        old = scatter_rows(batch.size, batch.token_ids.shape[1], everything, outs)
+        old, rollout = None, batch.rollout_logprobs  # the objective takes old logprobs from its own pass
+        if not old_logprobs_from_the_update(config, algorithm, batch.size):
+            everything = micro_batches(batch, list(range(batch.size)))
+            model.eval()
+            with torch.no_grad():
+                outs = [logprobs_from_logits(logits(mb), mb.token_ids) for mb in everything]
+            old, rollout = scatter_rows(batch.size, batch.token_ids.shape[1], everything, outs), None
         groups = group_ids_to_index([s.group_id for s in sequences])
         adv = algorithm.advantages(batch.rewards.clone(), groups, batch.loss_mask, old, None, None)
         model.train()
         for _ in range(config.ppo_epochs):
-            for mb in micro_batches(batch, list(range(batch.size)), old_logprobs=old, advantages=adv.advantages):
+            for mb in micro_batches(batch, list(range(batch.size)), old_logprobs=old, advantages=adv.advantages,
+                                    rollout_logprobs=rollout):
                 loss, _ = policy_objective(logits(mb), mb, algo_config)
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -130,14 +145,16 @@ def main() -> int:
     sequences = synthetic_sequences(args.sequences, args.prompt_len, args.gen_len, vocab=500)
     start_ray(num_gpus=max(args.ranks, 1), num_cpus=2)
     try:
-        print(f"tiny model, {args.ranks} ranks, {args.sequences} sequences x {args.prompt_len + args.gen_len} tokens, "
-              f"micro-batch {args.micro_batch_tokens} tokens")
         epochs = TrainerConfig().ppo_epochs
+        passes = passes_per_step(TrainerConfig(), GrpoConfig(), args.sequences)
+        print(f"tiny model, {args.ranks} ranks, {args.sequences} sequences x {args.prompt_len + args.gen_len} tokens, "
+              f"micro-batch {args.micro_batch_tokens} tokens, {passes} forward passes a step "
+              f"({epochs} with gradients)")
         tokens = sum(len(s.token_ids) for s in sequences)
         for threads in args.plain_threads:
             step_s = bench_plain(model_dir, args.steps, sequences, args.micro_batch_tokens, threads)
             print(f"plain PyTorch, 1 process, {threads} thread(s): step {step_s * 1000:7.1f} ms   trained tokens/s "
-                  f"{tokens * epochs / step_s:9.0f}   all tokens/s {tokens * (1 + epochs) / step_s:9.0f}", flush=True)
+                  f"{tokens * epochs / step_s:9.0f}   all tokens/s {tokens * passes / step_s:9.0f}", flush=True)
         for stage in args.stages:
             step_s, trained, total = bench_stage(model_dir, stage, args.ranks, args.steps, sequences,
                                                  args.micro_batch_tokens)
