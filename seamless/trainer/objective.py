@@ -32,8 +32,13 @@ def _token_share(x: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
     return (x.detach() * mb.loss_mask).sum() / max(mb.num_tokens, 1.0)
 
 
-def policy_objective(logits: torch.Tensor, mb: MicroBatch, algo: AlgorithmConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate (+ KL loss, - entropy bonus) for logits (b, t, V)."""
+def policy_objective(logits: torch.Tensor, mb: MicroBatch, algo: AlgorithmConfig,
+                     own_old_logprobs: list[torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate (+ KL loss, - entropy bonus) for logits (b, t, V).
+
+    A micro-batch without old logprobs takes its own, detached; with `own_old_logprobs` given they
+    are appended to it, (b, t), for the updates after this one."""
     assert mb.advantages is not None
     mask = mb.loss_mask
     agg = partial(aggregate, mask=mask, mode=algo.loss_agg, num_tokens=mb.num_tokens, num_seqs=mb.num_seqs,
@@ -47,10 +52,12 @@ def policy_objective(logits: torch.Tensor, mb: MicroBatch, algo: AlgorithmConfig
     old_logprobs, is_weights = mb.old_logprobs, mb.is_weights
     metrics: dict[str, torch.Tensor] = {}
     if old_logprobs is None:
-        # the step's only update (Trainer: old_logprobs_from_the_update): these logprobs are the old
-        # ones, and what the driver derives from a no-grad pass is derived here from them
+        # the step's first update (Trainer: old_logprobs_from_the_update): these logprobs are the
+        # old ones, and what the driver derives from a no-grad pass is derived here from them
         assert mb.rollout_logprobs is not None
         old_logprobs = logprobs.detach()
+        if own_old_logprobs is not None:
+            own_old_logprobs.append(old_logprobs)
         metrics.update(mismatch_sums(old_logprobs, mb.rollout_logprobs, mask))
         if algo.tis_cap is not None:
             is_weights = truncated_is_weights(old_logprobs, mb.rollout_logprobs, mask, algo.tis_cap)

@@ -9,8 +9,8 @@
 A step: filter (staleness, dynamic sampling) -> one no-grad pass on the ranks for the logprobs
 the batch is trained from (and reference logprobs, critic values) -> advantages on the driver
 -> for each epoch, for each mini-batch: every rank runs its micro-batches and one optimizer step.
-When the step is one optimizer update and needs no reference or critic, the no-grad pass is
-skipped: the update's own logprobs are the old ones (`old_logprobs_from_the_update`).
+When the step has one mini-batch and needs no reference or critic, the no-grad pass is skipped:
+the first update's own logprobs are the old ones (`old_logprobs_from_the_update`).
 """
 
 from __future__ import annotations
@@ -141,16 +141,16 @@ class Trainer:
         mask = batch.loss_mask
         one_pass = old_logprobs_from_the_update(self.config, self.algorithm, batch.size)
         if one_pass:
-            # the objective takes the old logprobs (and with them the IS weights and the mismatch)
-            # from the update's own pass; advantages need no logprobs without the reference
+            # the objective of the first update takes the old logprobs (and with them the IS weights
+            # and the mismatch) from its own pass, and _optimize hands them to the later updates;
+            # advantages need no logprobs without the reference
             passes: dict[str, torch.Tensor] = {}
             old, is_weights = None, None
         else:
             passes = self._forward(batch, want_reference=self.algorithm.needs_reference,
                                    want_values=self.algorithm.needs_critic)
             old = passes["logprobs"]
-            is_weights = (truncated_is_weights(old, batch.rollout_logprobs, mask, algo.tis_cap)
-                          if algo.tis_cap is not None else None)
+            is_weights = self._is_weights(batch, old)
         adv = self.algorithm.advantages(rewards, groups, mask, old, passes.get("ref_logprobs"), passes.get("values"))
         per_token = {"old_logprobs": old, "ref_logprobs": passes.get("ref_logprobs"), "advantages": adv.advantages,
                      "is_weights": is_weights, "old_values": passes.get("values"), "returns": adv.returns,
@@ -159,7 +159,7 @@ class Trainer:
         self.step += 1
         elapsed = time.perf_counter() - start
         n_tok, n_trained = int(batch.attention_mask.sum()), int(mask.sum())
-        if one_pass:
+        if one_pass:  # only the first update, which measured the old logprobs, returns these sums
             mismatch = LogprobMismatch.from_sums(sums)
             is_weight_mean = sums["is_weight_sum"] / max(n_trained, 1) if algo.tis_cap is not None else 1.0
         else:
@@ -197,7 +197,11 @@ class Trainer:
         return _Filtered(kept, dropped_stale, 0)
 
     def _optimize(self, batch: TrainBatch, per_token: dict[str, torch.Tensor | None]) -> tuple[dict[str, float], list[float], float, float]:
-        """ppo_epochs passes, each split into mini-batches with one optimizer step each."""
+        """ppo_epochs passes, each split into mini-batches with one optimizer step each.
+
+        Without old logprobs in `per_token` (`old_logprobs_from_the_update`: one mini-batch) the
+        first update measures them in its own pass; when more updates follow, the ranks return them
+        and the later updates take them, with the IS weights, as from the no-grad pass."""
         import ray
 
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)  # same order after a resume
@@ -205,18 +209,27 @@ class Trainer:
         sums: dict[str, float] = {"_updates": 0}
         epoch_losses: list[float] = []
         first_loss, lr = math.nan, self._lr()
-        for _ in range(self.config.ppo_epochs):
+        for epoch in range(self.config.ppo_epochs):
             order = torch.randperm(batch.size, generator=gen).tolist() if n_mini > 1 else list(range(batch.size))
             epoch_loss = 0.0
             for chunk in range(n_mini):
                 rows = order[chunk::n_mini]
                 lr = self._lr()
                 rank_mbs = self._micro_batches(batch, rows, per_token)
-                futures = [w.train_policy.remote(mbs, lr) for w, mbs in zip(self._workers, rank_mbs)]
+                keep_old = per_token["old_logprobs"] is None and epoch + 1 < self.config.ppo_epochs
+                futures = [w.train_policy.remote(mbs, lr, keep_old) for w, mbs in zip(self._workers, rank_mbs)]
                 if self.algorithm.needs_critic:
                     critic_lr = self._lr(self.algorithm.critic_lr)
                     futures += [w.train_critic.remote(mbs, critic_lr) for w, mbs in zip(self._workers, rank_mbs)]
                 results = ray.get(futures)
+                if keep_old:  # every row, on the micro-batches `_forward` would run: scatter as it does
+                    assert n_mini == 1 and not self.algorithm.needs_critic
+                    results, kept = [r[0] for r in results], [r[1] for r in results]
+                    B, T = batch.token_ids.shape
+                    old = scatter_rows(B, T, [mb for rank in rank_mbs for mb in rank],
+                                       [t for rank in kept for t in rank])
+                    per_token = {**per_token, "old_logprobs": old, "is_weights": self._is_weights(batch, old),
+                                 "rollout_logprobs": None}
                 merged = _merge_rank_metrics(results, self.num_ranks)
                 if math.isnan(first_loss):
                     first_loss = merged["loss"]
@@ -227,6 +240,11 @@ class Trainer:
                 self.optimizer_steps += 1
             epoch_losses.append(epoch_loss)
         return sums, epoch_losses, first_loss, lr
+
+    def _is_weights(self, batch: TrainBatch, old: torch.Tensor) -> torch.Tensor | None:
+        """Truncated IS weights of the old logprobs (B, T) against the rollout's; None without tis_cap."""
+        cap = self.algorithm.config.tis_cap
+        return truncated_is_weights(old, batch.rollout_logprobs, batch.loss_mask, cap) if cap is not None else None
 
     def _lr(self, peak: float | None = None) -> float:
         """Linear warm-up over trainer.warmup_steps optimizer steps, then constant."""
@@ -418,17 +436,22 @@ class Trainer:
 
 
 def old_logprobs_from_the_update(config: TrainerConfig, algorithm: Algorithm, batch_size: int) -> bool:
-    """Whether a step takes the logprobs its batch is trained from ("old" logprobs) from its one
-    gradient pass instead of a no-grad pass before it (a third of the step's compute; TRL skips it
-    in the same case).
+    """Whether a step takes the logprobs its batch is trained from ("old" logprobs) from its first
+    gradient pass instead of a no-grad pass before it (one forward pass over the batch saved; TRL
+    skips it for one update).
 
-    Exact: with one epoch of one mini-batch there is one optimizer update, and its pass runs the
-    weights the no-grad pass would run, on the same micro-batches (every row, in order), so its
-    logprobs, detached, are the old logprobs: the ratio is 1 and the gradient the same. (The
-    no-grad pass runs in eval mode, the update in train mode: the same logprobs for models without
-    dropout, as Llama and Qwen2 are configured.) The no-grad pass also gives the reference's
-    logprobs and the critic's values, so it stays when the algorithm needs either."""
-    return (config.ppo_epochs == 1 and min(config.mini_batches, batch_size) == 1
+    Exact with one mini-batch, for any number of epochs: each epoch is one optimizer update over
+    every row, in order, on the micro-batches the no-grad pass would run (`_micro_batches` of the
+    same rows), and the first update's pass runs the step's starting weights, the ones the no-grad
+    pass would run (gradients accumulate over the micro-batches; the optimizer steps once, after
+    the last). So the first update's logprobs, detached, are the old logprobs: its ratio is 1 and
+    its gradient the same, and the later updates get them from it (`_optimize`) as they would from
+    the no-grad pass. (The no-grad pass runs in eval mode, the update in train mode: the same
+    logprobs for models without dropout, as Llama and Qwen2 are configured.) With more
+    mini-batches, the rows of the second are first forwarded after an update has moved the
+    weights. The no-grad pass also gives the reference's logprobs and the critic's values, so it
+    stays when the algorithm needs either."""
+    return (min(config.mini_batches, batch_size) == 1
             and not algorithm.needs_reference and not algorithm.needs_critic)
 
 

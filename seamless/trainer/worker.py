@@ -204,9 +204,21 @@ class TrainWorker:
         sums["grad_norm"] = float(norm) if norm is not None else float("nan")
         return sums
 
-    def train_policy(self, micro_batches: list[MicroBatch], lr: float) -> dict[str, float]:
+    def train_policy(self, micro_batches: list[MicroBatch], lr: float, return_old_logprobs: bool = False
+                     ) -> dict[str, float] | tuple[dict[str, float], list[torch.Tensor]]:
+        """One optimizer update of the policy; this rank's metric shares.
+
+        `return_old_logprobs`, for micro-batches without old logprobs (the first of several updates,
+        Trainer.old_logprobs_from_the_update): also the logprobs they measured as their old ones,
+        one CPU tensor (b, t) per micro-batch, as (metrics, logprobs), for the later updates."""
         algo = self.spec.algorithm
-        return self._accumulate(self._e.policy, micro_batches, lambda lg, mb: policy_objective(lg, mb, algo), lr)
+        kept: list[torch.Tensor] | None = [] if return_old_logprobs else None
+        metrics = self._accumulate(self._e.policy, micro_batches, lambda lg, mb: policy_objective(lg, mb, algo, kept),
+                                   lr)
+        if kept is None:
+            return metrics
+        assert len(kept) == len(micro_batches), "old logprobs asked of micro-batches that came with them"
+        return metrics, [t.cpu() for t in kept]
 
     def train_critic(self, micro_batches: list[MicroBatch], lr: float) -> dict[str, float]:
         algo = self.spec.algorithm

@@ -1,8 +1,9 @@
-"""A step with one optimizer update takes its old logprobs from that update's own pass.
+"""A step with one mini-batch takes its old logprobs from its first update's own pass.
 
-Skipping the no-grad pass must change nothing: not the update (ratio 1 either way), not the IS
-weights, not the metrics measured on the old logprobs (the logprob mismatch with vLLM, whose
-maximum combines over micro-batches and ranks by max, not by sum).
+Skipping the no-grad pass must change nothing: not the first update (ratio 1 either way), not the
+later epochs' updates (the first update's logprobs are their old logprobs), not the IS weights, not
+the metrics measured on the old logprobs (the logprob mismatch with vLLM, whose maximum combines
+over micro-batches and ranks by max, not by sum).
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ from seamless.trainer.trainer import _merge_rank_metrics, old_logprobs_from_the_
 from seamless.types import NO_VERSION, TrainingSequence
 
 
-def test_the_no_grad_pass_is_skipped_only_for_one_update_without_reference_or_critic():
+def test_the_no_grad_pass_is_skipped_only_for_one_mini_batch_without_reference_or_critic():
     grpo, ppo, with_kl = make_algorithm(GrpoConfig()), make_algorithm(PpoConfig()), make_algorithm(GrpoConfig(kl_coef=0.1))
-    one = TrainerConfig()
+    one, two_epochs = TrainerConfig(), TrainerConfig(ppo_epochs=2)
     assert old_logprobs_from_the_update(one, grpo, batch_size=8)
-    assert not old_logprobs_from_the_update(TrainerConfig(ppo_epochs=2), grpo, batch_size=8)
+    assert old_logprobs_from_the_update(two_epochs, grpo, batch_size=8)  # the tiny recipes' setting
     assert not old_logprobs_from_the_update(TrainerConfig(mini_batches=2), grpo, batch_size=8)
+    assert not old_logprobs_from_the_update(TrainerConfig(ppo_epochs=2, mini_batches=2), grpo, batch_size=8)
     assert old_logprobs_from_the_update(TrainerConfig(mini_batches=2), grpo, batch_size=1)  # one row: one mini-batch
-    assert not old_logprobs_from_the_update(one, with_kl, batch_size=8)
-    assert not old_logprobs_from_the_update(one, ppo, batch_size=8)
+    for config in (one, two_epochs):
+        assert not old_logprobs_from_the_update(config, with_kl, batch_size=8)
+        assert not old_logprobs_from_the_update(config, ppo, batch_size=8)
 
 
 def test_rank_metrics_add_up_but_maxima_combine_by_max():
@@ -53,16 +56,21 @@ def test_objective_without_old_logprobs_equals_it_given_its_own_detached_logprob
                 advantages=advantages, num_tokens=float(mask.sum()), num_seqs=float(b))
     logits = torch.randn(b, t, vocab, generator=gen)
 
-    def run(mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    def run(mb: MicroBatch, kept: list[torch.Tensor] | None = None):
         leaf = logits.clone().requires_grad_(True)
-        loss, metrics = policy_objective(leaf, mb, algo)
+        loss, metrics = policy_objective(leaf, mb, algo, kept)
         loss.backward()
         return loss, metrics, leaf.grad
 
     old = logprobs_from_logits(logits, tokens)
     weights = truncated_is_weights(old, rollout, mask, tis_cap) if tis_cap is not None else None
-    loss, metrics, grad = run(MicroBatch(**base, old_logprobs=old, is_weights=weights))
-    own_loss, own_metrics, own_grad = run(MicroBatch(**base, rollout_logprobs=rollout))
+    given: list[torch.Tensor] = []
+    loss, metrics, grad = run(MicroBatch(**base, old_logprobs=old, is_weights=weights), given)
+    kept: list[torch.Tensor] = []
+    own_loss, own_metrics, own_grad = run(MicroBatch(**base, rollout_logprobs=rollout), kept)
+    assert given == []  # old logprobs that came with the micro-batch are not handed back
+    assert len(kept) == 1 and not kept[0].requires_grad  # the ones it measured are, for the later epochs
+    torch.testing.assert_close(kept[0], old, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(own_loss, loss, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(own_grad, grad, rtol=1e-6, atol=1e-7)
     for key in ("policy_loss", "entropy", "clip_frac", "approx_kl", "loss"):
@@ -123,29 +131,38 @@ def _step(tiny_model_dir, sequences, algo, config, monkeypatch, skip: bool):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tis_cap", [2.0, None])
-def test_one_update_step_equals_the_step_with_a_no_grad_pass(tis_cap, ray_cluster, tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize("tis_cap, epochs", [(2.0, 1), (None, 1), (2.0, 2), (None, 2)])
+def test_a_one_mini_batch_step_equals_the_step_with_a_no_grad_pass(tis_cap, epochs, ray_cluster, tiny_model_dir,
+                                                                   monkeypatch):
     sequences = _sequences()
     algo = GrpoConfig(tis_cap=tis_cap, max_staleness=10**6)
     # a small token budget: several micro-batches on each of the 2 ranks
-    config = TrainerConfig(lr=1e-3, micro_batch_tokens=128, deepspeed={"zero_optimization": {"stage": 2}})
+    config = TrainerConfig(lr=1e-3, ppo_epochs=epochs, micro_batch_tokens=128,
+                           deepspeed={"zero_optimization": {"stage": 2}})
     start, one_pass, ours = _step(tiny_model_dir, sequences, algo, config, monkeypatch, skip=True)
     start_again, two_pass, theirs = _step(tiny_model_dir, sequences, algo, config, monkeypatch, skip=False)
 
     assert all(torch.equal(start[k], start_again[k]) for k in start)
     close = dict(rel=1e-5, abs=1e-7)
-    for key in ("loss", "policy_loss", "entropy", "clip_frac", "grad_norm", "mismatch_mean_abs",
+    for key in ("loss", "policy_loss", "entropy", "clip_frac", "approx_kl", "grad_norm", "mismatch_mean_abs",
                 "mismatch_max_abs", "mismatch_kl", "is_weight_mean", "advantage_mean"):
         assert getattr(one_pass, key) == pytest.approx(getattr(two_pass, key), **close), key
-    assert one_pass.approx_kl == 0.0 and two_pass.approx_kl == pytest.approx(0.0, abs=1e-7)
-    # the data makes these checks bite: a max summed over micro-batches, or IS weights left at 1,
-    # would differ by far more than rounding
+    assert one_pass.epoch_losses == pytest.approx(two_pass.epoch_losses, **close)
+    assert len(one_pass.epoch_losses) == epochs
+    if epochs == 1:  # the update's own logprobs are its old ones: ratio 1
+        assert one_pass.approx_kl == 0.0 and two_pass.approx_kl == pytest.approx(0.0, abs=1e-7)
+    else:
+        # the second epoch runs moved weights against the first's logprobs: old logprobs taken from
+        # the second epoch's own pass would give 0, misplaced rows far more than rounding
+        assert two_pass.approx_kl > 1e-4, two_pass.approx_kl
+    # the data makes these checks bite: a max summed over micro-batches (or over epochs), or IS
+    # weights left at 1, would differ by far more than rounding
     assert two_pass.mismatch_mean_abs > 0.5 and two_pass.mismatch_max_abs > 2.0
     if tis_cap is not None:
         assert 0.5 < two_pass.is_weight_mean < 1.9
     moved = max(float((theirs[k] - start[k]).abs().max()) for k in start)
     differ = max(float((ours[k] - theirs[k]).abs().max()) for k in start)
     assert moved > 1e-4, "the step did not move the weights; the test would prove nothing"
-    # measured on CPU: 0.0 (the same logprobs to the bit, so ratio 1 and the same gradient); Adam's
+    # measured on CPU: 0.0 (the same logprobs to the bit, so the same ratios and gradients); Adam's
     # first step moves every weight by about lr, so a wrong gradient shows as a whole move
     assert differ <= moved * 1e-4, f"the steps differ by {differ:.2e} (moved {moved:.2e})"
