@@ -1,14 +1,14 @@
 """Trained tokens/s of the seamless trainer on the tiny model at ZeRO 0, 2 and 3 (a benchmark, not a test).
 
-    source scripts/env.sh && .venv/bin/python scripts/bench_trainer.py [--ranks 2] [--steps 5]
+    source scripts/env.sh && .venv/bin/python scripts/bench_trainer.py [--ranks 2] [--steps 5] [--ppo-epochs 2]
 
-Each GRPO step forwards the batch ppo_epochs times with gradients, and before them once without
-gradients (the logprobs it is trained from) unless the step is a single optimizer update (the
-default: one epoch, one mini-batch, no reference), whose own pass gives those logprobs
-(`old_logprobs_from_the_update`). "trained tokens/s" counts the gradient passes' tokens over the
-whole step's wall time, "all tokens/s" counts every pass the step ran (the header prints how many).
+Each GRPO step (one mini-batch, no reference) forwards the batch ppo_epochs times with gradients,
+one optimizer update each. The logprobs it is trained from come from the first update's own pass
+(`old_logprobs_from_the_update`), or, where that rule says no, from a no-grad pass before the
+updates; the header prints how many passes a step runs. "trained tokens/s" counts the gradient
+passes' tokens over the whole step's wall time, "all tokens/s" counts every pass the step ran.
 The baseline, in the same run: the same step on the same batch in plain PyTorch (one process, no
-DeepSpeed, no Ray; seamless's batching and loss, and the same rule for the no-grad pass), at 1 and
+DeepSpeed, no Ray; seamless's batching and loss, and the same rule for the old logprobs), at 1 and
 2 torch threads. Compare it with `--ranks 1`.
 """
 
@@ -53,8 +53,9 @@ def passes_per_step(config: TrainerConfig, algo: GrpoConfig, batch_size: int) ->
 
 
 def bench_stage(model_dir: Path, stage: int, ranks: int, steps: int, sequences: list[TrainingSequence],
-                budget: int) -> tuple[float, float, float]:
-    config = TrainerConfig(lr=1e-4, micro_batch_tokens=budget, deepspeed={"zero_optimization": {"stage": stage}})
+                budget: int, epochs: int) -> tuple[float, float, float]:
+    config = TrainerConfig(lr=1e-4, micro_batch_tokens=budget, ppo_epochs=epochs,
+                           deepspeed={"zero_optimization": {"stage": stage}})
     algo = GrpoConfig(max_staleness=10**6)
     with Trainer(model_dir, algo, config, num_ranks=ranks) as trainer:
         trainer.train_step(sequences)  # warm-up: first-call allocations, gloo connections
@@ -69,21 +70,23 @@ def bench_stage(model_dir: Path, stage: int, ranks: int, steps: int, sequences: 
 
 
 def bench_plain(model_dir: Path, steps: int, sequences: list[TrainingSequence], budget: int,
-                threads: int) -> float:
+                threads: int, epochs: int) -> float:
     """The baseline: the same GRPO step on the same batch in plain PyTorch (one process, AdamW, no
     DeepSpeed, no Ray), with seamless's batching and loss so only the engine differs: a no-grad
     pass for the old logprobs where the trainer runs one, then ppo_epochs x (forward, backward per
-    micro-batch, clip, step).
+    micro-batch, clip, step), the first keeping its own logprobs for the rest where the trainer
+    skips the no-grad pass.
     Returns the median step in seconds."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from seamless.algorithms import group_ids_to_index, logprobs_from_logits
+    from seamless.algorithms import group_ids_to_index, logprobs_from_logits, truncated_is_weights
     from seamless.trainer.batch import TrainBatch, pack_by_tokens, scatter_rows, slice_micro_batch, with_denominators
     from seamless.trainer.objective import policy_objective
 
     torch.set_num_threads(threads)
-    config, algo_config = TrainerConfig(lr=1e-4, micro_batch_tokens=budget), GrpoConfig(max_staleness=10**6)
+    config = TrainerConfig(lr=1e-4, micro_batch_tokens=budget, ppo_epochs=epochs)
+    algo_config = GrpoConfig(max_staleness=10**6)
     algorithm = make_algorithm(algo_config)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
@@ -97,26 +100,39 @@ def bench_plain(model_dir: Path, steps: int, sequences: list[TrainingSequence], 
     def logits(mb) -> torch.Tensor:
         return model(input_ids=mb.token_ids, attention_mask=mb.attention_mask).logits
 
+    def from_old(batch: TrainBatch, old: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """What the updates take from old logprobs (B, T), as Trainer._optimize gives them."""
+        cap = algo_config.tis_cap
+        weights = truncated_is_weights(old, batch.rollout_logprobs, batch.loss_mask, cap) if cap is not None else None
+        return {"old_logprobs": old, "is_weights": weights, "rollout_logprobs": None}
+
     def step() -> None:
         batch = TrainBatch.from_sequences(sequences, 0)
-        old, rollout = None, batch.rollout_logprobs  # the objective takes old logprobs from its own pass
+        B, T = batch.token_ids.shape
+        rows = list(range(batch.size))  # one mini-batch
+        # without old logprobs the objective takes its own pass's (and the IS weights from them)
+        per_token = {"old_logprobs": None, "is_weights": None, "rollout_logprobs": batch.rollout_logprobs}
         if not old_logprobs_from_the_update(config, algorithm, batch.size):
-            everything = micro_batches(batch, list(range(batch.size)))
+            everything = micro_batches(batch, rows)
             model.eval()
             with torch.no_grad():
                 outs = [logprobs_from_logits(logits(mb), mb.token_ids) for mb in everything]
-            old, rollout = scatter_rows(batch.size, batch.token_ids.shape[1], everything, outs), None
+            per_token = from_old(batch, scatter_rows(B, T, everything, outs))
         groups = group_ids_to_index([s.group_id for s in sequences])
-        adv = algorithm.advantages(batch.rewards.clone(), groups, batch.loss_mask, old, None, None)
+        adv = algorithm.advantages(batch.rewards.clone(), groups, batch.loss_mask, per_token["old_logprobs"],
+                                   None, None)
         model.train()
-        for _ in range(config.ppo_epochs):
-            for mb in micro_batches(batch, list(range(batch.size)), old_logprobs=old, advantages=adv.advantages,
-                                    rollout_logprobs=rollout):
-                loss, _ = policy_objective(logits(mb), mb, algo_config)
+        for epoch in range(config.ppo_epochs):
+            mbs = micro_batches(batch, rows, advantages=adv.advantages, **per_token)
+            kept = [] if per_token["old_logprobs"] is None and epoch + 1 < config.ppo_epochs else None
+            for mb in mbs:
+                loss, _ = policy_objective(logits(mb), mb, algo_config, kept)
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if kept is not None:
+                per_token = from_old(batch, scatter_rows(B, T, mbs, kept))
 
     step()  # warm-up, as for the trainer
     times = []
@@ -135,6 +151,8 @@ def main() -> int:
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--gen-len", type=int, default=96)
     parser.add_argument("--micro-batch-tokens", type=int, default=1024)
+    parser.add_argument("--ppo-epochs", type=int, default=TrainerConfig().ppo_epochs,
+                        help="optimizer updates per step (one mini-batch each); the tiny recipes use 2")
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 2, 3])
     parser.add_argument("--plain-threads", type=int, nargs="+", default=[1, 2],
                         help="torch threads of the plain-PyTorch baseline (the trainer's ranks run with "
@@ -145,19 +163,19 @@ def main() -> int:
     sequences = synthetic_sequences(args.sequences, args.prompt_len, args.gen_len, vocab=500)
     start_ray(num_gpus=max(args.ranks, 1), num_cpus=2)
     try:
-        epochs = TrainerConfig().ppo_epochs
-        passes = passes_per_step(TrainerConfig(), GrpoConfig(), args.sequences)
+        epochs = args.ppo_epochs
+        passes = passes_per_step(TrainerConfig(ppo_epochs=epochs), GrpoConfig(), args.sequences)
         print(f"tiny model, {args.ranks} ranks, {args.sequences} sequences x {args.prompt_len + args.gen_len} tokens, "
               f"micro-batch {args.micro_batch_tokens} tokens, {passes} forward passes a step "
               f"({epochs} with gradients)")
         tokens = sum(len(s.token_ids) for s in sequences)
         for threads in args.plain_threads:
-            step_s = bench_plain(model_dir, args.steps, sequences, args.micro_batch_tokens, threads)
+            step_s = bench_plain(model_dir, args.steps, sequences, args.micro_batch_tokens, threads, epochs)
             print(f"plain PyTorch, 1 process, {threads} thread(s): step {step_s * 1000:7.1f} ms   trained tokens/s "
                   f"{tokens * epochs / step_s:9.0f}   all tokens/s {tokens * passes / step_s:9.0f}", flush=True)
         for stage in args.stages:
             step_s, trained, total = bench_stage(model_dir, stage, args.ranks, args.steps, sequences,
-                                                 args.micro_batch_tokens)
+                                                 args.micro_batch_tokens, epochs)
             print(f"seamless ZeRO-{stage}, {args.ranks} rank(s): step {step_s * 1000:7.1f} ms   trained tokens/s "
                   f"{trained:9.0f}   all tokens/s {total:9.0f}", flush=True)
     finally:
