@@ -33,12 +33,18 @@ from seamless.algorithms.losses import (
     value_loss,
 )
 from seamless.algorithms.objectives import Advantages, Algorithm, make_algorithm
-from seamless.algorithms.off_policy import logprob_mismatch, staleness_keep, truncated_is_weights
+from seamless.algorithms.off_policy import (
+    LogprobMismatch,
+    logprob_mismatch,
+    mismatch_sums,
+    staleness_keep,
+    truncated_is_weights,
+)
 
 __all__ = [
-    "Advantages", "Algorithm", "make_algorithm",
+    "Advantages", "Algorithm", "LogprobMismatch", "make_algorithm",
     "aggregate", "discounted_returns", "dynamic_sampling_keep", "entropy_from_logits", "gae_advantages", "group_ids_to_index",
     "group_stats", "grpo_advantages", "kl_estimate", "last_token_rewards", "logprob_mismatch", "logprobs_and_entropy", "logprobs_from_logits", "masked_mean",
-    "masked_whiten", "overlong_penalty", "policy_loss", "reinforce_pp_advantages", "rloo_advantages",
+    "masked_whiten", "mismatch_sums", "overlong_penalty", "policy_loss", "reinforce_pp_advantages", "rloo_advantages",
     "sequence_to_token", "staleness_keep", "truncated_is_weights", "value_loss",
 ]

@@ -52,13 +52,17 @@ class Algorithm:
         """A frozen copy of the initial policy, for the KL term; only when the KL has a weight."""
         return self.config.kl_coef > 0
 
-    def advantages(self, rewards: torch.Tensor, groups: torch.Tensor, mask: torch.Tensor, logprobs: torch.Tensor,
-                   ref_logprobs: torch.Tensor | None, values: torch.Tensor | None) -> Advantages:
-        """rewards (B,) float64, groups (B,) long, mask/logprobs/ref_logprobs/values (B, T)."""
+    def advantages(self, rewards: torch.Tensor, groups: torch.Tensor, mask: torch.Tensor,
+                   logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None,
+                   values: torch.Tensor | None) -> Advantages:
+        """rewards (B,) float64, groups (B,) long, mask/logprobs/ref_logprobs/values (B, T).
+
+        `logprobs` only feed the KL penalty in the reward (kl_in_reward, which needs the reference
+        too); without it they may be None."""
         algo, mask = self.config, mask.double()
         kl_tokens = None
         if algo.kl_coef > 0 and algo.kl_in_reward:
-            assert ref_logprobs is not None
+            assert logprobs is not None and ref_logprobs is not None
             kl_tokens = algo.kl_coef * kl_estimate(logprobs.double(), ref_logprobs.double(), algo.kl_estimator) * mask
         return self._estimate(rewards, groups, mask, kl_tokens, values)
 

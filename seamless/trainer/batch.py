@@ -72,6 +72,7 @@ class MicroBatch:
     is_weights: torch.Tensor | None = None  # (b, t)
     old_values: torch.Tensor | None = None  # (b, t)
     returns: torch.Tensor | None = None  # (b, t)
+    rollout_logprobs: torch.Tensor | None = None  # (b, t), only where the update measures its own old logprobs
     num_tokens: float = 1.0
     """Trained tokens in the whole mini-batch (all ranks): the denominator of token means."""
     num_seqs: float = 1.0

@@ -5,6 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+def add_share(sums: dict[str, float], key: str, value: float) -> None:
+    """Fold one micro-batch's or rank's share of a metric into `sums`: maxima (keys ending in
+    `_max`) combine by max, everything else adds up."""
+    if key.endswith("_max"):
+        sums[key] = max(sums.get(key, value), value)
+    else:
+        sums[key] = sums.get(key, 0.0) + value
+
+
 @dataclass(frozen=True)
 class StepMetrics:
     """Metrics of one `Trainer.train_step`; token means are over trained tokens of the step."""
@@ -48,7 +57,8 @@ class StepMetrics:
     """Policy loss per PPO epoch (mean over its mini-batches): falls as the epochs fit the batch."""
     step_time_s: float = 0.0
     tokens_per_s: float = 0.0
-    """Forwarded tokens x (1 + epochs) / step time: training throughput including the logprob pass."""
+    """Forwarded tokens x passes / step time: training throughput over every pass the step ran (one
+    per epoch, plus the no-grad logprob pass when the step needs one)."""
 
     def to_dict(self, prefix: str = "train/") -> dict[str, float]:
         """Flat numbers for a logger."""

@@ -9,6 +9,8 @@
 A step: filter (staleness, dynamic sampling) -> one no-grad pass on the ranks for the logprobs
 the batch is trained from (and reference logprobs, critic values) -> advantages on the driver
 -> for each epoch, for each mini-batch: every rank runs its micro-batches and one optimizer step.
+When the step has one mini-batch and needs no reference or critic, the no-grad pass is skipped:
+the first update's own logprobs are the old ones (`old_logprobs_from_the_update`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any
 import torch
 
 from seamless.algorithms import (
+    Algorithm,
+    LogprobMismatch,
     dynamic_sampling_keep,
     group_ids_to_index,
     logprob_mismatch,
@@ -48,7 +52,7 @@ from seamless.trainer.batch import (
     with_denominators,
 )
 from seamless.trainer.engines import deepspeed_config, zero_stage
-from seamless.trainer.metrics import SftMetrics, StepMetrics
+from seamless.trainer.metrics import SftMetrics, StepMetrics, add_share
 from seamless.trainer.worker import TrainWorker, WorkerSpec
 from seamless.types import TrainingSequence
 
@@ -134,21 +138,33 @@ class Trainer:
             rewards += overlong_penalty(generated, algo.overlong_max_tokens, algo.overlong_buffer_tokens,
                                         algo.overlong_penalty)
         groups = group_ids_to_index([s.group_id for s in kept.sequences])
-        passes = self._forward(batch, want_reference=self.algorithm.needs_reference,
-                               want_values=self.algorithm.needs_critic)
-        old = passes["logprobs"]
-        adv = self.algorithm.advantages(rewards, groups, batch.loss_mask, old, passes.get("ref_logprobs"),
-                                   passes.get("values"))
         mask = batch.loss_mask
-        is_weights = (truncated_is_weights(old, batch.rollout_logprobs, mask, algo.tis_cap)
-                      if algo.tis_cap is not None else None)
+        one_pass = old_logprobs_from_the_update(self.config, self.algorithm, batch.size)
+        if one_pass:
+            # the objective of the first update takes the old logprobs (and with them the IS weights
+            # and the mismatch) from its own pass, and _optimize hands them to the later updates;
+            # advantages need no logprobs without the reference
+            passes: dict[str, torch.Tensor] = {}
+            old, is_weights = None, None
+        else:
+            passes = self._forward(batch, want_reference=self.algorithm.needs_reference,
+                                   want_values=self.algorithm.needs_critic)
+            old = passes["logprobs"]
+            is_weights = self._is_weights(batch, old)
+        adv = self.algorithm.advantages(rewards, groups, mask, old, passes.get("ref_logprobs"), passes.get("values"))
         per_token = {"old_logprobs": old, "ref_logprobs": passes.get("ref_logprobs"), "advantages": adv.advantages,
-                     "is_weights": is_weights, "old_values": passes.get("values"), "returns": adv.returns}
+                     "is_weights": is_weights, "old_values": passes.get("values"), "returns": adv.returns,
+                     "rollout_logprobs": batch.rollout_logprobs if one_pass else None}
         sums, epoch_losses, first_loss, lr = self._optimize(batch, per_token)
         self.step += 1
         elapsed = time.perf_counter() - start
-        mismatch = logprob_mismatch(old, batch.rollout_logprobs, mask)
         n_tok, n_trained = int(batch.attention_mask.sum()), int(mask.sum())
+        if one_pass:  # only the first update, which measured the old logprobs, returns these sums
+            mismatch = LogprobMismatch.from_sums(sums)
+            is_weight_mean = sums["is_weight_sum"] / max(n_trained, 1) if algo.tis_cap is not None else 1.0
+        else:
+            mismatch = logprob_mismatch(old, batch.rollout_logprobs, mask)
+            is_weight_mean = float((is_weights * mask).sum() / max(n_trained, 1)) if is_weights is not None else 1.0
         n_updates = max(sums.pop("_updates"), 1)
         mean = lambda key: sums.get(key, 0.0) / n_updates  # noqa: E731
         return StepMetrics(
@@ -160,11 +176,11 @@ class Trainer:
             reward_mean=float(rewards.mean()), advantage_mean=float((adv.advantages * mask).sum() / max(n_trained, 1)),
             mismatch_mean_abs=mismatch.mean_abs_diff, mismatch_max_abs=mismatch.max_abs_diff,
             mismatch_kl=mismatch.kl_k3,
-            is_weight_mean=float((is_weights * mask).sum() / max(n_trained, 1)) if is_weights is not None else 1.0,
+            is_weight_mean=is_weight_mean,
             kl_penalty=float(adv.kl_penalty.sum() / max(n_trained, 1)) if adv.kl_penalty is not None else 0.0,
             value_loss=mean("value_loss"), value_clip_frac=mean("value_clip_frac"),
             critic_grad_norm=mean("critic_grad_norm"), epoch_losses=epoch_losses, step_time_s=elapsed,
-            tokens_per_s=n_tok * (1 + self.config.ppo_epochs) / elapsed)
+            tokens_per_s=n_tok * (self.config.ppo_epochs + (0 if one_pass else 1)) / elapsed)
 
     def _filter(self, sequences: list[TrainingSequence], serving_version: int) -> _Filtered:
         """Drop sequences too stale to correct, then groups dynamic sampling rejects."""
@@ -181,7 +197,11 @@ class Trainer:
         return _Filtered(kept, dropped_stale, 0)
 
     def _optimize(self, batch: TrainBatch, per_token: dict[str, torch.Tensor | None]) -> tuple[dict[str, float], list[float], float, float]:
-        """ppo_epochs passes, each split into mini-batches with one optimizer step each."""
+        """ppo_epochs passes, each split into mini-batches with one optimizer step each.
+
+        Without old logprobs in `per_token` (`old_logprobs_from_the_update`: one mini-batch) the
+        first update measures them in its own pass; when more updates follow, the ranks return them
+        and the later updates take them, with the IS weights, as from the no-grad pass."""
         import ray
 
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)  # same order after a resume
@@ -189,28 +209,42 @@ class Trainer:
         sums: dict[str, float] = {"_updates": 0}
         epoch_losses: list[float] = []
         first_loss, lr = math.nan, self._lr()
-        for _ in range(self.config.ppo_epochs):
+        for epoch in range(self.config.ppo_epochs):
             order = torch.randperm(batch.size, generator=gen).tolist() if n_mini > 1 else list(range(batch.size))
             epoch_loss = 0.0
             for chunk in range(n_mini):
                 rows = order[chunk::n_mini]
                 lr = self._lr()
                 rank_mbs = self._micro_batches(batch, rows, per_token)
-                futures = [w.train_policy.remote(mbs, lr) for w, mbs in zip(self._workers, rank_mbs)]
+                keep_old = per_token["old_logprobs"] is None and epoch + 1 < self.config.ppo_epochs
+                futures = [w.train_policy.remote(mbs, lr, keep_old) for w, mbs in zip(self._workers, rank_mbs)]
                 if self.algorithm.needs_critic:
                     critic_lr = self._lr(self.algorithm.critic_lr)
                     futures += [w.train_critic.remote(mbs, critic_lr) for w, mbs in zip(self._workers, rank_mbs)]
                 results = ray.get(futures)
+                if keep_old:  # every row, on the micro-batches `_forward` would run: scatter as it does
+                    assert n_mini == 1 and not self.algorithm.needs_critic
+                    results, kept = [r[0] for r in results], [r[1] for r in results]
+                    B, T = batch.token_ids.shape
+                    old = scatter_rows(B, T, [mb for rank in rank_mbs for mb in rank],
+                                       [t for rank in kept for t in rank])
+                    per_token = {**per_token, "old_logprobs": old, "is_weights": self._is_weights(batch, old),
+                                 "rollout_logprobs": None}
                 merged = _merge_rank_metrics(results, self.num_ranks)
                 if math.isnan(first_loss):
                     first_loss = merged["loss"]
                 epoch_loss += merged["policy_loss"] / n_mini
                 for key, value in merged.items():
-                    sums[key] = sums.get(key, 0.0) + value
+                    add_share(sums, key, value)
                 sums["_updates"] += 1
                 self.optimizer_steps += 1
             epoch_losses.append(epoch_loss)
         return sums, epoch_losses, first_loss, lr
+
+    def _is_weights(self, batch: TrainBatch, old: torch.Tensor) -> torch.Tensor | None:
+        """Truncated IS weights of the old logprobs (B, T) against the rollout's; None without tis_cap."""
+        cap = self.algorithm.config.tis_cap
+        return truncated_is_weights(old, batch.rollout_logprobs, batch.loss_mask, cap) if cap is not None else None
 
     def _lr(self, peak: float | None = None) -> float:
         """Linear warm-up over trainer.warmup_steps optimizer steps, then constant."""
@@ -401,6 +435,26 @@ class Trainer:
         self.shutdown()
 
 
+def old_logprobs_from_the_update(config: TrainerConfig, algorithm: Algorithm, batch_size: int) -> bool:
+    """Whether a step takes the logprobs its batch is trained from ("old" logprobs) from its first
+    gradient pass instead of a no-grad pass before it (one forward pass over the batch saved; TRL
+    skips it for one update).
+
+    Exact with one mini-batch, for any number of epochs: each epoch is one optimizer update over
+    every row, in order, on the micro-batches the no-grad pass would run (`_micro_batches` of the
+    same rows), and the first update's pass runs the step's starting weights, the ones the no-grad
+    pass would run (gradients accumulate over the micro-batches; the optimizer steps once, after
+    the last). So the first update's logprobs, detached, are the old logprobs: its ratio is 1 and
+    its gradient the same, and the later updates get them from it (`_optimize`) as they would from
+    the no-grad pass. (The no-grad pass runs in eval mode, the update in train mode: the same
+    logprobs for models without dropout, as Llama and Qwen2 are configured.) With more
+    mini-batches, the rows of the second are first forwarded after an update has moved the
+    weights. The no-grad pass also gives the reference's logprobs and the critic's values, so it
+    stays when the algorithm needs either."""
+    return (min(config.mini_batches, batch_size) == 1
+            and not algorithm.needs_reference and not algorithm.needs_critic)
+
+
 def rank_cpu_threads(recipe: Recipe, num_ranks: int) -> int | None:
     """Torch threads per rank on CPU: trainer.cpu_threads, else under colocated (every server is
     paused while the ranks train) the cluster's CPUs shared among the ranks, else None (OMP_NUM_THREADS).
@@ -446,12 +500,12 @@ def latest_checkpoint(path: str | Path) -> Path:
 
 
 def _merge_rank_metrics(results: list[dict[str, float]], num_ranks: int) -> dict[str, float]:
-    """Add up per-rank shares; grad norms are already global, so take them once."""
+    """Add up per-rank shares (maxima by max); grad norms are already global, so take them once."""
     merged: dict[str, float] = {}
     for result in results:
         for key, value in result.items():
             if key.endswith("grad_norm"):
                 merged[key] = value
             else:
-                merged[key] = merged.get(key, 0.0) + value
+                add_share(merged, key, value)
     return merged

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 from seamless.config import AlgorithmConfig
 from seamless.trainer.batch import MicroBatch
 from seamless.trainer.engines import Engines, build_engines
+from seamless.trainer.metrics import add_share
 from seamless.trainer.objective import critic_objective, policy_objective, sft_objective, token_values
 from seamless.algorithms import logprobs_from_logits
 
@@ -185,7 +185,7 @@ class TrainWorker:
         engine.train()
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
-        sums: dict[str, float] = defaultdict(float)
+        sums: dict[str, float] = {}
         device = engine.device
         for i, mb in enumerate(micro_batches):
             engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
@@ -195,18 +195,30 @@ class TrainWorker:
             # mean, so undo the average and skip its accumulation scaling
             engine.backward(loss * self.world_size, scale_wrt_gas=False)
             for key, value in metrics.items():
-                sums[key] += float(value)
+                add_share(sums, key, float(value))
         # ZeRO optimizers record the pre-clip norm; at stage 0 the engine does not, so measure it
         # here, where the gradients are already averaged over ranks and not yet stepped
         own_norm = _grad_norm(engine.module) if self._e.stage == 0 else None
         engine.step()
         norm = own_norm if own_norm is not None else engine.get_global_grad_norm()
         sums["grad_norm"] = float(norm) if norm is not None else float("nan")
-        return dict(sums)
+        return sums
 
-    def train_policy(self, micro_batches: list[MicroBatch], lr: float) -> dict[str, float]:
+    def train_policy(self, micro_batches: list[MicroBatch], lr: float, return_old_logprobs: bool = False
+                     ) -> dict[str, float] | tuple[dict[str, float], list[torch.Tensor]]:
+        """One optimizer update of the policy; this rank's metric shares.
+
+        `return_old_logprobs`, for micro-batches without old logprobs (the first of several updates,
+        Trainer.old_logprobs_from_the_update): also the logprobs they measured as their old ones,
+        one CPU tensor (b, t) per micro-batch, as (metrics, logprobs), for the later updates."""
         algo = self.spec.algorithm
-        return self._accumulate(self._e.policy, micro_batches, lambda lg, mb: policy_objective(lg, mb, algo), lr)
+        kept: list[torch.Tensor] | None = [] if return_old_logprobs else None
+        metrics = self._accumulate(self._e.policy, micro_batches, lambda lg, mb: policy_objective(lg, mb, algo, kept),
+                                   lr)
+        if kept is None:
+            return metrics
+        assert len(kept) == len(micro_batches), "old logprobs asked of micro-batches that came with them"
+        return metrics, [t.cpu() for t in kept]
 
     def train_critic(self, micro_batches: list[MicroBatch], lr: float) -> dict[str, float]:
         algo = self.spec.algorithm

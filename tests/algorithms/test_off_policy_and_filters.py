@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from seamless.algorithms import (
+    LogprobMismatch,
     dynamic_sampling_keep,
     logprob_mismatch,
+    mismatch_sums,
     overlong_penalty,
     staleness_keep,
     truncated_is_weights,
@@ -32,6 +34,24 @@ def test_logprob_mismatch_hand_case():
     assert m.mean_abs_diff == pytest.approx(0.2) and m.max_abs_diff == pytest.approx(0.3)
     want_k3 = ((math.exp(0.1) - 1 - 0.1) + (math.exp(-0.3) - 1 + 0.3)) / 2
     assert m.kl_k3 == pytest.approx(want_k3)
+
+
+def test_logprob_mismatch_from_sums_of_pieces_equals_it_over_the_batch():
+    gen = torch.Generator().manual_seed(0)
+    trainer = -torch.rand(6, 9, generator=gen) * 4
+    rollout = trainer + torch.randn(6, 9, generator=gen)
+    mask = (torch.rand(6, 9, generator=gen) > 0.4).float()
+    combined: dict[str, float] = {}
+    for rows, width in ((slice(0, 2), 9), (slice(2, 3), 4), (slice(3, 6), 7)):  # micro-batches, trimmed
+        mask[rows, width:] = 0
+        for key, value in mismatch_sums(trainer[rows, :width], rollout[rows, :width], mask[rows, :width]).items():
+            before = combined.get(key)
+            combined[key] = float(value) if before is None else (
+                max(before, float(value)) if key.endswith("_max") else before + float(value))
+    whole, got = logprob_mismatch(trainer, rollout, mask), LogprobMismatch.from_sums(combined)
+    assert got.mean_abs_diff == pytest.approx(whole.mean_abs_diff, rel=1e-6)
+    assert got.max_abs_diff == pytest.approx(whole.max_abs_diff, rel=1e-6)
+    assert got.kl_k3 == pytest.approx(whole.kl_k3, rel=1e-6)
 
 
 def test_staleness_keeps_recent_and_unknown_versions():
