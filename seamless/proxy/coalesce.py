@@ -11,7 +11,7 @@ one prompt and pays that cost once: 128 three-token answers took 0.17 s as 16 re
 Only the first calls of sessions started together (POST /sessions/batch with `start_together`, as
 the runner makes a GRPO group whose episodes it admits at once) wait to merge; every other call
 goes straight on. And only calls that cannot differ except in their sampling are merged: whole
-(non-streaming) chat calls with n = 1, no seed (vLLM would give every choice the same seed), and
+(non-streaming) chat calls with n = 1, no seed (a seeded call asks for its own reproducible sample), and
 no assistant message in their history. The first such call opens a batch; identical ones join
 it; it goes upstream once it holds its whole group, when the window ends (a member that never
 sends an identical call), or when it reaches `proxy.max_n` calls. The merged call is folded by
@@ -34,6 +34,8 @@ from seamless.proxy.metrics import Metrics
 from seamless.proxy.recording import RECEIVED_AT, Api, CallRecorder
 
 _MAX_REMEMBERED = 1 << 16
+"""Groups' sessions remembered until their first call (the oldest forgotten first: sessions that
+never call, or call first in a way that cannot merge)."""
 
 Generate = Callable[[dict[str, Any], str], Awaitable[CallRecorder]]
 """Runs one call upstream (body, the session that picks the server) and returns its recorder, unrecorded."""

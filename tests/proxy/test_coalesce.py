@@ -166,3 +166,45 @@ def test_calls_of_sessions_not_started_together_never_wait(patient_proxy):
 def test_start_together_must_be_a_boolean(patient_proxy):
     made = Admin(patient_proxy).post("/sessions/batch", {"count": 2, "start_together": "yes"})
     assert made.status_code == 400 and "start_together" in made.json()["error"]["message"]
+
+
+def _generated_tokens(vllm_url: str) -> float:
+    text = httpx.get(vllm_url + "/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:generation_tokens_total"))
+
+
+@pytest.mark.parametrize("mode", ["keep", "abort"])
+def test_a_merged_call_rides_out_a_weight_update(merging_proxy, vllm_server, mode):
+    """Paused mid-generation (kept, or aborted and continued choice by choice: partial rollout),
+    each member still records exactly the tokens its agent got, the early ones at version 0 and
+    the late ones at the new version."""
+    admin = Admin(merging_proxy)
+    sessions = _group(admin, 3)
+    body = {"messages": MESSAGES, "max_tokens": 900, "temperature": 1.0, "logprobs": True,
+            "extra_body": {"return_token_ids": True, "ignore_eos": True}}
+    before = _generated_tokens(vllm_server.url)
+
+    async def run():
+        calls = asyncio.gather(*[_call(s, body, timeout=300) for s in sessions])
+        try:
+            # paused once the merged call has generated some tokens, long before its 900 each
+            while await asyncio.to_thread(_generated_tokens, vllm_server.url) < before + 30:
+                await asyncio.sleep(0.02)
+            assert (await asyncio.to_thread(admin.post, "/admin/pause", {"mode": mode})).json()["paused"] is True
+        finally:
+            await asyncio.to_thread(admin.post, "/admin/resume", {"weight_version": 3})
+        return await calls
+
+    try:
+        answers = asyncio.run(run())
+        for session, answer in zip(sessions, answers):
+            [choice] = answer.choices
+            [turn] = admin.trajectory(session["session_id"])["turns"]
+            versions = turn["weight_versions"]
+            assert turn["completion_token_ids"] == choice.token_ids and len(versions) == 900
+            assert versions[0] == 0 and versions[-1] == 3 and versions == sorted(versions), versions
+            assert len(turn["logprobs"]) == 900
+    finally:  # version 0 again for the tests after this one, pass or fail
+        admin.post("/admin/pause", {"mode": "keep"})
+        admin.post("/admin/resume", {"weight_version": 0})
