@@ -70,7 +70,6 @@ class _Batch:
     members: list[_Member] = field(default_factory=list)
     expected: int = 0
     """The largest group among its members' (0: none known); the batch goes once it holds that many."""
-    closed: bool = False
     task: asyncio.Task[None] | None = None
 
 
@@ -120,11 +119,9 @@ class Coalescer:
             raise
 
     def _close(self, key: str, batch: _Batch, generate: Generate) -> None:
-        if batch.closed:
-            return  # full before its window ended
-        batch.closed = True
-        if self._open.get(key) is batch:
-            del self._open[key]
+        if self._open.get(key) is not batch:
+            return  # already gone upstream: full before its window ended
+        del self._open[key]
         if batch.members:  # else every agent left during the window
             batch.task = asyncio.get_running_loop().create_task(self._run(list(batch.members), batch.body, generate))
 
