@@ -188,8 +188,11 @@ class AgentRunner:
         session = (asked, time.time())
 
         sessions = made["sessions"]
+        started = 0
 
         async def one(info: dict[str, Any], admitted: float) -> _Played:
+            nonlocal started
+            started += 1
             try:
                 return await self._play(task, info, group_id, sampling, admission=(session[1], admitted))
             finally:
@@ -204,7 +207,13 @@ class AgentRunner:
             # vLLM as one request with n choices (proxy.coalesce_window_ms)
             await slots.take(len(sessions))
             admitted = time.time()
-            played = await asyncio.gather(*(one(info, admitted) for info in sessions))
+            try:
+                played = await asyncio.gather(*(one(info, admitted) for info in sessions))
+            except asyncio.CancelledError:
+                # an episode cancelled before its first step never ran `one`, so never gave its
+                # slot back (gather raises this only once every episode is done)
+                slots.give(len(sessions) - started)
+                raise
         else:
             played = await asyncio.gather(*(alone(info) for info in sessions))
         return await self._finish(client, played, session)

@@ -216,6 +216,29 @@ def test_a_group_starts_together_and_slots_go_first_come_first_served():
     asyncio.run(scenario())
 
 
+def test_a_group_cancelled_as_it_is_admitted_gives_every_slot_back(proxy):
+    runner = _runner(proxy, f"{HERE}:sleeping_agent", concurrency=4)
+
+    async def scenario(cancel_after_start: bool):
+        _, slots = runner._loop_state()
+        group = asyncio.create_task(runner.run_group(TASK, 3))
+        deadline = time.monotonic() + 60
+        # polling every loop turn: the group is seen holding its slots before its episodes' first step
+        while slots.free == 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0)
+        assert slots.free == 1, "the group took its 3 slots at once"
+        if cancel_after_start:
+            await asyncio.sleep(0.2)  # the episodes are inside the (sleeping) agent
+        group.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await group
+        assert slots.free == 4
+        await runner.aclose()
+
+    asyncio.run(scenario(cancel_after_start=False))
+    asyncio.run(scenario(cancel_after_start=True))
+
+
 def test_calculator_agent_through_the_real_proxy_ends_without_tool_calls(proxy):
     runner = _runner(proxy, "calculator", max_turns=3, sampling=Sampling(temperature=0.0, max_tokens=8))
     [group] = runner.run_groups_sync([TASK], 1)
