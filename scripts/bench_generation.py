@@ -1,0 +1,149 @@
+"""Decoding on the tiny model: the vLLM server seamless rolls out with, beside transformers `generate`
+(TRL's generator in scripts/bench_e2e.py), on the same weights and batch (a benchmark, not a test).
+
+    source scripts/env.sh && flock /tmp/seamless-heavy.lock .venv/bin/python scripts/bench_generation.py [--tokens 150] [--batches 1 8 64]
+
+It answers "what bounds seamless's rollout on a CPU": for every batch size, both sides sample
+exactly `--tokens` new tokens per sequence (min = max tokens) from one short prompt, and the table
+gives the wall time of the whole batch and the milliseconds of one decode step (wall time / tokens).
+A decode step that costs the same at batch 1 as at batch 64 is the engine's own per-step work, not
+the model's arithmetic.
+
+- vLLM: one server started as a run starts its servers (`seamless.rollout.fleet.server_options`
+  of the long-answer recipe: same dtype, context, KV cache; one engine process on OMP_NUM_THREADS),
+  sent what the proxy sends for a merged GRPO group: chat requests of n = min(batch, 8) choices,
+  streamed every 16 tokens, with the sampled tokens' logprobs and token ids.
+- transformers: `generate` in this process with sampling (T=1), `--hf-threads` torch threads (TRL's
+  side of bench_e2e runs with the machine's 2).
+- `--server-args "FLAGS"` adds a second vLLM server with those flags beside the first (e.g.
+  "--no-enforce-eager" to let vLLM compile the model), to try a flag against the default.
+The sides alternate, repeat by repeat, so a noisy machine slows them alike; medians are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from seamless.config import load_recipe  # noqa: E402
+from seamless.models.tiny import build_tiny_model  # noqa: E402
+from seamless.rollout.fleet import server_options  # noqa: E402
+from seamless.services.vllm_server import VLLMServer  # noqa: E402
+
+PROMPT = "List the numbers from 3 to 50."
+GROUP = 8
+"""Choices per request: a GRPO group of the tiny recipes, merged by the proxy into one request."""
+
+
+def vllm_body(n: int, tokens: int) -> dict:
+    return {"model": "tiny", "messages": [{"role": "user", "content": PROMPT}], "n": n,
+            "max_tokens": tokens, "min_tokens": tokens, "temperature": 1.0, "logprobs": True,
+            "return_token_ids": True, "stream": True, "stream_options": {"include_usage": True},
+            "stream_interval": 16}
+
+
+async def vllm_batch(client, url: str, batch: int, tokens: int) -> float:
+    """Seconds to sample `tokens` tokens for each of `batch` sequences on the server."""
+    async def one(n: int) -> int:
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=vllm_body(n, tokens), timeout=600) as r:
+            if r.status_code != 200:
+                raise SystemExit(f"vLLM answered {r.status_code}: {(await r.aread())[:300]!r}")
+            return sum([len(chunk) async for chunk in r.aiter_raw()])
+
+    sizes = [GROUP] * (batch // GROUP) + ([batch % GROUP] if batch % GROUP else [])
+    started = time.perf_counter()
+    await asyncio.gather(*(one(n) for n in sizes))
+    return time.perf_counter() - started
+
+
+def hf_batch(model, prompt_ids, batch: int, tokens: int) -> float:
+    import torch
+
+    ids = prompt_ids.repeat(batch, 1)
+    started = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_p=1.0,
+                             max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=0)
+    elapsed = time.perf_counter() - started
+    assert out.shape[1] - ids.shape[1] == tokens, out.shape
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="a Hugging Face folder (default: build the tiny model)")
+    parser.add_argument("--recipe", default=str(REPO / "recipes" / "grpo_tiny_long_cpu.yaml"),
+                        help="recipe whose vLLM server options are used")
+    parser.add_argument("--tokens", type=int, default=150, help="new tokens per sequence (the long recipe: 134-175)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--hf-threads", type=int, default=2)
+    parser.add_argument("--server-args", default="", help="vLLM flags of a second server to compare")
+    args = parser.parse_args()
+    if args.tokens < 1 or args.repeats < 1 or min(args.batches) < 1:
+        parser.error("--tokens, --repeats and every --batches value must be at least 1")
+
+    import httpx
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    work = Path(tempfile.mkdtemp(prefix="bench-generation-"))
+    model_dir = args.model or build_tiny_model(work / "tiny")
+    recipe = load_recipe(args.recipe, [])
+    torch.set_num_threads(args.hf_threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                           tokenize=False)
+    prompt_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+
+    options = server_options(recipe.model, recipe.rollout)
+    options.served_model_name = "tiny"
+    sides = {"vLLM": options}
+    if args.server_args:
+        sides[f"vLLM {args.server_args}"] = dataclasses.replace(
+            options, extra_args=[*options.extra_args, *shlex.split(args.server_args)])
+    print(f"model {model_dir} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters), "
+          f"{args.tokens} new tokens a sequence, {args.repeats} repeats after one warm-up round a batch size")
+    seconds: dict[tuple[str, int], list[float]] = {}
+
+    async def measure(urls: dict[str, str]) -> None:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=256)) as client:
+            for batch in args.batches:
+                for url in urls.values():
+                    await vllm_batch(client, url, batch, args.tokens)
+                hf_batch(model, prompt_ids, batch, args.tokens)
+                for _ in range(args.repeats):
+                    for side, url in urls.items():
+                        seconds.setdefault((side, batch), []).append(await vllm_batch(client, url, batch, args.tokens))
+                    seconds.setdefault(("generate", batch), []).append(hf_batch(model, prompt_ids, batch, args.tokens))
+
+    with contextlib.ExitStack() as stack:
+        urls = {side: stack.enter_context(VLLMServer(model_dir, work / f"vllm{i}", opts)).url
+                for i, (side, opts) in enumerate(sides.items())}
+        asyncio.run(measure(urls))
+
+    print("\nseconds for the batch (milliseconds a decode step), medians; the last column: each vLLM over generate")
+    for batch in args.batches:
+        hf = statistics.median(seconds[("generate", batch)])
+        cells = [f"generate {hf:.3f} ({1e3 * hf / args.tokens:.2f})"]
+        for side in sides:
+            v = statistics.median(seconds[(side, batch)])
+            cells.append(f"{side} {v:.3f} ({1e3 * v / args.tokens:.2f}) {v / hf:.2f}x")
+        print(f"batch {batch:>3}: " + " | ".join(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
