@@ -217,7 +217,7 @@ def offload(c: Check) -> dict[str, Any]:
     started = time.perf_counter()
     c.worker.reload_states()
     reload_s = time.perf_counter() - started
-    loss_after = c.worker.train_policy(c.batch, 1e-6)["loss"]  # still trains after the round trip
+    loss_after = c.worker.train_policy(c.batch, 1e-6).metrics["loss"]  # still trains after the round trip
     return {"offload_optimizer_s": round(optimizer_s, 3), "offload_params_s": round(params_s, 3),
             "reload_s": round(reload_s, 3), "allocated_before_gib": round(before / GiB, 2),
             "allocated_offloaded_gib": round(after / GiB, 2),

@@ -53,7 +53,7 @@ from seamless.trainer.batch import (
 )
 from seamless.trainer.engines import deepspeed_config, zero_stage
 from seamless.trainer.metrics import SftMetrics, StepMetrics, add_share
-from seamless.trainer.worker import TrainWorker, WorkerSpec
+from seamless.trainer.worker import PolicyUpdate, TrainWorker, WorkerSpec
 from seamless.types import TrainingSequence
 
 _STATE_FILE = "trainer_state.json"
@@ -217,20 +217,21 @@ class Trainer:
                 lr = self._lr()
                 rank_mbs = self._micro_batches(batch, rows, per_token)
                 keep_old = per_token["old_logprobs"] is None and epoch + 1 < self.config.ppo_epochs
-                futures = [w.train_policy.remote(mbs, lr, keep_old) for w, mbs in zip(self._workers, rank_mbs)]
+                policy = [w.train_policy.remote(mbs, lr, keep_old) for w, mbs in zip(self._workers, rank_mbs)]
+                critic = []
                 if self.algorithm.needs_critic:
                     critic_lr = self._lr(self.algorithm.critic_lr)
-                    futures += [w.train_critic.remote(mbs, critic_lr) for w, mbs in zip(self._workers, rank_mbs)]
-                results = ray.get(futures)
+                    critic = [w.train_critic.remote(mbs, critic_lr) for w, mbs in zip(self._workers, rank_mbs)]
+                results = ray.get(policy + critic)
+                updates: list[PolicyUpdate] = results[:len(policy)]
                 if keep_old:  # every row, on the micro-batches `_forward` would run: scatter as it does
                     assert n_mini == 1 and not self.algorithm.needs_critic
-                    results, kept = [r[0] for r in results], [r[1] for r in results]
                     B, T = batch.token_ids.shape
                     old = scatter_rows(B, T, [mb for rank in rank_mbs for mb in rank],
-                                       [t for rank in kept for t in rank])
+                                       [t for update in updates for t in update.old_logprobs or ()])
                     per_token = {**per_token, "old_logprobs": old, "is_weights": self._is_weights(batch, old),
                                  "rollout_logprobs": None}
-                merged = _merge_rank_metrics(results, self.num_ranks)
+                merged = _merge_rank_metrics([u.metrics for u in updates] + results[len(policy):], self.num_ranks)
                 if math.isnan(first_loss):
                     first_loss = merged["loss"]
                 epoch_loss += merged["policy_loss"] / n_mini

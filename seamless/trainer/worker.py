@@ -47,6 +47,17 @@ class WorkerSpec:
     """Torch threads of the rank when it computes on the CPU; None keeps OMP_NUM_THREADS."""
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyUpdate:
+    """What one rank's optimizer update of the policy gives back."""
+
+    metrics: dict[str, float]
+    """This rank's metric shares (summed over the ranks by the driver)."""
+    old_logprobs: list[torch.Tensor] | None = None
+    """Only when asked for (`keep_old_logprobs`): the logprobs the update measured as its old ones, one
+    CPU tensor (b, t) per micro-batch, for the later updates of the step."""
+
+
 class TrainWorker:
     """Body of a rank's Ray actor."""
 
@@ -204,21 +215,18 @@ class TrainWorker:
         sums["grad_norm"] = float(norm) if norm is not None else float("nan")
         return sums
 
-    def train_policy(self, micro_batches: list[MicroBatch], lr: float, return_old_logprobs: bool = False
-                     ) -> dict[str, float] | tuple[dict[str, float], list[torch.Tensor]]:
-        """One optimizer update of the policy; this rank's metric shares.
-
-        `return_old_logprobs`, for micro-batches without old logprobs (the first of several updates,
-        Trainer.old_logprobs_from_the_update): also the logprobs they measured as their old ones,
-        one CPU tensor (b, t) per micro-batch, as (metrics, logprobs), for the later updates."""
+    def train_policy(self, micro_batches: list[MicroBatch], lr: float, keep_old_logprobs: bool = False) -> PolicyUpdate:
+        """One optimizer update of the policy. `keep_old_logprobs`, for micro-batches without old
+        logprobs (the first of several updates, Trainer.old_logprobs_from_the_update): also return
+        the logprobs they measured as their old ones."""
         algo = self.spec.algorithm
-        kept: list[torch.Tensor] | None = [] if return_old_logprobs else None
+        kept: list[torch.Tensor] | None = [] if keep_old_logprobs else None
         metrics = self._accumulate(self._e.policy, micro_batches, lambda lg, mb: policy_objective(lg, mb, algo, kept),
                                    lr)
         if kept is None:
-            return metrics
+            return PolicyUpdate(metrics)
         assert len(kept) == len(micro_batches), "old logprobs asked of micro-batches that came with them"
-        return metrics, [t.cpu() for t in kept]
+        return PolicyUpdate(metrics, [t.cpu() for t in kept])
 
     def train_critic(self, micro_batches: list[MicroBatch], lr: float) -> dict[str, float]:
         algo = self.spec.algorithm
