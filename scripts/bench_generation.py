@@ -80,6 +80,15 @@ def hf_batch(model, prompt_ids, batch: int, tokens: int) -> float:
     return elapsed
 
 
+def _line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Intercept and slope of the least-squares line through (x, y) points."""
+    mx = statistics.fmean(x for x, _ in points)
+    my = statistics.fmean(y for _, y in points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return my - slope * mx, slope
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="a Hugging Face folder (default: build the tiny model)")
@@ -93,6 +102,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.tokens < 1 or args.repeats < 1 or min(args.batches) < 1:
         parser.error("--tokens, --repeats and every --batches value must be at least 1")
+    if len(set(args.batches)) != len(args.batches):
+        parser.error("--batches: give each batch size once")
 
     import httpx
     import torch
@@ -142,6 +153,13 @@ def main() -> int:
             v = statistics.median(seconds[(side, batch)])
             cells.append(f"{side} {v:.3f} ({1e3 * v / args.tokens:.2f}) {v / hf:.2f}x")
         print(f"batch {batch:>3}: " + " | ".join(cells))
+    if len(args.batches) >= 2:
+        print("a decode step as fixed + per-sequence work (least squares over the batches; the simulator's "
+              "cluster.sim.half_load_concurrency is fixed / per-sequence: half the peak throughput at that many)")
+        for side in ["generate", *sides]:
+            fixed, per_seq = _line([(b, 1e3 * statistics.median(seconds[(side, b)]) / args.tokens) for b in args.batches])
+            half = f"{fixed / per_seq:.0f} sequences" if per_seq > 0 else "n/a"
+            print(f"  {side}: {fixed:.2f} ms + {per_seq:.3f} ms a sequence; half load at {half}")
     return 0
 
 
