@@ -246,6 +246,12 @@ def format_plan(plan: Plan, top: int = 10) -> str:
                       f"in tokens/s and {c.bubble_ratio_error:.0%} in bubble ratio",
                   "leader of the top 3 with the fitted speeds moved by that error:"]
         lines += [f"  {line}" for line in plan.leaders_under_error]
+    # the one engine property the fit cannot read off a run (a timeline has no per-server load), and
+    # the one that decides between few large servers and many small ones (38% of tokens/s on
+    # recipes/policies/long_answers.yaml)
+    lines += ["", f"a rollout server reaches half its peak decode throughput at {plan.workload.half_load_concurrency:g} "
+              "sequences (cluster.sim.half_load_concurrency, never fitted: measure your engine's, e.g. "
+              "scripts/bench_generation.py)"]
     lines += ["", "best layout (paste into the recipe, or pass the overrides to `seamless run`):", plan.best.layout.yaml(),
               "overrides: " + " ".join(f"'{o}'" for o in plan.best.layout.overrides())]
     return "\n".join(lines)
