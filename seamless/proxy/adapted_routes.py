@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from seamless.proxy import anthropic_api, delivery, generate_api, responses_api
-from seamless.proxy.agent_io import check_n, send_json, send_stream, validate
+from seamless.proxy.agent_io import check_n, send_json, validate
 from seamless.proxy.answers import answer
-from seamless.proxy.calls import complete, open_call, stream_to_agent
+from seamless.proxy.calls import complete, stream_call
 from seamless.proxy.errors import ApiError
 from seamless.proxy.recording import AgentWants, CallRecorder
 from seamless.proxy.state import ProxyState
@@ -29,9 +29,8 @@ async def responses(state: ProxyState, session_id: str, body: dict[str, Any], re
     response_id = responses_api.new_id("resp")
     await state.pool.wait_running()
     if body.get("stream"):
-        upstream, response = await open_call(state, "chat", chat, session_id)
-        shape = ResponsesSSE(state, session_id, body, chat, response_id)
-        await send_stream(stream_to_agent(state, "chat", chat, session_id, upstream, response, shape), receive, send)
+        await stream_call(state, "chat", chat, session_id, ResponsesSSE(state, session_id, body, chat, response_id),
+                          receive, send)
         return
     recorder = await delivery.until_disconnect(complete(state, "chat", chat, session_id), receive)
     wants = AgentWants(model=body.get("model"), stream=False, logprobs=True, token_ids=False, usage=True)
@@ -48,14 +47,13 @@ async def messages(state: ProxyState, session_id: str, body: dict[str, Any], rec
     validate("chat", chat)
     await state.pool.wait_running()
     if body.get("stream"):
-        upstream, response = await open_call(state, "chat", chat, session_id)
-        shape = anthropic_api.SSE(body.get("model"))
-        await send_stream(stream_to_agent(state, "chat", chat, session_id, upstream, response, shape), receive, send)
+        await stream_call(state, "chat", chat, session_id, anthropic_api.SSE(body.get("model")), receive, send)
         return
     recorder = await delivery.until_disconnect(complete(state, "chat", chat, session_id), receive)
     wants = AgentWants(model=body.get("model"), stream=False, logprobs=False, token_ids=False, usage=True)
     await send_json(send, 200, anthropic_api.from_chat(await answer(state, "chat", chat, recorder, wants),
                                                         body.get("model")))
+    state.voids.delivered(recorder.call_id)  # else it stays in doubt, and a restarted proxy voids it
 
 
 async def generate(state: ProxyState, session_id: str, body: dict[str, Any], receive: Callable,
@@ -67,15 +65,13 @@ async def generate(state: ProxyState, session_id: str, body: dict[str, Any], rec
     check_n(completion, state.settings.max_n)
     await state.pool.wait_running()
     if body.get("stream"):
-        upstream, response = await open_call(state, "completion", completion, session_id)
-        shape = generate_api.SSE(body)
-        stream = stream_to_agent(state, "completion", completion, session_id, upstream, response, shape)
-        await send_stream(stream, receive, send)
+        await stream_call(state, "completion", completion, session_id, generate_api.SSE(body), receive, send)
         return
     recorder = await delivery.until_disconnect(complete(state, "completion", completion, session_id), receive)
     upstream = state.pool.upstreams.get(recorder.upstream)
     await send_json(send, 200, generate_api.response(body, recorder, body.get("model") or (
         upstream.model if upstream else "")))
+    state.voids.delivered(recorder.call_id)
 
 
 def _response_key(state: ProxyState, session_id: str, response_id: str) -> str:

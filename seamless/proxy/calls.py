@@ -1,7 +1,8 @@
 """One generating call on a rollout server, for every agent route: open the upstream stream on the
 session's server (failing over while none has answered), fold its chunks into a `CallRecorder`,
 continue choices a weight update aborted, record the turns, and answer the agent — whole
-(`complete`, then `answers.answer`) or as a stream in the shape its route speaks (`stream_to_agent`).
+(`complete`, then `answers.answer`) or as a stream in the shape its route speaks (`stream_call`: token
+by token, `stream_to_agent`; or, for a call merged with its group's (coalesce), once it is whole).
 
 A turn is recorded once the call completes, before the agent sees the end of the response, so a
 turn the agent got is always in the store; a call the agent abandons records nothing.
@@ -13,13 +14,15 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import httpx
 
 from seamless.errors import SessionFinished, UpstreamUnavailable
 from seamless.proxy import coalesce, continuation, delivery, tito
+from seamless.proxy.agent_io import send_stream
 from seamless.proxy.errors import ApiError, translate
 from seamless.proxy.recording import Api, CallRecorder, upstream_body
 from seamless.proxy.state import ProxyState
@@ -150,11 +153,76 @@ def _stream_error(error: Any) -> ApiError:
     return ApiError(500, str(error), "upstream_error")
 
 
+def _merges(state: ProxyState, api: Api, body: dict[str, Any], session_id: str) -> bool:
+    """Whether this call waits for identical calls of its group to share one upstream request."""
+    return state.coalescer is not None and state.coalescer.expects(session_id) and coalesce.mergeable(api, body)
+
+
+async def stream_call(state: ProxyState, api: Api, body: dict[str, Any], session_id: str, shape: Shape,
+                      receive: Callable, send: Callable, echo_texts: dict[int, str] | None = None) -> None:
+    """A call for an agent that streams: straight from the server, token by token; or, when it merges
+    with its group's identical first calls (coalesce), the agent's choice of the merged call, as a
+    stream once that call is whole (waiting for the group costs less than a request of its own)."""
+    if not _merges(state, api, body, session_id):
+        upstream, response = await open_call(state, api, body, session_id)
+        await send_stream(stream_to_agent(state, api, body, session_id, upstream, response, shape, echo_texts),
+                          receive, send)
+        return
+    recorder = await delivery.until_disconnect(complete(state, api, body, session_id, echo_texts), receive)
+    replay = _Replay(state, recorder, shape)
+    await send_stream(replay.parts(), receive, send)
+    if not replay.began:  # the agent left before its stream began: the recorded call never reached it
+        state.voids.void(session_id, recorder.call_id)
+
+
+class _Replay:
+    """A recorded one-choice chat call as its agent's stream: the answer in one delta, then its end.
+    The call was recorded before the first byte, so it is voided unless the end reaches the agent."""
+
+    def __init__(self, state: ProxyState, recorder: CallRecorder, shape: Shape) -> None:
+        self.state, self.recorder, self.shape = state, recorder, shape
+        self.began = False
+
+    async def parts(self) -> AsyncIterator[bytes]:
+        self.began = True
+        with delivery.voided_unless_delivered(self.state.voids, self.recorder.session_id, self.recorder.call_id):
+            for part in self.shape.start(self.recorder):
+                yield part
+            for chunk in _whole_chunks(self.recorder):
+                for part in self.shape.chunk(chunk):
+                    yield part
+            for part in await self.shape.end(False):
+                yield part
+
+
+def _whole_chunks(recorder: CallRecorder) -> list[dict[str, Any]]:
+    """The chunks of a whole one-choice chat call, as vLLM would stream them in one go: the answer's
+    delta (text, reasoning, tool calls; with its logprobs and token ids, which the shape keeps only
+    when the agent asked), the finish, the usage."""
+    [trace] = recorder.choices.values()
+    first = recorder.first_chunk or {}
+    head = {"id": first.get("id", ""), "object": "chat.completion.chunk",
+            "created": first.get("created", int(time.time())), "model": first.get("model", "")}
+    delta: dict[str, Any] = {"role": trace.role}
+    if trace.text or not trace.tool_calls:
+        delta["content"] = trace.text
+    if trace.reasoning:
+        delta["reasoning_content"] = trace.reasoning
+    if trace.tool_calls:
+        delta["tool_calls"] = [{"index": k, **trace.tool_calls[k]} for k in sorted(trace.tool_calls)]
+    answer = {"index": 0, "delta": delta, "logprobs": {"content": trace.logprob_entries}, "finish_reason": None,
+              "token_ids": trace.token_ids}
+    finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": trace.finish_reason,
+              "stop_reason": trace.stop_reason}
+    return [{**head, "prompt_token_ids": recorder.prompt_token_ids, "choices": [answer]},
+            {**head, "choices": [finish]}, {**head, "choices": [], "usage": recorder.usage}]
+
+
 async def complete(state: ProxyState, api: Api, body: dict[str, Any], session_id: str,
                    echo_texts: dict[int, str] | None = None) -> CallRecorder:
-    """A whole call for a non-streaming agent, recorded; identical calls of other sessions arriving
-    together may share its upstream request (coalesce)."""
-    if state.coalescer is not None and state.coalescer.expects(session_id) and coalesce.mergeable(api, body):
+    """A whole call, recorded; identical calls of other sessions arriving together may share its
+    upstream request (coalesce)."""
+    if _merges(state, api, body, session_id):
         recorder = await state.coalescer.call(body, session_id, lambda sent, sid: generate(state, api, sent, sid))
         state.pool.pin(session_id, recorder.upstream)  # its next calls find the prompt in that server's cache
     else:

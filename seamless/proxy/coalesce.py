@@ -10,9 +10,10 @@ one prompt and pays that cost once: 128 three-token answers took 0.17 s as 16 re
 
 Only the first calls of sessions started together (POST /sessions/batch with `start_together`, as
 the runner makes a GRPO group whose episodes it admits at once) wait to merge; every other call
-goes straight on. And only calls that cannot differ except in their sampling are merged: whole
-(non-streaming) chat calls with n = 1, no seed (a seeded call asks for its own reproducible sample), and
-no assistant message in their history. The first such call opens a batch; identical ones join
+goes straight on. And only calls that cannot differ except in their sampling are merged: chat calls
+with n = 1, no seed (a seeded call asks for its own reproducible sample), and no assistant message in
+their history. A streamed call merges too, with streamed ones alike; its agent then gets its choice
+as a stream once the merged call is whole (`calls.stream_call`), not token by token. The first such call opens a batch; identical ones join
 it; it goes upstream once it holds its whole group, when the window ends (a member that never
 sends an identical call), or when it reaches `proxy.max_n` calls. The merged call is folded by
 one recorder as any n-choice call (partial rollout continues each aborted choice); each member
@@ -43,7 +44,7 @@ Generate = Callable[[dict[str, Any], str], Awaitable[CallRecorder]]
 
 def mergeable(api: Api, body: dict[str, Any]) -> bool:
     """Whether this call may share one upstream request with identical calls of other sessions."""
-    if api != "chat" or body.get("stream") or body.get("n", 1) not in (1, None):
+    if api != "chat" or body.get("n", 1) not in (1, None):
         return False
     if body.get("seed") is not None or body.get("kv_transfer_params") is not None:
         return False

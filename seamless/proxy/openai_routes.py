@@ -24,10 +24,10 @@ from fastapi.responses import JSONResponse, Response
 
 from seamless.proxy import anthropic_api, delivery, episodes
 from seamless.proxy.adapted_routes import ADAPTED
-from seamless.proxy.agent_io import check_n, read_body, send_json, send_stream, validate
+from seamless.proxy.agent_io import check_n, read_body, send_json, validate
 from seamless.proxy.answers import answer
 from seamless.proxy.auth import agent_session, bearer_of
-from seamless.proxy.calls import complete, open_call, stream_to_agent, upstream_error
+from seamless.proxy.calls import complete, stream_call, upstream_error
 from seamless.proxy.errors import ApiError, translate
 from seamless.proxy.recording import RECEIVED_AT, AgentWants, Api, CallRecorder
 from seamless.proxy.state import ProxyState
@@ -116,10 +116,7 @@ async def _chat_or_completion(api: Api, state: ProxyState, session_id: str, body
     await state.pool.wait_running()
     echo_texts = await _echo_texts(state, session_id, body) if api == "completion" and not wants.token_ids else None
     if wants.stream:
-        upstream, response = await open_call(state, api, body, session_id)
-        shape = ChatSSE(wants)
-        stream = stream_to_agent(state, api, body, session_id, upstream, response, shape, echo_texts)
-        await send_stream(stream, receive, send)
+        await stream_call(state, api, body, session_id, ChatSSE(wants), receive, send, echo_texts)
         return
     recorder = await delivery.until_disconnect(complete(state, api, body, session_id, echo_texts), receive)
     await send_json(send, 200, await answer(state, api, body, recorder, wants))

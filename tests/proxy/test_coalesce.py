@@ -21,11 +21,11 @@ WINDOW_MS = 1500.0
 MESSAGES = [{"role": "system", "content": "You add numbers."}, {"role": "user", "content": "What is 2 + 3?"}]
 
 
-def test_only_whole_first_turn_chat_calls_without_a_seed_are_merged():
+def test_only_first_turn_chat_calls_without_a_seed_are_merged():
     first = {"messages": MESSAGES, "max_tokens": 8}
     assert mergeable("chat", first)
+    assert mergeable("chat", {**first, "stream": True})  # with streamed ones alike (the key holds `stream`)
     assert not mergeable("completion", {"prompt": "2 + 3 =", "max_tokens": 8})
-    assert not mergeable("chat", {**first, "stream": True})
     assert not mergeable("chat", {**first, "n": 2})
     assert not mergeable("chat", {**first, "seed": 1})
     later = {**first, "messages": [*MESSAGES, {"role": "assistant", "content": "5"}, {"role": "user", "content": "+1?"}]}
@@ -87,6 +87,69 @@ def test_a_groups_identical_calls_share_one_request_and_each_records_its_own_cho
     # all asked the same prompt, rendered once
     prompts = {tuple(admin.trajectory(s["session_id"])["turns"][0]["prompt_token_ids"]) for s in sessions}
     assert len(prompts) == 1
+
+
+def test_streamed_first_calls_merge_and_each_agent_streams_its_own_recorded_choice(merging_proxy):
+    admin = Admin(merging_proxy)
+    sessions = _group(admin, 3)
+    before = _coalesced(merging_proxy)
+    body = {"messages": MESSAGES, "max_tokens": 10, "temperature": 1.0, "logprobs": True, "stream": True,
+            "stream_options": {"include_usage": True}, "extra_body": {"return_token_ids": True}}
+
+    async def one(session: dict) -> tuple[str, list[int], list[float], list]:
+        text, ids, logprobs, chunks = "", [], [], []
+        async with openai.AsyncOpenAI(base_url=session["base_url"], api_key=session["api_key"], timeout=120,
+                                      max_retries=0) as client:
+            async for chunk in await client.chat.completions.create(model="tiny", **body):
+                chunks.append(chunk)
+                for choice in chunk.choices:
+                    assert choice.index == 0
+                    text += choice.delta.content or ""
+                    ids += getattr(choice, "token_ids", None) or []
+                    logprobs += [e.logprob for e in (choice.logprobs.content if choice.logprobs else None) or []]
+        return text, ids, logprobs, chunks
+
+    async def group():
+        return await asyncio.gather(*[one(s) for s in sessions])
+
+    streamed = asyncio.run(group())
+    assert tuple(a - b for a, b in zip(_coalesced(merging_proxy), before)) == (3, 1)
+    completions = set()
+    for session, (text, ids, logprobs, chunks) in zip(sessions, streamed):
+        [turn] = admin.trajectory(session["session_id"])["turns"]
+        assert turn["completion_token_ids"] == ids and text
+        assert turn["logprobs"] == pytest.approx(logprobs, abs=1e-6)
+        assert chunks[-1].usage.completion_tokens == len(ids)  # asked for: the last chunk
+        assert chunks[-2].choices[0].finish_reason in ("stop", "length")
+        completions.add(tuple(ids))
+    assert len({c.id for _, _, _, chunks in streamed for c in chunks[:1]}) == 3, "an id of its own each"
+    assert len(completions) > 1, "independent samples"
+
+
+def test_streamed_responses_calls_merge_too(merging_proxy):
+    admin = Admin(merging_proxy)
+    sessions = _group(admin, 2)
+    before = _coalesced(merging_proxy)
+
+    async def one(session: dict) -> str:
+        async with openai.AsyncOpenAI(base_url=session["base_url"], api_key=session["api_key"], timeout=120,
+                                      max_retries=0) as client:
+            text = ""
+            async for event in await client.responses.create(model="tiny", input="What is 2 + 3?", max_output_tokens=8,
+                                                             stream=True):
+                if event.type == "response.output_text.delta":
+                    text += event.delta
+                if event.type == "response.completed":
+                    assert event.response.output_text == text
+            return text
+
+    async def group():
+        return await asyncio.gather(*[one(s) for s in sessions])
+
+    texts = asyncio.run(group())
+    assert tuple(a - b for a, b in zip(_coalesced(merging_proxy), before)) == (2, 1)
+    for session, text in zip(sessions, texts):
+        assert len(admin.trajectory(session["session_id"])["turns"]) == 1 and text
 
 
 def test_calls_that_differ_go_alone(merging_proxy):

@@ -10,7 +10,7 @@ import pytest
 
 from seamless.config import ProxyConfig
 from seamless.proxy.server import ProxyProcess
-from tests.faults.helpers import TcpRelay
+from tests.faults.helpers import TcpRelay, wait_for
 from tests.proxy.helpers import Admin
 
 pytestmark = pytest.mark.vllm
@@ -97,6 +97,34 @@ def test_generate_samples_the_tokens_vllm_samples_and_records_them(tool_proxy, t
     assert turn["completion_token_ids"] == mine["token_ids"]
     if output_mode == "tokens":
         assert turn["logprobs"] == [e["logprob"] for e in mine["logprobs"]["content"]]
+
+
+@pytest.mark.parametrize("route", ["messages", "generate", "responses", "chat"])
+def test_a_whole_answer_once_sent_is_no_longer_in_doubt(tool_proxy, redis_server, route):
+    """A call leaves its proxy worker's in-doubt hash once its answer is sent; one left there would be
+    voided, though the agent got it, by the next proxy that finds this worker gone (a restart)."""
+    import redis
+
+    from seamless.traces.keys import Keys
+
+    admin = Admin(tool_proxy)
+    session = admin.session()
+    headers = {"Authorization": f"Bearer {session['api_key']}", "x-api-key": session["api_key"]}
+    path, body = {
+        "messages": ("/v1/messages", {"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}),
+        "generate": ("/inference/v1/generate", {"token_ids": [5, 6, 7], "sampling_params": {"max_tokens": 4}}),
+        "responses": ("/v1/responses", {"model": "m", "input": "hi", "max_output_tokens": 4}),
+        "chat": ("/v1/chat/completions", {"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}),
+    }[route]
+    reply = httpx.post(_root(session) + path, json=body, headers=headers, timeout=120)
+    assert reply.status_code == 200, reply.text
+    _assert_recorded(admin, session, calls=1)
+    keys = Keys("tools")
+    with redis.Redis.from_url(redis_server.url) as client:
+        def in_doubt() -> list[bytes]:
+            return [call for key in client.scan_iter(match=keys.proxy.in_doubt_prefix + "*")
+                    for call, where in client.hgetall(key).items() if where.decode() == keys.session(session["session_id"])]
+        wait_for(lambda: not in_doubt(), 10, f"the {route} call left the in-doubt hash")
 
 
 def _long_call(session: dict, route: str, started: threading.Event) -> int:
