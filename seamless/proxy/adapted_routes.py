@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from seamless.proxy import anthropic_api, delivery, generate_api, responses_api
-from seamless.proxy.agent_io import check_n, send_json, validate
+from seamless.proxy.agent_io import check_n, send_answer, validate
 from seamless.proxy.answers import answer
 from seamless.proxy.calls import complete, stream_call
 from seamless.proxy.errors import ApiError
@@ -36,8 +36,7 @@ async def responses(state: ProxyState, session_id: str, body: dict[str, Any], re
     wants = AgentWants(model=body.get("model"), stream=False, logprobs=True, token_ids=False, usage=True)
     result = responses_api.from_chat(body, response_id, await answer(state, "chat", chat, recorder, wants))
     await _store_response(state, session_id, body, chat, result)
-    await send_json(send, 200, result)
-    state.voids.delivered(recorder.call_id)
+    await send_answer(send, result, state.voids, recorder.call_id)
 
 
 async def messages(state: ProxyState, session_id: str, body: dict[str, Any], receive: Callable,
@@ -51,9 +50,8 @@ async def messages(state: ProxyState, session_id: str, body: dict[str, Any], rec
         return
     recorder = await delivery.until_disconnect(complete(state, "chat", chat, session_id), receive)
     wants = AgentWants(model=body.get("model"), stream=False, logprobs=False, token_ids=False, usage=True)
-    await send_json(send, 200, anthropic_api.from_chat(await answer(state, "chat", chat, recorder, wants),
-                                                        body.get("model")))
-    state.voids.delivered(recorder.call_id)  # else it stays in doubt, and a restarted proxy voids it
+    reply = anthropic_api.from_chat(await answer(state, "chat", chat, recorder, wants), body.get("model"))
+    await send_answer(send, reply, state.voids, recorder.call_id)
 
 
 async def generate(state: ProxyState, session_id: str, body: dict[str, Any], receive: Callable,
@@ -69,9 +67,8 @@ async def generate(state: ProxyState, session_id: str, body: dict[str, Any], rec
         return
     recorder = await delivery.until_disconnect(complete(state, "completion", completion, session_id), receive)
     upstream = state.pool.upstreams.get(recorder.upstream)
-    await send_json(send, 200, generate_api.response(body, recorder, body.get("model") or (
-        upstream.model if upstream else "")))
-    state.voids.delivered(recorder.call_id)
+    await send_answer(send, generate_api.response(body, recorder, body.get("model") or (
+        upstream.model if upstream else "")), state.voids, recorder.call_id)
 
 
 def _response_key(state: ProxyState, session_id: str, response_id: str) -> str:

@@ -32,6 +32,13 @@ async def send_json(send: Callable, status: int, payload: dict[str, Any], close:
     await send({"type": "http.response.body", "body": data})
 
 
+async def send_answer(send: Callable, payload: dict[str, Any], voids: delivery.VoidLedger, call_id: str) -> None:
+    """A recorded call's whole answer to its agent. Once sent, the call is no longer in doubt: one left
+    in doubt is voided by the next proxy that finds this worker gone, though its agent got it."""
+    await send_json(send, 200, payload)
+    voids.delivered(call_id)
+
+
 async def send_stream(stream: AsyncIterator[bytes], receive: Callable, send: Callable) -> None:
     """SSE to the agent. A disconnect stops the stream, which closes the upstream call (the
     server aborts the request) and records nothing."""

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 
 from seamless.proxy import anthropic_api, delivery, episodes
 from seamless.proxy.adapted_routes import ADAPTED
-from seamless.proxy.agent_io import check_n, read_body, send_json, validate
+from seamless.proxy.agent_io import check_n, read_body, send_answer, send_json, validate
 from seamless.proxy.answers import answer
 from seamless.proxy.auth import agent_session, bearer_of
 from seamless.proxy.calls import complete, stream_call, upstream_error
@@ -119,8 +119,7 @@ async def _chat_or_completion(api: Api, state: ProxyState, session_id: str, body
         await stream_call(state, api, body, session_id, ChatSSE(wants), receive, send, echo_texts)
         return
     recorder = await delivery.until_disconnect(complete(state, api, body, session_id, echo_texts), receive)
-    await send_json(send, 200, await answer(state, api, body, recorder, wants))
-    state.voids.delivered(recorder.call_id)
+    await send_answer(send, await answer(state, api, body, recorder, wants), state.voids, recorder.call_id)
 
 
 async def _echo_texts(state: ProxyState, session_id: str, body: dict[str, Any]) -> dict[int, str] | None:
