@@ -203,13 +203,14 @@ def _whole_chunks(recorder: CallRecorder) -> list[dict[str, Any]]:
     first = recorder.first_chunk or {}
     head = {"id": first.get("id", ""), "object": "chat.completion.chunk",
             "created": first.get("created", int(time.time())), "model": first.get("model", "")}
-    delta: dict[str, Any] = {"role": trace.role}
-    if trace.text or not trace.tool_calls:
-        delta["content"] = trace.text
-    if trace.reasoning:
-        delta["reasoning_content"] = trace.reasoning
+    delta = trace.message()  # as a stream sends it: tool calls with their index, no text beside them, "" for none
     if trace.tool_calls:
         delta["tool_calls"] = [{"index": k, **trace.tool_calls[k]} for k in sorted(trace.tool_calls)]
+    if not trace.text:
+        if trace.tool_calls:
+            del delta["content"]
+        else:
+            delta["content"] = ""
     answer = {"index": 0, "delta": delta, "logprobs": {"content": trace.logprob_entries}, "finish_reason": None,
               "token_ids": trace.token_ids}
     finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": trace.finish_reason,

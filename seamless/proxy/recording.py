@@ -49,6 +49,15 @@ class ChoiceTrace:
     completion_logprobs: dict[str, list] = field(default_factory=dict)  # completions API shape
     echo_skipped: int = 0  # prompt logprobs skipped from the first chunk (completions with echo)
 
+    def message(self) -> dict[str, Any]:
+        """The chat message this choice produced (whole answers; a replayed stream's one delta)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text or None}
+        if self.reasoning:
+            message["reasoning_content"] = self.reasoning
+        if self.tool_calls:
+            message["tool_calls"] = [self.tool_calls[k] for k in sorted(self.tool_calls)]
+        return message
+
 
 class CallRecorder:
     """Accumulates the chunks of one upstream call (all its choices)."""
@@ -184,14 +193,7 @@ class CallRecorder:
         choice: dict[str, Any] = {"index": index, "finish_reason": trace.finish_reason,
                                   "stop_reason": trace.stop_reason}
         if self.api == "chat":
-            message: dict[str, Any] = {"role": trace.role, "content": trace.text or None}
-            if trace.reasoning:
-                message["reasoning_content"] = trace.reasoning
-            if trace.tool_calls:
-                message["tool_calls"] = [trace.tool_calls[k] for k in sorted(trace.tool_calls)]
-                if not trace.text:
-                    message["content"] = None
-            choice["message"] = message
+            choice["message"] = trace.message()
             choice["logprobs"] = {"content": trace.logprob_entries} if wants.logprobs else None
         else:
             choice["text"] = trace.text
