@@ -251,8 +251,9 @@ class ProxyConfig(Section):
     start_together, as the runner does for a GRPO group it admits at once) go to vLLM as one request
     with n choices, once the whole group's calls are in or after this many milliseconds; each
     session still records and gets its own choice. Chat calls without a seed only (a streaming
-    agent gets its choice as a stream once the merged call is whole); other calls never wait. 0 turns it off. Saves vLLM's and the proxy's per-request work: 128
-    three-token answers took 0.13-0.17 s as 16 requests of n=8 against 0.57-0.62 s as 128 (2 CPU cores)."""
+    agent gets its choice as a stream once the merged call is whole); other calls never wait. 0
+    turns it off. Saves vLLM's and the proxy's per-request work: 128 three-token answers took
+    0.13-0.17 s as 16 requests of n=8 against 0.57-0.62 s as 128 (2 CPU cores)."""
     derender: Literal["tools", "always"] = "tools"
     """Which non-streaming chat answers take their message from vLLM's derender route (the proxy
     reads every answer as a stream; vLLM's non-streaming tool and reasoning parsers differ from its

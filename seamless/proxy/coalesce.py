@@ -15,10 +15,10 @@ with n = 1, no seed (a seeded call asks for its own reproducible sample), and no
 their history. A streamed call merges too, with streamed ones alike; its agent then gets its choice
 as a stream once the merged call is whole (`calls.stream_call`), not token by token. The first such
 call opens a batch; identical ones join it; it goes upstream once it holds its whole group, when the
-window ends (a member that never sends an identical call), or when it reaches `proxy.max_n` calls. The merged call is folded by
-one recorder as any n-choice call (partial rollout continues each aborted choice); each member
-then gets the choice of its own as a one-choice call, recorded in its own session and answered to
-its own agent. A member whose agent leaves records nothing; the others are unaffected.
+window ends (a member that never sends an identical call), or when it reaches `proxy.max_n` calls.
+The merged call is folded by one recorder as any n-choice call (partial rollout continues each
+aborted choice); each member then gets the choice of its own as a one-choice call, recorded in its
+own session and answered to its own agent. A member whose agent leaves records nothing; the others are unaffected.
 """
 
 from __future__ import annotations
