@@ -10,7 +10,6 @@ import logging
 import os
 from collections.abc import AsyncIterator
 
-import httpx
 import redis
 from fastapi import FastAPI
 
@@ -19,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from seamless.proxy import admin_routes, openai_routes, vllm_routes
 from seamless.proxy.control import ControlBus, ControlOp
+from seamless.proxy.control_client import control_client
 from seamless.proxy.coalesce import Coalescer
 from seamless.proxy.delivery import VoidLedger
 from seamless.proxy.errors import handle_exception, handle_http_exception, handle_validation_error
@@ -40,10 +40,7 @@ def create_app(settings: ProxySettings) -> openai_routes.AgentAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # httpx for control traffic (health, pause/resume); agent calls go through UpstreamHTTP
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        # the servers' API key ($SEAMLESS_VLLM_API_KEY) goes with every call to them
-        async with httpx.AsyncClient(limits=limits, timeout=settings.upstream_timeout_s,
-                                     headers=server_headers()) as client:
+        async with control_client(settings.upstream_timeout_s) as client:
             store = TraceStore(settings.store_url, settings.key_prefix)
             pool = UpstreamPool(client)
             session_of_key: dict[str, str] = {}
