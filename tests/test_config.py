@@ -158,6 +158,11 @@ def test_gpu_layout_mistakes_fail_at_load_with_the_fix():
         _recipe_with(rollout={"extra_server_args": ["--reasoning-parser", "deepseek_r1"]})
     assert _recipe_with(rollout={"extra_server_args": ["--reasoning-parser=qwen3"]},
                         proxy={"derender": "always"}).proxy.derender == "always"
+    # the servers' cap on sequences at once is said once, where the planner reads it
+    with pytest.raises(ConfigError, match="rollout.max_num_seqs and --max-num-seqs.*drop the flag"):
+        _recipe_with(rollout={"max_num_seqs": 4, "extra_server_args": ["--max-num-seqs=8"]})
+    with pytest.raises(ConfigError, match="max_num_seqs"):
+        _recipe_with(rollout={"max_num_seqs": 0})
     with pytest.raises(ConfigError, match="float16 is not supported by the trainer"):
         _recipe_with(model={"dtype": "float16"})
     with pytest.raises(ConfigError, match=r"rollout.max_tokens \(600\) leaves no room.*max_model_len \(512\)"):

@@ -77,9 +77,11 @@ class _Server:
 def server_options(model: ModelConfig, rollout: RolloutConfig) -> VLLMServerOptions:
     """What every server of a run is started with, from the recipe: the model's dtype and context
     length (vLLM would otherwise serve fp32 with its own default length, cutting answers short), the
-    memory share and tensor-parallel size (GPUs), the KV cache size (CPU) and extra flags."""
+    memory share and tensor-parallel size (GPUs), the KV cache size (CPU), the cap on sequences
+    decoded at once and extra flags."""
     return VLLMServerOptions(dtype=model.dtype, max_model_len=model.max_model_len,
                              kv_cache_memory_bytes=rollout.kv_cache_memory_bytes,
+                             max_num_seqs=rollout.max_num_seqs,
                              gpu_memory_utilization=rollout.gpu_memory_utilization,
                              tensor_parallel_size=rollout.tensor_parallel_size,
                              extra_args=list(rollout.extra_server_args))

@@ -20,7 +20,7 @@ from seamless.config import ClusterConfig, Recipe, ResourceGroup, SimConfig
 from seamless.errors import ConfigError
 from seamless.scheduler.policy import make_policy
 from seamless.scheduler.resources import ResourcePool
-from seamless.scheduler.sim import SimResult, Simulation
+from seamless.scheduler.sim import SimResult, Simulation, with_server_cap
 
 SHARES = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 """Shares of the GPUs on the training side that the search tries (each rounded to whole GPUs)."""
@@ -172,6 +172,8 @@ def make_plan(recipe: Recipe, gpus: int, run_dir: str | Path | None = None, trai
     workload, overhead, concurrency, calibration = recipe.cluster.sim, 0.0, None, None
     if run_dir is not None:
         workload, overhead, concurrency, calibration = _calibrated(recipe, Path(run_dir))
+    # the planned recipe's own cap on sequences a server decodes at once (the run's was used to fit)
+    workload = with_server_cap(workload, recipe.rollout.max_num_seqs)
     max_stale = int(getattr(recipe.algorithm, "max_staleness", 1))
     run = lambda layout, w=workload: predict(layout, w, batch, overhead, concurrency)  # noqa: E731
     # a resumed run keeps its trainer's size: its split, every policy and staleness
@@ -246,12 +248,16 @@ def format_plan(plan: Plan, top: int = 10) -> str:
                       f"in tokens/s and {c.bubble_ratio_error:.0%} in bubble ratio",
                   "leader of the top 3 with the fitted speeds moved by that error:"]
         lines += [f"  {line}" for line in plan.leaders_under_error]
-    # the one engine property the fit cannot read off a run (a timeline has no per-server load), and
-    # the one that decides between few large servers and many small ones (38% of tokens/s on
-    # recipes/policies/long_answers.yaml)
-    lines += ["", f"a rollout server reaches half its peak decode throughput at {plan.workload.half_load_concurrency:g} "
-              "sequences (cluster.sim.half_load_concurrency, never fitted: measure your engine's, e.g. "
+    # the engine properties the fit cannot read off a run (a timeline has no per-server load or
+    # processes), which decide between few large servers and many small ones
+    w = plan.workload
+    lines += ["", f"a rollout server reaches half its peak decode throughput at {w.half_load_concurrency:g} sequences "
+              f"and runs at most {w.max_concurrency} at once (cluster.sim.half_load_concurrency and max_concurrency, "
+              "which rollout.max_num_seqs lowers; neither is fitted: measure your engine's, e.g. "
               "scripts/bench_generation.py)"]
+    if w.compute_units is not None:
+        lines.append(f"the GPUs share {w.compute_units:g} compute units, a decoding server keeping {w.server_workers:g} "
+                     "of them busy (cluster.sim.compute_units, server_workers: a CPU test bed)")
     lines += ["", "best layout (paste into the recipe, or pass the overrides to `seamless run`):", plan.best.layout.yaml(),
               "overrides: " + " ".join(f"'{o}'" for o in plan.best.layout.overrides())]
     return "\n".join(lines)

@@ -10,13 +10,13 @@ from pathlib import Path
 from seamless.config import load_recipe
 from seamless.errors import ConfigError
 from seamless.scheduler.plot import plot_sweep
-from seamless.scheduler.sim import SimResult, default_cases, simulate_pool, sweep
+from seamless.scheduler.sim import SimResult, default_cases, simulate_pool, sweep, with_server_cap
 
 
 def run_sim(recipe_path: str, overrides: list[str], gpus: int | None, as_json: bool,
             plot_path: str | None, own_pool: bool = False) -> int:
     recipe = load_recipe(recipe_path, overrides)
-    workload = recipe.cluster.sim
+    workload = with_server_cap(recipe.cluster.sim, recipe.rollout.max_num_seqs)
     if gpus is not None and gpus < 2:
         raise ConfigError(f"--gpus {gpus}: simulate at least 2 GPUs (or set cluster.sim.gpus)")
     if own_pool and gpus is not None:

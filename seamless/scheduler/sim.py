@@ -13,7 +13,10 @@ around them is modeled here:
 - with compute_units set (a CPU test bed: logical GPUs on shared cores), every busy worker (a
   server decoding, a trainer rank, a server loading weights or switching) runs at
   min(1, compute_units / busy workers) of its speed (training and decoding follow the share as
-  it changes; a switch or weight load takes the share as it is when it starts);
+  it changes; a switch or weight load takes the share as it is when it starts); a decoding server
+  counts as server_workers of them (vLLM's API server process works beside its engine);
+- a server runs at most max_concurrency sequences at once (a recipe's rollout.max_num_seqs caps
+  it: with_server_cap);
 - optionally an episode spends `episode_overhead_s` outside any LLM call (half before its first
   call, half after its last: the harness creating the session, scoring, finishing), holding no GPU,
   and at most `agent_concurrency` episodes run at once (the agent runner's limit; others wait).
@@ -170,7 +173,8 @@ class Simulation:
         every decoding server goes on at its new rate."""
         if self.w.compute_units is None:
             return
-        busy = self._training + self._loading + sum(1 for s in self.servers if s.finish and not s.paused)
+        decoding = sum(1 for s in self.servers if s.finish and not s.paused)
+        busy = self._training + self._loading + decoding * self.w.server_workers
         share = min(1.0, self.w.compute_units / max(busy, 1))
         if share == self._share:
             return
@@ -461,6 +465,14 @@ class Simulation:
             staleness_mean=sum(stale) / len(stale), staleness_max=max(stale),
             step_time_s=(end - start) / (steps - first), steps=steps,
             generated_tokens=sum(self.completion_lengths), timeline=self.timeline)
+
+
+def with_server_cap(workload: SimConfig, max_num_seqs: int | None) -> SimConfig:
+    """`workload` with each server held to `max_num_seqs` sequences at once (a recipe's
+    rollout.max_num_seqs), when that is below its max_concurrency."""
+    if max_num_seqs is None or max_num_seqs >= workload.max_concurrency:
+        return workload
+    return workload.model_copy(update={"max_concurrency": max_num_seqs})
 
 
 @dataclass(frozen=True, slots=True)

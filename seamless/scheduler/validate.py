@@ -18,7 +18,7 @@ from pathlib import Path
 from seamless.config import ClusterConfig, SimConfig
 from seamless.scheduler.policy import make_policy
 from seamless.scheduler.resources import ResourcePool, Role
-from seamless.scheduler.sim import SimResult, Simulation
+from seamless.scheduler.sim import SimResult, Simulation, with_server_cap
 from seamless.scheduler.timeline import Timeline
 from seamless.types import TrainingSequence, Trajectory
 
@@ -47,6 +47,8 @@ class RecordedRun:
     harness), during which it holds no server."""
     agent_concurrency: int | None = None
     """Most episodes the agent runner ran at once (rollout.agent_concurrency)."""
+    server_max_sequences: int | None = None
+    """Most sequences each server decoded at once (rollout.max_num_seqs; None: the engine's default)."""
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -86,7 +88,7 @@ class RunRecorder:
         return self.steps[-1][0]
 
     def recorded_run(self, cluster: ClusterConfig, timeline: Timeline, batch_episodes: int,
-                     agent_concurrency: int | None) -> RecordedRun:
+                     agent_concurrency: int | None, server_max_sequences: int | None = None) -> RecordedRun:
         prompts = [p for _, p, _ in self.episodes if p is not None]
         overheads = [o for _, _, o in self.episodes if o is not None]
         return RecordedRun(cluster=cluster.model_dump(mode="json"), timeline=timeline.to_dict(),
@@ -95,7 +97,7 @@ class RunRecorder:
                            turns=max(1, round(sum(n for n, _, _ in self.episodes) / max(1, len(self.episodes)))),
                            step_tokens=[g for g, _ in self.steps], step_context_tokens=[c for _, c in self.steps],
                            episode_overhead_s=sum(overheads) / max(1, len(overheads)),
-                           agent_concurrency=agent_concurrency)
+                           agent_concurrency=agent_concurrency, server_max_sequences=server_max_sequences)
 
 
 @dataclass(frozen=True)
@@ -155,22 +157,26 @@ def _sync_pause(timeline: Timeline) -> float:
     return statistics.fmean(pauses) if pauses else 0.0
 
 
-def _switch_s(timeline: Timeline, skip: int, shares: dict[str, float]) -> float:
-    """Seconds of one role switch. The simulator charges switch_s when resources leave rollout
-    and again when they rejoin it (its sync phase lasts that long when no server loads weights
-    over the network); the real rejoin is part of the sync span, so with no network targets the
-    two spans are averaged. Each span is scaled to a whole compute unit (`shares`)."""
+def _switch_s(timeline: Timeline, skip: int, shares: dict[str, float]) -> float | None:
+    """Seconds of one role switch; None when no resource switched roles in the run (a
+    disaggregated one), which then tells nothing of the cost. The simulator charges switch_s when
+    resources leave rollout and again when they rejoin it (its sync phase lasts that long when no
+    server loads weights over the network); the real rejoin is part of the sync span, so with no
+    network targets the two spans are averaged. Each span is scaled to a whole compute unit
+    (`shares`)."""
+    if not any(seg.role is Role.SWITCHING for seg in timeline.segments):
+        return None
     leave = _mean_span(timeline, "switch", skip) * shares["switch"]
     if _sync_pause(timeline) > 0 or leave == 0:
         return leave
     return (leave + _mean_span(timeline, "sync", skip) * shares["sync"]) / 2
 
 
-def _phase_share(timeline: Timeline, phase: str, units: float | None, skip: int) -> float:
+def _phase_share(timeline: Timeline, phase: str, units: float | None, skip: int, server_workers: float = 1.0) -> float:
     """With `units` compute units shared by the pool (SimConfig.compute_units): the share of a
-    unit each busy worker had during `phase`, time-averaged over its spans (busy resources,
-    resources switching, and in a sync the rollout servers idle while they load weights); 1.0
-    without units."""
+    unit each busy worker had during `phase`, time-averaged over its spans (busy resources, a
+    decoding server counting as `server_workers`; resources switching; and in a sync the rollout
+    servers idle while they load weights); 1.0 without units."""
     if units is None:
         return 1.0
     worked = total = 0.0
@@ -179,8 +185,11 @@ def _phase_share(timeline: Timeline, phase: str, units: float | None, skip: int)
                                                  if span.start < t < span.end})
         for a, b in zip(cuts, cuts[1:]):
             mid = (a + b) / 2
-            busy = sum(1 for seg in timeline.segments if seg.start <= mid < seg.end and (
-                seg.busy or seg.role is Role.SWITCHING or (phase == "sync" and seg.role is Role.ROLLOUT)))
+            live = [seg for seg in timeline.segments if seg.start <= mid < seg.end]
+            decoding = sum(1 for seg in live if seg.busy and seg.role is Role.ROLLOUT)
+            others = sum(1 for seg in live if (seg.busy and seg.role is not Role.ROLLOUT) or seg.role is Role.SWITCHING
+                         or (phase == "sync" and seg.role is Role.ROLLOUT and not seg.busy))
+            busy = others + decoding * server_workers
             worked += (b - a) * min(1.0, units / max(busy, 1))
             total += b - a
     return worked / total if total else 1.0
@@ -209,7 +218,8 @@ def _calibrate_decode(run: RecordedRun, workload: SimConfig) -> SimConfig:
 def fit_workload(run: RecordedRun, base: SimConfig | None = None) -> SimConfig:
     """Workload parameters read off the recorded run; the rest stay as in `base`.
 
-    Lengths give the lognormal; switch and sync spans give switch_s and weight_sync_s; train spans
+    Lengths give the lognormal; switch and sync spans give switch_s (kept from `base` when the run
+    never switched roles) and weight_sync_s; train spans
     and tokens per step give the trainer's speed; rollout busy resource-seconds and generated
     tokens calibrate the decode speed (half_load_concurrency stays as in `base`: a timeline does not
     record how many requests a server ran at once).
@@ -222,16 +232,18 @@ def fit_workload(run: RecordedRun, base: SimConfig | None = None) -> SimConfig:
     steps = len([p for p in timeline.phases if p.name == "train"]) or 1
     warmup = min(base.warmup_steps, steps - 1)
     # on shared cores, spans seen while other workers ran are scaled to a whole unit of compute
-    shares = {name: _phase_share(timeline, name, base.compute_units, warmup) for name in ("switch", "train", "sync")}
+    shares = {name: _phase_share(timeline, name, base.compute_units, warmup, base.server_workers)
+              for name in ("switch", "train", "sync")}
     train_s = _mean_span(timeline, "train", warmup) * shares["train"]
     context = statistics.fmean(run.step_context_tokens) if run.step_context_tokens else 0.0
+    switch_s = _switch_s(timeline, warmup, shares)  # None: no switch seen; keep the recipe's (not free)
     fitted = {
         "response_median_tokens": math.exp(statistics.fmean(logs)),
         "response_sigma": min(3.0, statistics.pstdev(logs)),
         "max_response_tokens": max(run.completion_lengths),
         "prompt_tokens": max(1, round(run.prompt_tokens)),
         "turns": run.turns, "tool_latency_s": run.tool_latency_s,
-        "switch_s": _switch_s(timeline, warmup, shares),
+        "switch_s": base.switch_s if switch_s is None else switch_s,
         "weight_sync_s": _sync_pause(timeline) * shares["sync"],
         "train_step_overhead_s": 0.0 if context else train_s,
         "steps": steps, "warmup_steps": warmup,
@@ -242,7 +254,8 @@ def fit_workload(run: RecordedRun, base: SimConfig | None = None) -> SimConfig:
 
 
 def simulate_recorded(run: RecordedRun, workload: SimConfig) -> SimResult:
-    """The recorded run's pool, policy and batch size, on the fitted workload."""
+    """The recorded run's pool, policy, batch size and servers' cap, on the fitted workload."""
+    workload = with_server_cap(workload, run.server_max_sequences)
     cluster = ClusterConfig.model_validate(run.cluster)
     pool = ResourcePool.from_cluster(cluster)
     policy = make_policy(cluster.policy, pool, cluster.staleness)

@@ -57,6 +57,8 @@ class VLLMServerOptions:
     rank on this GPU) or `nccl`; None: weights arrive as safetensors (/collective_rpc reload)."""
     served_model_name: str | None = None
     enable_prefix_caching: bool = True
+    max_num_seqs: int | None = None
+    """Sequences decoded at once (vLLM's --max-num-seqs); None: vLLM's default."""
     extra_args: list[str] = field(default_factory=list)
     startup_timeout_s: float = 300.0
     host: str = LOOPBACK
@@ -117,6 +119,8 @@ class VLLMServer:
                 "--disable-uvicorn-access-log"]
         if opts.enable_prefix_caching:
             argv.append("--enable-prefix-caching")
+        if opts.max_num_seqs is not None:
+            argv += ["--max-num-seqs", str(opts.max_num_seqs)]
         if self.on_gpu:
             argv += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization),
                      "--tensor-parallel-size", str(opts.tensor_parallel_size)]

@@ -20,9 +20,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import torch
 
-from seamless.config import ProxyConfig, RolloutConfig
+from seamless.config import ModelConfig, ProxyConfig, RolloutConfig
 from seamless.errors import ServiceError
-from seamless.rollout.fleet import VLLMFleet, _Server, make_transport
+from seamless.rollout.fleet import VLLMFleet, _Server, make_transport, server_options
 from seamless.rollout.proxy_admin import ProxyAdmin
 from seamless.rollout.switch import ColocatedSwitch
 from seamless.rollout.transport import DiskTransport, PushPlan, RankTransport
@@ -282,6 +282,13 @@ def test_a_gpu_server_is_started_with_the_backend_its_ranks_send_with(tmp_path):
     assert "--weight-transfer-config" not in server.argv()
     assert "VLLM_ALLOW_INSECURE_SERIALIZATION" not in server.env()
     assert isinstance(make_transport(RolloutConfig(weight_sync="auto"), tmp_path), DiskTransport)  # on CPU
+
+
+def test_a_recipes_cap_on_sequences_reaches_every_servers_command_line(tmp_path):
+    capped = VLLMServer(tmp_path, tmp_path, server_options(ModelConfig(), RolloutConfig(max_num_seqs=4)))
+    argv = capped.argv()
+    assert argv[argv.index("--max-num-seqs") + 1] == "4"
+    assert "--max-num-seqs" not in VLLMServer(tmp_path, tmp_path, server_options(ModelConfig(), RolloutConfig())).argv()
 
 
 def _weight_moves_in(path: Path) -> list[str]:

@@ -145,3 +145,81 @@ def test_a_calibration_error_above_100_percent_still_gives_a_plan(tmp_path):
     leaders = [run(lay) for lay in check_layouts(4, 1)[:2]]
     lines = _leaders_under_error(leaders, workload, Calibration("x", 1.5, 0.1), run)  # 1 - 1.5 would be negative
     assert len(lines) == 4 and "decode x0.40, train x0.40" in lines[0]
+
+
+def test_a_decoding_server_counts_as_its_server_workers_and_the_fit_reads_it_the_same_way():
+    gen = SimConfig(steps=5, warmup_steps=1, response_median_tokens=100, response_sigma=0.0, max_response_tokens=100,
+                    prompt_tokens=10, decode_tokens_per_s=1000, half_load_concurrency=1, train_tokens_per_s=1e7,
+                    switch_s=0.0, weight_sync_s=0.0, train_step_overhead_s=0.0, compute_units=2.0)
+    speed = {(workers, rollout): _pool_run(Layout("disaggregated", 1, 0, rollout, 1),
+                                           gen.model_copy(update={"server_workers": workers}))[1].tokens_per_s
+             for workers in (1.0, 2.0) for rollout in (1, 2)}
+    assert speed[1.0, 2] == pytest.approx(2 * speed[1.0, 1], rel=0.1)  # a core each
+    assert speed[2.0, 2] == pytest.approx(speed[2.0, 1], rel=0.1)  # each server already keeps two cores busy
+    # training beside decoding servers gets less of the cores; the fit reads whole-unit speeds back
+    truth = SimConfig(steps=6, warmup_steps=1, response_median_tokens=60, response_sigma=0.3, max_response_tokens=90,
+                      prompt_tokens=20, decode_tokens_per_s=2000, half_load_concurrency=8, train_tokens_per_s=3000,
+                      switch_s=0.2, weight_sync_s=0.1, train_step_overhead_s=0.0, compute_units=2.0, server_workers=1.5)
+    layout = Layout("disaggregated", 2, 0, 2, 1)
+    sim, _ = _pool_run(layout, truth)
+    run = RecordedRun(cluster=layout.cluster(ClusterConfig()).model_dump(mode="json"), timeline=sim.timeline.to_dict(),
+                      batch_episodes=32, completion_lengths=sim.completion_lengths, prompt_tokens=20,
+                      step_tokens=sim.step_tokens[1:truth.steps + 1],
+                      step_context_tokens=sim.step_context_tokens[1:truth.steps + 1])
+    from seamless.scheduler.validate import fit_workload
+
+    fitted = fit_workload(run, truth.model_copy(update={"train_tokens_per_s": 1.0}))
+    assert fitted.train_tokens_per_s == pytest.approx(truth.train_tokens_per_s, rel=0.15)
+    one_each = fit_workload(run, truth.model_copy(update={"server_workers": 1.0}))  # servers read as one process
+    assert one_each.train_tokens_per_s < fitted.train_tokens_per_s * 0.9  # the trainer's share over-read
+
+
+def test_a_run_that_never_switched_roles_keeps_the_recipes_switch_cost():
+    from seamless.scheduler.validate import fit_workload
+
+    truth = SimConfig(steps=5, warmup_steps=1, response_median_tokens=30, response_sigma=0.5, max_response_tokens=64,
+                      prompt_tokens=20, decode_tokens_per_s=2000, half_load_concurrency=4, train_tokens_per_s=5000,
+                      switch_s=0.3, weight_sync_s=0.1, train_step_overhead_s=0.0)
+    fitted = {}
+    for layout in (Layout("disaggregated", 2, 0, 2, 1), Layout("colocated", 0, 4, 0, 0)):
+        sim, _ = _pool_run(layout, truth)
+        run = RecordedRun(cluster=layout.cluster(ClusterConfig()).model_dump(mode="json"),
+                          timeline=sim.timeline.to_dict(), batch_episodes=32, completion_lengths=sim.completion_lengths,
+                          prompt_tokens=20, step_tokens=sim.step_tokens[1:truth.steps + 1],
+                          step_context_tokens=sim.step_context_tokens[1:truth.steps + 1])
+        fitted[layout.policy] = fit_workload(run, truth.model_copy(update={"switch_s": 5.0})).switch_s
+    assert fitted["disaggregated"] == 5.0  # no switch seen: the recipe's, not a free switch
+    assert fitted["colocated"] == pytest.approx(truth.switch_s, rel=0.25)
+
+
+def test_a_cap_on_sequences_a_server_runs_favours_more_servers_and_each_run_is_fitted_under_its_own_cap():
+    from seamless.scheduler.validate import fit_workload
+
+    # the CPU test bed's engine: a decode step's fixed work is 44 sequences' worth, 1.4 processes a server
+    truth = SimConfig(steps=6, warmup_steps=1, response_median_tokens=100, response_sigma=0.2, max_response_tokens=150,
+                      prompt_tokens=20, decode_tokens_per_s=3000, half_load_concurrency=44, train_tokens_per_s=20000,
+                      switch_s=0.2, weight_sync_s=0.05, train_step_overhead_s=0.0, compute_units=2.0,
+                      server_workers=1.4)
+    one, two = Layout("disaggregated", 3, 0, 1, 1), Layout("disaggregated", 2, 0, 2, 1)
+    free = {lay: _pool_run(lay, truth)[1].tokens_per_s for lay in (one, two)}
+    capped_truth = truth.model_copy(update={"max_concurrency": 4})
+    capped = {lay: _pool_run(lay, capped_truth)[1].tokens_per_s for lay in (one, two)}
+    assert free[one] > free[two]  # one server batching the whole step wins...
+    assert capped[two] > capped[one] * 1.3  # ...until it may run only 4 sequences at once
+    # a run recorded under its cap: fitted as such, its decode speed comes back; read as uncapped it is under-rated
+    sim, _ = _pool_run(one, capped_truth)
+    run = RecordedRun(cluster=one.cluster(ClusterConfig()).model_dump(mode="json"), timeline=sim.timeline.to_dict(),
+                      batch_episodes=32, completion_lengths=sim.completion_lengths, prompt_tokens=20,
+                      step_tokens=sim.step_tokens[1:truth.steps + 1],
+                      step_context_tokens=sim.step_context_tokens[1:truth.steps + 1], server_max_sequences=4)
+    assert fit_workload(run, truth).decode_tokens_per_s == pytest.approx(truth.decode_tokens_per_s, rel=0.15)
+    run.server_max_sequences = None
+    assert fit_workload(run, truth).decode_tokens_per_s < truth.decode_tokens_per_s * 0.8
+
+
+def test_the_plan_holds_each_server_to_the_recipes_max_num_seqs():
+    recipe = load_recipe(REPO / "recipes" / "policies" / "few_sequences.yaml", ["cluster.sim.steps=4"])
+    assert recipe.rollout.max_num_seqs == 4
+    assert make_plan(recipe, 4).workload.max_concurrency == 4
+    free = load_recipe(REPO / "recipes" / "policies" / "long_answers.yaml", ["cluster.sim.steps=4"])
+    assert make_plan(free, 4).workload.max_concurrency == free.cluster.sim.max_concurrency
