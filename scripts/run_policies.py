@@ -21,7 +21,9 @@ every case starts from its weights. Then the planner, calibrated from ONE of the
 (--calibrate-from; default the recipe's own layout), ranks the same layouts, and one table sets
 measured tokens/s (steps after cluster.sim.warmup_steps) beside predicted, with both ranks and the
 verdict: is the planner's pick the measured best or within --within (10%) of it. Finished case
-folders under --out are reused, so a re-run after a change to the planner re-plans only.
+folders under --out are reused, so a re-run after a change to the planner re-plans only. The
+check's two recipes are recipes/policies/long_answers.yaml and few_sequences.yaml, whose best
+layouts differ; cluster/README.md ("Choosing a layout") has their tables.
 """
 
 from __future__ import annotations
