@@ -139,8 +139,9 @@ def main() -> int:
     async def timed_batch(client, side: str, url: str, batch: int) -> float:
         before = _cpu_by_process(pids[side])
         took = await vllm_batch(client, url, batch, args.tokens)
+        spent = cpu.setdefault(side, {})
         for name, used in _cpu_by_process(pids[side]).items():
-            cpu.setdefault(side, {})[name] = cpu.get(side, {}).get(name, 0.0) + used - before.get(name, 0.0)
+            spent[name] = spent.get(name, 0.0) + used - before.get(name, 0.0)
         return took
 
     async def measure(urls: dict[str, str]) -> None:

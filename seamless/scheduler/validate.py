@@ -219,10 +219,10 @@ def fit_workload(run: RecordedRun, base: SimConfig | None = None) -> SimConfig:
     """Workload parameters read off the recorded run; the rest stay as in `base`.
 
     Lengths give the lognormal; switch and sync spans give switch_s (kept from `base` when the run
-    never switched roles) and weight_sync_s; train spans
-    and tokens per step give the trainer's speed; rollout busy resource-seconds and generated
-    tokens calibrate the decode speed (half_load_concurrency stays as in `base`: a timeline does not
-    record how many requests a server ran at once).
+    never switched roles) and weight_sync_s; train spans and tokens per step give the trainer's
+    speed; rollout busy resource-seconds and generated tokens calibrate the decode speed
+    (half_load_concurrency and server_workers stay as in `base`: a timeline does not record how
+    many requests a server ran at once, nor its processes).
     """
     base = base or SimConfig()
     timeline = Timeline.from_dict(run.timeline)
