@@ -12,7 +12,8 @@ the model's arithmetic.
 - vLLM: one server started as a run starts its servers (`seamless.rollout.fleet.server_options`
   of the long-answer recipe: same dtype, context, KV cache; one engine process on OMP_NUM_THREADS),
   sent what the proxy sends for a merged GRPO group: chat requests of n = min(batch, 8) choices,
-  streamed every 16 tokens, with the sampled tokens' logprobs and token ids.
+  streamed every `proxy.stream_interval` tokens of the recipe (16 for the long recipe, 1 for the
+  policies recipes), with the sampled tokens' logprobs and token ids.
 - transformers: `generate` in this process with sampling (T=1), `--hf-threads` torch threads (TRL's
   side of bench_e2e runs with the machine's 2).
 - `--server-args "FLAGS"` adds a second vLLM server with those flags beside the first (e.g.
@@ -51,17 +52,18 @@ GROUP = 8
 """Choices per request: a GRPO group of the tiny recipes, merged by the proxy into one request."""
 
 
-def vllm_body(n: int, tokens: int) -> dict:
+def vllm_body(n: int, tokens: int, stream_interval: int) -> dict:
     return {"model": "tiny", "messages": [{"role": "user", "content": PROMPT}], "n": n,
             "max_tokens": tokens, "min_tokens": tokens, "temperature": 1.0, "logprobs": True,
             "return_token_ids": True, "stream": True, "stream_options": {"include_usage": True},
-            "stream_interval": 16}
+            "stream_interval": stream_interval}
 
 
-async def vllm_batch(client, url: str, batch: int, tokens: int) -> float:
+async def vllm_batch(client, url: str, batch: int, tokens: int, stream_interval: int) -> float:
     """Seconds to sample `tokens` tokens for each of `batch` sequences on the server."""
     async def one(n: int) -> int:
-        async with client.stream("POST", f"{url}/v1/chat/completions", json=vllm_body(n, tokens), timeout=600) as r:
+        body = vllm_body(n, tokens, stream_interval)
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as r:
             if r.status_code != 200:
                 raise SystemExit(f"vLLM answered {r.status_code}: {(await r.aread())[:300]!r}")
             return sum([len(chunk) async for chunk in r.aiter_raw()])
@@ -131,14 +133,15 @@ def main() -> int:
         sides[f"vLLM {args.server_args}"] = dataclasses.replace(
             options, extra_args=[*options.extra_args, *shlex.split(args.server_args)])
     print(f"model {model_dir} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters), "
-          f"{args.tokens} new tokens a sequence, {args.repeats} repeats after one warm-up round a batch size")
+          f"{args.tokens} new tokens a sequence, streamed every {recipe.proxy.stream_interval}, {args.repeats} repeats "
+          "after one warm-up round a batch size")
     seconds: dict[tuple[str, int], list[float]] = {}
     cpu: dict[str, dict[str, float]] = {}  # side -> process name -> CPU seconds while decoding
     pids: dict[str, int] = {}
 
     async def timed_batch(client, side: str, url: str, batch: int) -> float:
         before = _cpu_by_process(pids[side])
-        took = await vllm_batch(client, url, batch, args.tokens)
+        took = await vllm_batch(client, url, batch, args.tokens, recipe.proxy.stream_interval)
         spent = cpu.setdefault(side, {})
         for name, used in _cpu_by_process(pids[side]).items():
             spent[name] = spent.get(name, 0.0) + used - before.get(name, 0.0)
@@ -148,7 +151,7 @@ def main() -> int:
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=256)) as client:
             for batch in args.batches:
                 for url in urls.values():
-                    await vllm_batch(client, url, batch, args.tokens)
+                    await vllm_batch(client, url, batch, args.tokens, recipe.proxy.stream_interval)
                 hf_batch(model, prompt_ids, batch, args.tokens)
                 for _ in range(args.repeats):
                     for side, url in urls.items():

