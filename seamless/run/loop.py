@@ -381,9 +381,10 @@ def _save_timeline(parts: Parts, progress: Progress, totals: Totals):
     scheduler, recipe = parts.scheduler, parts.recipe
     timeline = scheduler.finish_recording()
     _, png = scheduler.save(parts.run_dir, timeline)
-    totals.recorder.recorded_run(recipe.cluster, timeline, recipe.rollout.batch_size * recipe.rollout.group_size,
-                                 recipe.rollout.agent_concurrency, recipe.rollout.max_num_seqs,
-                                 ).save(parts.run_dir / "recorded_run.json")
+    rollout = recipe.rollout
+    recorded = totals.recorder.recorded_run(recipe.cluster, timeline, rollout.batch_size * rollout.group_size,
+                                            rollout.agent_concurrency, rollout.max_num_seqs)
+    recorded.save(parts.run_dir / "recorded_run.json")
     parts.logger.log(progress.step, timeline.metrics("scheduler/final/"))
     parts.logger.image(progress.step, "scheduler/timeline", png)
     if totals.clock.history:

@@ -193,7 +193,7 @@ def make_plan(recipe: Recipe, gpus: int, run_dir: str | Path | None = None, trai
 
 
 def _calibrated(recipe: Recipe, run_dir: Path) -> tuple[SimConfig, float, int | None, Calibration]:
-    from seamless.scheduler.validate import RecordedRun, compare, fit_workload
+    from seamless.scheduler.validate import RecordedRun, compare_fitted, fit_workload
 
     path = run_dir / "recorded_run.json"
     if not path.is_file():
@@ -206,7 +206,7 @@ def _calibrated(recipe: Recipe, run_dir: Path) -> tuple[SimConfig, float, int | 
                           "to write a fresh one") from None
     base = recipe.cluster.sim
     workload = fit_workload(run, base)
-    bubble_err, tokens_err = compare(run, base).relative_errors()
+    bubble_err, tokens_err = compare_fitted(run, workload).relative_errors()
     calibration = Calibration(str(run_dir), tokens_per_s_error=tokens_err, bubble_ratio_error=bubble_err)
     return workload, run.episode_overhead_s, run.agent_concurrency, calibration
 

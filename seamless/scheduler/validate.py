@@ -265,7 +265,11 @@ def simulate_recorded(run: RecordedRun, workload: SimConfig) -> SimResult:
 
 def compare(run: RecordedRun, base: SimConfig | None = None) -> Comparison:
     """Fit, simulate, and set the simulated numbers beside the measured ones (same warm-up window)."""
-    workload = fit_workload(run, base)
+    return compare_fitted(run, fit_workload(run, base))
+
+
+def compare_fitted(run: RecordedRun, workload: SimConfig) -> Comparison:
+    """`compare` on a workload already fitted to `run` (the fit is the costly part)."""
     sim = simulate_recorded(run, workload)
     timeline = Timeline.from_dict(run.timeline)
     first = workload.warmup_steps
